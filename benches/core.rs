@@ -1,0 +1,768 @@
+//! Pool-core overhead: vigil beside bb8, deadpool, mobc and r2d2, each over
+//! the same no-op manager (connect and validate are instant), so only the
+//! pool's own bookkeeping is measured. Three groups in one binary:
+//!
+//! - `uncontended` (criterion): one task, `get` + drop, per pool; r2d2 in a
+//!   plain synchronous loop.
+//! - `metrics_overhead` (criterion): vigil alone, then vigil registered in a
+//!   `vigil::metrics::Metrics` exporter that a background task scrapes (text
+//!   encoding) every 10 ms.
+//! - `contended` (own harness, criterion has no throughput-with-percentiles):
+//!   2 tokio workers, pool of 8, N tasks each looping get / `yield_now` /
+//!   drop until a shared total of cycles is done; cycles/s and the time spent
+//!   inside `get().await` (p50, p99, max).
+//!
+//! Run: `cargo bench --features metrics --bench core` (quick:
+//! `... -- --warm-up-time 1 --measurement-time 2`). `-- ^contended` runs the
+//! contended group alone, `-- '^contended/vigil/256$'` one cell of it,
+//! `-- '^(uncontended|metrics)'` skips it (see [`Filter`]).
+//! Environment: `VIGIL_BENCH_CYCLES` (contended cycles per run, default
+//! 200000), `VIGIL_BENCH_RUNS` (runs per pool and task count, default 3).
+//!
+//! A complete (unfiltered) run writes `target/bench-core.json`, all three
+//! groups, for BENCHMARKS.md. `cargo test --benches --features metrics`
+//! runs every bench once, briefly, as a smoke test.
+//!
+//! Settings: every pool is sized 8 and pre-warmed (8 connections open before
+//! anything is measured, so connect is never on the measured path); apart
+//! from that each keeps its defaults, written down at its builder below.
+
+use std::future::Future;
+use std::hint::black_box;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use criterion::{Criterion, Throughput};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+use tokio::runtime::Runtime;
+
+const POOL_SIZE: usize = 8;
+const WORKERS: usize = 2;
+const TASK_COUNTS: [usize; 3] = [16, 256, 1024];
+const SCRAPE_EVERY: Duration = Duration::from_millis(10);
+
+// ------------------------------------------------------------------ no-op manager
+
+/// The connection every pool lends: a word of memory, nothing behind it.
+#[derive(Debug)]
+struct Conn(u64);
+
+/// Connect and validate are instant and never fail; implemented for every pool.
+#[derive(Debug, Clone, Copy)]
+struct Noop;
+
+impl vigil::Manager for Noop {
+    type Connection = Conn;
+    type Error = io::Error;
+
+    async fn connect(&self) -> Result<Conn, io::Error> {
+        Ok(Conn(0))
+    }
+
+    async fn is_valid(&self, _: &mut Conn) -> Result<(), io::Error> {
+        Ok(())
+    }
+}
+
+impl bb8::ManageConnection for Noop {
+    type Connection = Conn;
+    type Error = io::Error;
+
+    async fn connect(&self) -> Result<Conn, io::Error> {
+        Ok(Conn(0))
+    }
+
+    async fn is_valid(&self, _: &mut Conn) -> Result<(), io::Error> {
+        Ok(())
+    }
+
+    fn has_broken(&self, _: &mut Conn) -> bool {
+        false
+    }
+}
+
+impl deadpool::managed::Manager for Noop {
+    type Type = Conn;
+    type Error = io::Error;
+
+    async fn create(&self) -> Result<Conn, io::Error> {
+        Ok(Conn(0))
+    }
+
+    async fn recycle(
+        &self,
+        _: &mut Conn,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<io::Error> {
+        Ok(())
+    }
+}
+
+#[mobc::async_trait]
+impl mobc::Manager for Noop {
+    type Connection = Conn;
+    type Error = io::Error;
+
+    async fn connect(&self) -> Result<Conn, io::Error> {
+        Ok(Conn(0))
+    }
+
+    async fn check(&self, conn: Conn) -> Result<Conn, io::Error> {
+        Ok(conn)
+    }
+}
+
+impl r2d2::ManageConnection for Noop {
+    type Connection = Conn;
+    type Error = io::Error;
+
+    fn connect(&self) -> Result<Conn, io::Error> {
+        Ok(Conn(0))
+    }
+
+    fn is_valid(&self, _: &mut Conn) -> Result<(), io::Error> {
+        Ok(())
+    }
+
+    fn has_broken(&self, _: &mut Conn) -> bool {
+        false
+    }
+}
+
+// ------------------------------------------------------------------ the async pools
+
+/// One async pool, seen the same way by every workload.
+trait BenchPool: Clone + Send + Sync + 'static {
+    const NAME: &'static str;
+    /// Derefs to the connection, as every pool's guard does.
+    type Guard<'a>: Send + std::ops::Deref<Target = Conn>
+    where
+        Self: 'a;
+    /// Builds the pool (size 8) and opens its 8 connections.
+    fn warm() -> impl Future<Output = Self> + Send;
+    fn checkout(&self) -> impl Future<Output = Self::Guard<'_>> + Send;
+}
+
+/// Holds `POOL_SIZE` guards at once, so the pool opens every connection now,
+/// then gives them back and lets pools that return in a task settle.
+async fn prewarm<P: BenchPool>(pool: &P) {
+    let mut held = Vec::with_capacity(POOL_SIZE);
+    for _ in 0..POOL_SIZE {
+        held.push(pool.checkout().await);
+    }
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+impl BenchPool for vigil::Pool<Noop> {
+    const NAME: &'static str = "vigil";
+    type Guard<'a> = vigil::Pooled<Noop>;
+
+    async fn warm() -> Self {
+        // Defaults: validation `IdleFor(500 ms)` (a ping only for a connection
+        // silent that long: never here), acquire_timeout 30 s, FIFO waiters,
+        // histograms and counters always recorded.
+        let pool = vigil::Pool::builder(Noop)
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("valid settings");
+        prewarm(&pool).await;
+        assert_eq!(pool.state().idle, POOL_SIZE, "vigil pre-warmed");
+        pool
+    }
+
+    async fn checkout(&self) -> vigil::Pooled<Noop> {
+        self.get().await.expect("vigil get")
+    }
+}
+
+impl BenchPool for bb8::Pool<Noop> {
+    const NAME: &'static str = "bb8";
+    type Guard<'a> = bb8::PooledConnection<'a, Noop>;
+
+    async fn warm() -> Self {
+        // Defaults: test_on_check_out = true (one `is_valid` call per
+        // checkout: an instant no-op here), FIFO queue, connection_timeout 30 s.
+        let pool = bb8::Pool::builder()
+            .max_size(POOL_SIZE as u32)
+            .build(Noop)
+            .await
+            .expect("bb8 build");
+        prewarm(&pool).await;
+        pool
+    }
+
+    async fn checkout(&self) -> bb8::PooledConnection<'_, Noop> {
+        self.get().await.expect("bb8 get")
+    }
+}
+
+impl BenchPool for deadpool::managed::Pool<Noop> {
+    const NAME: &'static str = "deadpool";
+    type Guard<'a> = deadpool::managed::Object<Noop>;
+
+    async fn warm() -> Self {
+        // Defaults: no timeouts, FIFO queue; `recycle` (our no-op) runs on
+        // every checkout of an existing object.
+        let pool = deadpool::managed::Pool::builder(Noop)
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("deadpool build");
+        prewarm(&pool).await;
+        pool
+    }
+
+    async fn checkout(&self) -> deadpool::managed::Object<Noop> {
+        self.get().await.expect("deadpool get")
+    }
+}
+
+impl BenchPool for mobc::Pool<Noop> {
+    const NAME: &'static str = "mobc";
+    type Guard<'a> = mobc::Connection<Noop>;
+
+    async fn warm() -> Self {
+        // Defaults: test_on_check_out = true with no health_check_interval
+        // (`check` on every checkout of a used connection: a no-op here),
+        // get_timeout 30 s; a dropped connection goes back through a spawned
+        // task. One change: max_idle 8 (default 2), or the pool could not
+        // keep its 8 connections and would reconnect inside the measurement.
+        let pool = mobc::Pool::builder()
+            .max_open(POOL_SIZE as u64)
+            .max_idle(POOL_SIZE as u64)
+            .build(Noop);
+        prewarm(&pool).await;
+        pool
+    }
+
+    async fn checkout(&self) -> mobc::Connection<Noop> {
+        self.get().await.expect("mobc get")
+    }
+}
+
+/// The runtime every async workload runs on: multi-thread, 2 workers.
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+// ------------------------------------------------------------------ uncontended
+
+fn uncontended(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("uncontended");
+    group.throughput(Throughput::Elements(1));
+    // The measured loop is one task on a worker; tasks a pool spawns
+    // (vigil's housekeeper, mobc's check-in) share the 2 workers with it.
+    bench_async::<vigil::Pool<Noop>>(&mut group, &rt);
+    bench_async::<bb8::Pool<Noop>>(&mut group, &rt);
+    bench_async::<deadpool::managed::Pool<Noop>>(&mut group, &rt);
+    bench_async::<mobc::Pool<Noop>>(&mut group, &rt);
+
+    // r2d2 is synchronous: a plain loop on the bench thread. Defaults:
+    // test_on_check_out = true (an instant `is_valid`), min_idle = max_size
+    // (so `build` opens all 8), 3 helper threads, connection_timeout 30 s.
+    let pool = r2d2::Pool::builder()
+        .max_size(POOL_SIZE as u32)
+        .build(Noop)
+        .expect("r2d2 build");
+    group.bench_function("r2d2", |b| {
+        b.iter(|| black_box(pool.get().expect("r2d2 get").0))
+    });
+    group.finish();
+}
+
+fn bench_async<P: BenchPool>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &Runtime,
+) {
+    let pool = rt.block_on(P::warm());
+    group.bench_function(P::NAME, |b| {
+        b.iter_custom(|iters| cycles_in_task(rt, &pool, iters))
+    });
+    // Dropped inside the runtime: some pools spawn their shutdown.
+    rt.block_on(async move { drop(pool) });
+}
+
+/// `iters` get + drop cycles in one task on a worker thread, as a request
+/// handler would run them (criterion's `to_async` would run them in
+/// `block_on` on the bench thread instead, outside the workers, where every
+/// task a pool spawns must wake a worker across threads). The spawn is paid
+/// once per sample, not per cycle.
+fn cycles_in_task<P: BenchPool>(rt: &Runtime, pool: &P, iters: u64) -> Duration {
+    let pool = pool.clone();
+    rt.block_on(rt.spawn(async move {
+        let began = Instant::now();
+        for _ in 0..iters {
+            black_box(pool.checkout().await.0);
+        }
+        began.elapsed()
+    }))
+    .expect("bench task")
+}
+
+// ------------------------------------------------------------------ metrics overhead
+
+fn metrics_overhead(c: &mut Criterion) -> u64 {
+    let rt = runtime();
+    let mut group = c.benchmark_group("metrics_overhead");
+    group.throughput(Throughput::Elements(1));
+
+    let plain = rt.block_on(<vigil::Pool<Noop>>::warm());
+    group.bench_function("plain", |b| {
+        b.iter_custom(|iters| cycles_in_task(&rt, &plain, iters))
+    });
+    rt.block_on(async move { drop(plain) });
+
+    let pool = rt.block_on(<vigil::Pool<Noop>>::warm());
+    let metrics = vigil::metrics::Metrics::new();
+    metrics.add(&pool);
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let scrapes = Arc::new(AtomicU64::new(0));
+    let scraper = {
+        let scrapes = Arc::clone(&scrapes);
+        rt.spawn(async move {
+            let mut tick = tokio::time::interval(SCRAPE_EVERY);
+            let mut text = String::new();
+            loop {
+                tick.tick().await;
+                text.clear();
+                prometheus_client::encoding::text::encode(&mut text, &registry)
+                    .expect("encode metrics");
+                black_box(text.len());
+                scrapes.fetch_add(1, Relaxed);
+            }
+        })
+    };
+    group.bench_function("scraped_every_10ms", |b| {
+        b.iter_custom(|iters| cycles_in_task(&rt, &pool, iters))
+    });
+    scraper.abort();
+    rt.block_on(async move { drop(pool) });
+    group.finish();
+    scrapes.load(Relaxed)
+}
+
+// ------------------------------------------------------------------ contended
+
+/// One contended run: cycles/s and every wait inside `get().await`, in ns.
+struct RunResult {
+    cycles_per_sec: f64,
+    waits: Vec<u64>,
+}
+
+/// `tasks` tasks share `cycles` get / yield / drop cycles on a fresh runtime
+/// and a fresh, pre-warmed pool; the clock runs from the moment every task is
+/// ready until the last one finishes.
+fn contended_run<P: BenchPool>(tasks: usize, cycles: u64) -> RunResult {
+    let rt = runtime();
+    let result = rt.block_on(async {
+        let pool = P::warm().await;
+        let left = Arc::new(AtomicU64::new(cycles));
+        let start = Arc::new(tokio::sync::Barrier::new(tasks + 1));
+        let handles: Vec<_> = (0..tasks)
+            .map(|_| {
+                let (pool, left, start) = (pool.clone(), Arc::clone(&left), Arc::clone(&start));
+                tokio::spawn(async move {
+                    let mut waits = Vec::with_capacity((cycles as usize / tasks) * 2 + 16);
+                    start.wait().await;
+                    // Claim one cycle of the shared total; none left ends the task.
+                    while left
+                        .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        let t = Instant::now();
+                        let conn = pool.checkout().await;
+                        waits.push(t.elapsed().as_nanos() as u64);
+                        black_box(conn.0);
+                        tokio::task::yield_now().await;
+                        drop(conn);
+                    }
+                    waits
+                })
+            })
+            .collect();
+        start.wait().await;
+        let began = Instant::now();
+        let mut waits = Vec::with_capacity(cycles as usize);
+        for h in handles {
+            waits.extend(h.await.expect("bench task"));
+        }
+        let elapsed = began.elapsed();
+        drop(pool);
+        RunResult {
+            cycles_per_sec: cycles as f64 / elapsed.as_secs_f64(),
+            waits,
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    assert_eq!(result.waits.len() as u64, cycles, "every cycle recorded");
+    result
+}
+
+/// Every run of one pool at one task count.
+struct Cell {
+    pool: &'static str,
+    tasks: usize,
+    runs: Vec<f64>,
+    waits: Histogram<u64>,
+}
+
+impl Cell {
+    fn median(&self) -> f64 {
+        let mut r = self.runs.clone();
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    }
+
+    fn micros(&self, q: f64) -> f64 {
+        self.waits.value_at_quantile(q) as f64 / 1_000.0
+    }
+}
+
+fn contended(cycles: u64, runs: usize, filter: &Filter) -> Vec<Cell> {
+    type Run = fn(usize, u64) -> RunResult;
+    let pools: [(&str, Run); 4] = [
+        ("vigil", contended_run::<vigil::Pool<Noop>>),
+        ("bb8", contended_run::<bb8::Pool<Noop>>),
+        ("deadpool", contended_run::<deadpool::managed::Pool<Noop>>),
+        ("mobc", contended_run::<mobc::Pool<Noop>>),
+    ];
+    let mut cells: Vec<Cell> = Vec::new();
+    for &tasks in &TASK_COUNTS {
+        for &(pool, _) in &pools {
+            if !filter.contended(pool, tasks) {
+                continue;
+            }
+            cells.push(Cell {
+                pool,
+                tasks,
+                runs: Vec::new(),
+                waits: Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("histogram"),
+            });
+        }
+    }
+    // Runs are interleaved (every pool once, then again) so a burst of load
+    // from elsewhere on the machine falls on all pools alike.
+    for run in 0..runs {
+        for cell in cells.iter_mut() {
+            let f = pools.iter().find(|p| p.0 == cell.pool).expect("pool").1;
+            let r = f(cell.tasks, cycles);
+            for w in &r.waits {
+                cell.waits.saturating_record((*w).max(1));
+            }
+            eprintln!(
+                "contended/{}/{} run {}: {:.0} cycles/s",
+                cell.pool,
+                cell.tasks,
+                run + 1,
+                r.cycles_per_sec
+            );
+            cell.runs.push(r.cycles_per_sec);
+        }
+    }
+    cells
+}
+
+fn print_contended(cells: &[Cell], cycles: u64, runs: usize) -> Vec<Value> {
+    println!();
+    println!(
+        "contended: {WORKERS} workers, pool {POOL_SIZE}, get / yield_now / drop, \
+         {cycles} cycles x {runs} runs; cycles/s = median run, waits over all runs"
+    );
+    println!(
+        "{:<9} {:>6} {:>13} {:>10} {:>10} {:>10} {:>13} {:>12}",
+        "pool", "tasks", "cycles/s", "p50 us", "p99 us", "max us", "vigil x thru", "p99/vigil"
+    );
+    let mut out = Vec::new();
+    for cell in cells {
+        let vigil = cells
+            .iter()
+            .find(|c| c.pool == "vigil" && c.tasks == cell.tasks);
+        let thru = cell.median();
+        let (p50, p99, max) = (cell.micros(0.5), cell.micros(0.99), cell.micros(1.0));
+        // NaN (printed and written as such / null) when vigil was filtered out.
+        let vigil_x = vigil.map_or(f64::NAN, |v| v.median() / thru);
+        let p99_ratio = vigil.map_or(f64::NAN, |v| p99 / v.micros(0.99));
+        println!(
+            "{:<9} {:>6} {:>13.0} {:>10.1} {:>10.1} {:>10.1} {:>13.2} {:>12.2}",
+            cell.pool, cell.tasks, thru, p50, p99, max, vigil_x, p99_ratio
+        );
+        out.push(json!({
+            "pool": cell.pool,
+            "tasks": cell.tasks,
+            "cycles_per_sec": thru,
+            "runs_cycles_per_sec": cell.runs,
+            "wait_p50_us": p50,
+            "wait_p99_us": p99,
+            "wait_max_us": max,
+            "vigil_throughput_over_pool": vigil_x,
+            "pool_p99_over_vigil_p99": p99_ratio,
+        }));
+    }
+    println!("(vigil x thru = vigil cycles/s / this pool's; p99/vigil = this pool's p99 / vigil's: > 1 favours vigil)");
+    for &tasks in &TASK_COUNTS {
+        let row = |name: &str| cells.iter().find(|c| c.pool == name && c.tasks == tasks);
+        let (Some(vigil), Some(deadpool)) = (row("vigil"), row("deadpool")) else {
+            continue;
+        };
+        let Some(best) = cells
+            .iter()
+            .filter(|c| c.tasks == tasks && c.pool != "vigil")
+            .max_by(|a, b| a.median().total_cmp(&b.median()))
+        else {
+            continue;
+        };
+        println!(
+            "{tasks:>5} tasks: vigil {:.2}x the best peer ({}) [target >= 1.5]; \
+             p99 {:.1} us vs deadpool {:.1} us [target <=]",
+            vigil.median() / best.median(),
+            best.pool,
+            vigil.micros(0.99),
+            deadpool.micros(0.99),
+        );
+    }
+    out
+}
+
+// ------------------------------------------------------------------ reading criterion's results
+
+/// Criterion's output directory, decided here (not left to criterion) so the
+/// summary can read back its estimates.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+fn criterion_dir() -> PathBuf {
+    std::env::var_os("CRITERION_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("criterion"))
+}
+
+/// The ns per cycle criterion reported (slope when it fitted one, as it
+/// prints), if the bench ran in this process.
+fn estimate(group: &str, bench: &str, since: SystemTime) -> Option<f64> {
+    let path = criterion_dir()
+        .join(group)
+        .join(bench)
+        .join("new/estimates.json");
+    let fresh = std::fs::metadata(&path).ok()?.modified().ok()? >= since;
+    if !fresh {
+        return None;
+    }
+    let v: Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+    v["slope"]["point_estimate"]
+        .as_f64()
+        .or_else(|| v["mean"]["point_estimate"].as_f64())
+}
+
+fn print_uncontended(since: SystemTime) -> Vec<Value> {
+    let names = ["vigil", "bb8", "deadpool", "mobc", "r2d2"];
+    let Some(vigil) = estimate("uncontended", "vigil", since) else {
+        return Vec::new();
+    };
+    println!();
+    println!("uncontended: 1 task, get + drop, pool {POOL_SIZE}, pre-warmed");
+    println!("{:<9} {:>10} {:>15}", "pool", "ns/cycle", "pool / vigil");
+    let mut out = Vec::new();
+    for name in names {
+        let Some(ns) = estimate("uncontended", name, since) else {
+            continue;
+        };
+        println!("{name:<9} {ns:>10.1} {:>15.2}", ns / vigil);
+        out.push(json!({ "pool": name, "ns_per_cycle": ns, "pool_over_vigil": ns / vigil }));
+    }
+    let fastest_peer = out
+        .iter()
+        .filter(|v| v["pool"] != "vigil")
+        .filter_map(|v| v["ns_per_cycle"].as_f64())
+        .fold(f64::INFINITY, f64::min);
+    println!(
+        "vigil / fastest peer: {:.2} [target <= 0.5]",
+        vigil / fastest_peer
+    );
+    out
+}
+
+fn print_metrics(since: SystemTime, scrapes: u64) -> Value {
+    let (Some(plain), Some(scraped)) = (
+        estimate("metrics_overhead", "plain", since),
+        estimate("metrics_overhead", "scraped_every_10ms", since),
+    ) else {
+        return Value::Null;
+    };
+    println!();
+    println!(
+        "metrics_overhead: plain {plain:.1} ns, scraped every 10 ms {scraped:.1} ns, \
+         ratio {:.3} ({scrapes} scrapes)",
+        scraped / plain
+    );
+    json!({
+        "plain_ns_per_cycle": plain,
+        "scraped_ns_per_cycle": scraped,
+        "scraped_over_plain": scraped / plain,
+        "scrapes": scrapes,
+    })
+}
+
+// ------------------------------------------------------------------ main
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Criterion's command line, read only for what the contended group needs:
+/// the mode, and the name filter.
+struct Args {
+    bench: bool,
+    list: bool,
+    filter: Filter,
+}
+
+/// Criterion's filter is a regex over `group/bench`; the contended group
+/// (`contended/<pool>/<tasks>`) honours the simple cases without a regex
+/// engine: none (everything), a prefix of `contended` (all of it),
+/// `contended/...` (the cells whose name starts so; a trailing `$` asks for
+/// the exact name), anything else (none of it, as for `^uncontended`).
+/// A leading `^` is ignored.
+struct Filter(Option<String>);
+
+impl Filter {
+    fn contended(&self, pool: &str, tasks: usize) -> bool {
+        let Some(f) = &self.0 else {
+            return true;
+        };
+        let name = format!("contended/{pool}/{tasks}");
+        match f.strip_suffix('$') {
+            Some(exact) => name == exact || "contended" == exact,
+            None => name.starts_with(f.as_str()) || "contended".starts_with(f.as_str()),
+        }
+    }
+
+    fn any_contended(&self) -> bool {
+        TASK_COUNTS.iter().any(|&t| {
+            ["vigil", "bb8", "deadpool", "mobc"]
+                .iter()
+                .any(|p| self.contended(p, t))
+        })
+    }
+}
+
+fn args() -> Args {
+    // Criterion 0.5 options that take a value (their value is not a filter).
+    const WITH_VALUE: [&str; 19] = [
+        "--color",
+        "-c",
+        "--save-baseline",
+        "-s",
+        "--baseline",
+        "-b",
+        "--baseline-lenient",
+        "--load-baseline",
+        "--sample-size",
+        "--warm-up-time",
+        "--measurement-time",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--profile-time",
+        "--plotting-backend",
+        "--output-format",
+        "--format",
+    ];
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut filter = None;
+    let mut skip = false;
+    for a in &argv {
+        if skip {
+            skip = false;
+        } else if WITH_VALUE.contains(&a.as_str()) {
+            skip = true;
+        } else if !a.starts_with('-') {
+            filter = Some(a.trim_start_matches('^').to_owned());
+        }
+    }
+    Args {
+        bench: argv.iter().any(|a| a == "--bench"),
+        list: argv.iter().any(|a| a == "--list"),
+        filter: Filter(filter),
+    }
+}
+
+fn main() {
+    let args = args();
+    let since = SystemTime::now();
+    let mut criterion = Criterion::default()
+        .output_directory(&criterion_dir())
+        .configure_from_args();
+    uncontended(&mut criterion);
+    let scrapes = metrics_overhead(&mut criterion);
+    criterion.final_summary();
+
+    if args.list {
+        for tasks in TASK_COUNTS {
+            for pool in ["vigil", "bb8", "deadpool", "mobc"] {
+                if args.filter.contended(pool, tasks) {
+                    println!("contended/{pool}/{tasks}: bench");
+                }
+            }
+        }
+        return;
+    }
+    // Without `--bench` (`cargo test --benches`) criterion runs each bench
+    // once as a test; the contended group does the same: one short run, no report.
+    if !args.bench {
+        if args.filter.any_contended() {
+            print_contended(&contended(2_000, 1, &args.filter), 2_000, 1);
+        }
+        return;
+    }
+    let uncontended = print_uncontended(since);
+    let metrics = print_metrics(since, scrapes);
+    let cycles = env_or("VIGIL_BENCH_CYCLES", 200_000u64).max(1);
+    let runs = env_or("VIGIL_BENCH_RUNS", 3usize).max(1);
+    let contended = if args.filter.any_contended() {
+        print_contended(&contended(cycles, runs, &args.filter), cycles, runs)
+    } else {
+        Vec::new()
+    };
+    // Only a complete run replaces the report, so a filtered or profiling
+    // run never leaves BENCHMARKS.md's source half empty.
+    let complete =
+        uncontended.len() == 5 && !metrics.is_null() && contended.len() == TASK_COUNTS.len() * 4;
+    if !complete {
+        println!("\nnot writing bench-core.json: not every bench ran in this invocation");
+        return;
+    }
+    let report = json!({
+        "note": "no-op manager; absolute numbers depend on the machine and its load: compare ratios within one run",
+        "pool_size": POOL_SIZE,
+        "workers": WORKERS,
+        "contended_cycles_per_run": cycles,
+        "contended_runs": runs,
+        "uncontended": uncontended,
+        "metrics_overhead": metrics,
+        "contended": contended,
+    });
+    let path = target_dir().join("bench-core.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&report).expect("json") + "\n",
+    )
+    .expect("write bench-core.json");
+    println!("\nwrote {}", path.display());
+}

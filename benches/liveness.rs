@@ -1,0 +1,1136 @@
+//! Liveness: how many errors reach callers when the server kills idle
+//! connections, and how many round trips each pool spends per query.
+//!
+//! Each session's idle timeout is 2 s, set per session (never `SET GLOBAL`:
+//! other tests share the servers): PostgreSQL through the startup option
+//! `idle_session_timeout=2s`; MariaDB by `SET SESSION wait_timeout=2` after
+//! each connect (mysql_async `init`, or `setup` for mysql_async's own pool,
+//! whose `COM_RESET_CONNECTION` on return would otherwise put the session
+//! back on the global timeout; sqlx `after_connect`). Workload: pool 8,
+//! 8 tasks, 5 bursts of 200 `SELECT 1` (the tasks share each burst's
+//! queries), 3.5 s apart, so every idle connection is dead by the next burst.
+//!
+//! | pool | validation on | off |
+//! |---|---|---|
+//! | vigil | its defaults (the only row) | |
+//! | sqlx `PgPool` / `MySqlPool` | `test_before_acquire(true)` (default) | `false` |
+//! | mysql_async `Pool` (MariaDB) | reset on return (default) | `with_reset_connection(false)` |
+//! | bb8 | `test_on_check_out(true)` (default): a ping | `false` |
+//! | deadpool | a ping in `recycle` | only the driver's cheap flag (default-like: deadpool-postgres `Fast`) |
+//!
+//! bb8 and deadpool run a small manager written here over the same driver
+//! connection vigil uses (`sqlx::PgConnection`, `mysql_async::Conn`).
+//!
+//! **Errors** are failed `get`s or queries seen by the tasks (no retries).
+//! **Round trips** are counted on the wire: every pool connects through a
+//! counting TCP proxy in this process, which frames the client's messages
+//! (PostgreSQL v3 / MySQL packets) and counts one round trip each time the
+//! client speaks after the server did, i.e. each request/response exchange
+//! (pipelined messages count once). Exchanges during connect/authentication
+//! and the bench's own `SET SESSION wait_timeout` are counted apart; pings
+//! (`COM_PING`, a lone PostgreSQL `Sync`) and resets (`COM_RESET_CONNECTION`)
+//! are also counted on their own. Round trips per query = command round trips
+//! (queries, pings, resets, rollbacks, the pools' own discovery queries)
+//! / successful queries. No server counters are read, so other activity on
+//! the servers does not disturb the figures.
+//!
+//! Run: `cargo bench --features postgres,mysql,sqlx-mysql --bench liveness`
+//! (~15 s per case, 16 cases). Environment: `VIGIL_LIVENESS_POOLS`
+//! (`vigil,sqlx,mysql_async,bb8,deadpool`), `VIGIL_LIVENESS_SERVERS`
+//! (`pg,mariadb`), `VIGIL_BENCH_PG_URL`, `VIGIL_BENCH_MYSQL_URL` (as in
+//! `realdb`). A complete run writes `target/bench-liveness.json`.
+//! `cargo test --benches ...` runs each case with 2 short bursts as a smoke test.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use mysql_async::prelude::Queryable;
+use serde_json::{json, Value};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlSslMode};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
+use sqlx::{ConnectOptions, Connection, Executor};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Runtime;
+
+const POOL_SIZE: usize = 8;
+const TASKS: usize = 8;
+const WORKERS: usize = 2;
+const SERVER_IDLE_TIMEOUT_S: u64 = 2;
+const MYSQL_SESSION_TIMEOUT: &str = "SET SESSION wait_timeout=2";
+/// A query that takes longer counts as an error (a stuck pool must not
+/// stall the bench).
+const QUERY_DEADLINE: Duration = Duration::from_secs(30);
+/// At most this many distinct error messages are kept per case.
+const ERROR_SAMPLES: usize = 3;
+
+/// The workload's shape; `Full` for `--bench`, `Smoke` for `cargo test --benches`.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    bursts: usize,
+    queries_per_burst: u64,
+    gap: Duration,
+}
+
+const FULL: Shape = Shape {
+    bursts: 5,
+    queries_per_burst: 200,
+    gap: Duration::from_millis(3_500),
+};
+const SMOKE: Shape = Shape {
+    bursts: 2,
+    queries_per_burst: 40,
+    gap: Duration::from_millis(3_500),
+};
+
+// ------------------------------------------------------------------ servers
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Pg,
+    Maria,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Pg => "pg",
+            Server::Maria => "mariadb",
+        }
+    }
+}
+
+fn pg_url() -> String {
+    std::env::var("VIGIL_BENCH_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn mysql_url() -> String {
+    std::env::var("VIGIL_BENCH_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+/// The real server's address, for the proxy.
+fn upstream(server: Server) -> String {
+    match server {
+        Server::Pg => {
+            let o = PgConnectOptions::from_str(&pg_url()).expect("VIGIL_BENCH_PG_URL parses");
+            format!("{}:{}", o.get_host(), o.get_port())
+        }
+        Server::Maria => {
+            let o =
+                mysql_async::Opts::from_url(&mysql_url()).expect("VIGIL_BENCH_MYSQL_URL parses");
+            format!("{}:{}", o.ip_or_hostname(), o.tcp_port())
+        }
+    }
+}
+
+/// PostgreSQL through the proxy, with a 2 s `idle_session_timeout` for this
+/// session only.
+fn pg_options(proxy: SocketAddr) -> PgConnectOptions {
+    PgConnectOptions::from_str(&pg_url())
+        .expect("VIGIL_BENCH_PG_URL parses")
+        .host(&proxy.ip().to_string())
+        .port(proxy.port())
+        .ssl_mode(PgSslMode::Disable)
+        .options([("idle_session_timeout", format!("{SERVER_IDLE_TIMEOUT_S}s"))])
+}
+
+/// mysql_async options through the proxy (TCP only). The session timeout
+/// is added by the caller, as `init` or `setup`.
+fn mysql_async_opts(proxy: SocketAddr) -> mysql_async::OptsBuilder {
+    let opts = mysql_async::Opts::from_url(&mysql_url()).expect("VIGIL_BENCH_MYSQL_URL parses");
+    mysql_async::OptsBuilder::from_opts(opts)
+        .ip_or_hostname(proxy.ip().to_string())
+        .tcp_port(proxy.port())
+        .prefer_socket(false)
+}
+
+fn sqlx_mysql_options(proxy: SocketAddr) -> MySqlConnectOptions {
+    MySqlConnectOptions::from_str(&mysql_url())
+        .expect("VIGIL_BENCH_MYSQL_URL parses")
+        .host(&proxy.ip().to_string())
+        .port(proxy.port())
+        .ssl_mode(MySqlSslMode::Disabled)
+}
+
+// ------------------------------------------------------------------ drivers (as in realdb.rs)
+
+/// One driver connection type, seen the same way by every pool.
+trait Driver: Sized + Send + 'static {
+    type Opts: Clone + Send + Sync + 'static;
+    type Error: std::error::Error + Send + Sync + 'static;
+    fn connect(opts: &Self::Opts) -> impl Future<Output = Result<Self, Self::Error>> + Send;
+    fn ping(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// `SELECT 1`, reading the row back.
+    fn select1(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// The driver's own cheap "this connection is finished" flag, no I/O.
+    fn has_broken(&mut self) -> bool;
+}
+
+impl Driver for PgConnection {
+    type Opts = PgConnectOptions;
+    type Error = sqlx::Error;
+
+    fn connect(opts: &PgConnectOptions) -> impl Future<Output = Result<Self, sqlx::Error>> + Send {
+        opts.connect()
+    }
+
+    fn ping(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        Connection::ping(self)
+    }
+
+    async fn select1(&mut self) -> Result<(), sqlx::Error> {
+        let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(self).await?;
+        assert_eq!(one, 1);
+        Ok(())
+    }
+
+    fn has_broken(&mut self) -> bool {
+        false // sqlx 0.8 exposes no such flag
+    }
+}
+
+impl Driver for MySqlConnection {
+    type Opts = MySqlConnectOptions;
+    type Error = sqlx::Error;
+
+    fn connect(
+        opts: &MySqlConnectOptions,
+    ) -> impl Future<Output = Result<Self, sqlx::Error>> + Send {
+        opts.connect()
+    }
+
+    fn ping(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        Connection::ping(self)
+    }
+
+    async fn select1(&mut self) -> Result<(), sqlx::Error> {
+        let one: i64 = sqlx::query_scalar("SELECT 1").fetch_one(self).await?;
+        assert_eq!(one, 1);
+        Ok(())
+    }
+
+    fn has_broken(&mut self) -> bool {
+        false
+    }
+}
+
+impl Driver for mysql_async::Conn {
+    type Opts = mysql_async::Opts;
+    type Error = mysql_async::Error;
+
+    fn connect(
+        opts: &mysql_async::Opts,
+    ) -> impl Future<Output = Result<Self, mysql_async::Error>> + Send {
+        mysql_async::Conn::new(opts.clone())
+    }
+
+    fn ping(&mut self) -> impl Future<Output = Result<(), mysql_async::Error>> + Send {
+        Queryable::ping(self)
+    }
+
+    async fn select1(&mut self) -> Result<(), mysql_async::Error> {
+        let one: Option<i64> = self.query_first("SELECT 1").await?;
+        assert_eq!(one, Some(1));
+        Ok(())
+    }
+
+    fn has_broken(&mut self) -> bool {
+        self.is_disconnected()
+    }
+}
+
+/// The small manager a bb8 or deadpool user writes (as in realdb.rs).
+struct PeerManager<D: Driver> {
+    opts: D::Opts,
+    ping: bool,
+}
+
+impl<D: Driver> bb8::ManageConnection for PeerManager<D> {
+    type Connection = D;
+    type Error = D::Error;
+
+    fn connect(&self) -> impl Future<Output = Result<D, D::Error>> + Send {
+        D::connect(&self.opts)
+    }
+
+    fn is_valid(&self, conn: &mut D) -> impl Future<Output = Result<(), D::Error>> + Send {
+        conn.ping()
+    }
+
+    fn has_broken(&self, conn: &mut D) -> bool {
+        conn.has_broken()
+    }
+}
+
+impl<D: Driver> deadpool::managed::Manager for PeerManager<D> {
+    type Type = D;
+    type Error = D::Error;
+
+    fn create(&self) -> impl Future<Output = Result<D, D::Error>> + Send {
+        D::connect(&self.opts)
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut D,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<D::Error> {
+        if conn.has_broken() {
+            return Err(deadpool::managed::RecycleError::message("broken"));
+        }
+        if self.ping {
+            conn.ping()
+                .await
+                .map_err(deadpool::managed::RecycleError::Backend)?;
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ the pools, one interface
+
+/// A pool as the workload sees it.
+trait Target: Send + Sync + 'static {
+    /// Borrow a connection, `SELECT 1`, give it back.
+    fn query(&self) -> BoxFuture<'_, Result<(), String>>;
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+impl<M> Target for vigil::Pool<M>
+where
+    M: vigil::Manager,
+    M::Connection: Driver,
+{
+    fn query(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.get().await.map_err(|e| e.to_string())?;
+            conn.select1().await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(vigil::Pool::close(self))
+    }
+}
+
+impl<DB> Target for sqlx::Pool<DB>
+where
+    DB: sqlx::Database,
+    DB::Connection: Driver,
+{
+    fn query(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.acquire().await.map_err(|e| e.to_string())?;
+            conn.select1().await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(sqlx::Pool::close(self))
+    }
+}
+
+impl Target for mysql_async::Pool {
+    fn query(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.get_conn().await.map_err(|e| e.to_string())?;
+            conn.select1().await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = self.clone().disconnect().await;
+        })
+    }
+}
+
+impl<D: Driver> Target for bb8::Pool<PeerManager<D>> {
+    fn query(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.get().await.map_err(|e| e.to_string())?;
+            conn.select1().await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+impl<D: Driver> Target for deadpool::managed::Pool<PeerManager<D>> {
+    fn query(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.get().await.map_err(|e| e.to_string())?;
+            conn.select1().await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        deadpool::managed::Pool::close(self);
+        Box::pin(async {})
+    }
+}
+
+// ------------------------------------------------------------------ the counting proxy
+
+/// What the proxy saw, over every connection of one case.
+#[derive(Debug, Default)]
+struct Wire {
+    /// TCP sessions opened (each is one connect of the pool).
+    connections: AtomicU64,
+    /// Request/response exchanges carrying a command after the handshake,
+    /// pings and resets included, the bench's own setup statement excluded.
+    commands: AtomicU64,
+    /// Of `commands`: pings (MySQL `COM_PING`; PostgreSQL a lone `Sync`,
+    /// which is sqlx's ping).
+    pings: AtomicU64,
+    /// Of `commands`: MySQL `COM_RESET_CONNECTION`.
+    resets: AtomicU64,
+    /// Exchanges during connect and authentication.
+    handshake: AtomicU64,
+    /// The bench's own `SET SESSION wait_timeout` exchanges.
+    setup: AtomicU64,
+}
+
+impl Wire {
+    fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Msg {
+    Handshake,
+    Quit,
+    Ping,
+    Reset,
+    Setup,
+    Command,
+    /// Has no reply (`COM_STMT_CLOSE`): the next message decides what the
+    /// exchange was.
+    NoReply,
+}
+
+/// Frames the client's side of one session, enough to classify each
+/// exchange by its first message. Headers are gathered byte by byte (at most
+/// 8 bytes, or 29 for a MySQL `COM_QUERY`); bodies are skipped in bulk.
+struct Framer {
+    server: Server,
+    head: Vec<u8>,
+    skip: usize,
+    /// PostgreSQL: the untyped startup message has been seen.
+    started: bool,
+    /// The client spoke after the server: its next message opens an exchange.
+    fresh: bool,
+}
+
+impl Framer {
+    fn new(server: Server) -> Self {
+        Framer {
+            server,
+            head: Vec::with_capacity(32),
+            skip: 0,
+            started: false,
+            fresh: false,
+        }
+    }
+
+    fn feed(&mut self, mut data: &[u8], wire: &Wire) {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                continue;
+            }
+            self.head.push(data[0]);
+            data = &data[1..];
+            let parsed = match self.server {
+                Server::Maria => self.mysql_head(),
+                Server::Pg => self.pg_head(),
+            };
+            if let Some((msg, rest)) = parsed {
+                self.head.clear();
+                self.skip = rest;
+                if self.fresh && msg != Msg::NoReply {
+                    self.fresh = false;
+                    match msg {
+                        Msg::Handshake => Wire::bump(&wire.handshake),
+                        Msg::Setup => Wire::bump(&wire.setup),
+                        Msg::Quit | Msg::NoReply => {}
+                        Msg::Ping | Msg::Reset | Msg::Command => {
+                            Wire::bump(&wire.commands);
+                            if msg == Msg::Ping {
+                                Wire::bump(&wire.pings);
+                            }
+                            if msg == Msg::Reset {
+                                Wire::bump(&wire.resets);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A MySQL packet: 3-byte length, sequence id, then (sequence 0 only: a
+    /// command) the command byte. `(message, body bytes left to skip)`.
+    fn mysql_head(&self) -> Option<(Msg, usize)> {
+        let h = &self.head;
+        if h.len() < 4 {
+            return None;
+        }
+        let len = h[0] as usize | (h[1] as usize) << 8 | (h[2] as usize) << 16;
+        if h[3] != 0 {
+            // Handshake response, auth switch: commands always start at 0.
+            return Some((Msg::Handshake, len));
+        }
+        if len == 0 {
+            return Some((Msg::Command, 0));
+        }
+        if h.len() < 5 {
+            return None;
+        }
+        const COM_QUIT: u8 = 0x01;
+        const COM_QUERY: u8 = 0x03;
+        const COM_PING: u8 = 0x0e;
+        const COM_STMT_CLOSE: u8 = 0x19;
+        const COM_RESET_CONNECTION: u8 = 0x1f;
+        let msg = match h[4] {
+            COM_QUERY => {
+                // Enough of the text to recognise the bench's own setup.
+                let want = 5 + (len - 1).min(MYSQL_SESSION_TIMEOUT.len());
+                if h.len() < want {
+                    return None;
+                }
+                let text = &h[5..want];
+                let setup = text.eq_ignore_ascii_case(MYSQL_SESSION_TIMEOUT.as_bytes());
+                let msg = if setup { Msg::Setup } else { Msg::Command };
+                return Some((msg, len - (want - 4)));
+            }
+            COM_QUIT => Msg::Quit,
+            COM_PING => Msg::Ping,
+            COM_RESET_CONNECTION => Msg::Reset,
+            COM_STMT_CLOSE => Msg::NoReply,
+            _ => Msg::Command,
+        };
+        Some((msg, len - 1))
+    }
+
+    /// A PostgreSQL message: untyped (length, code) until the startup
+    /// message, then tag + length.
+    fn pg_head(&mut self) -> Option<(Msg, usize)> {
+        let h = &self.head;
+        let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        if !self.started {
+            if h.len() < 8 {
+                return None;
+            }
+            const PROTOCOL_3: usize = 196_608;
+            if be(&h[4..8]) == PROTOCOL_3 {
+                self.started = true;
+            }
+            return Some((Msg::Handshake, be(&h[0..4]).saturating_sub(8)));
+        }
+        if h.len() < 5 {
+            return None;
+        }
+        let msg = match h[0] {
+            b'p' => Msg::Handshake,
+            b'X' => Msg::Quit,
+            b'S' => Msg::Ping,
+            _ => Msg::Command,
+        };
+        Some((msg, be(&h[1..5]).saturating_sub(4)))
+    }
+}
+
+/// Listens on 127.0.0.1 and forwards every session to `upstream`, counting
+/// into `wire`. Lives as long as the runtime it was started on.
+async fn start_proxy(server: Server, upstream: String, wire: Arc<Wire>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind");
+    let addr = listener.local_addr().expect("proxy address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((client, _)) = listener.accept().await else {
+                continue;
+            };
+            let Ok(upstream) = TcpStream::connect(&upstream).await else {
+                continue; // the client sees its connection closed
+            };
+            Wire::bump(&wire.connections);
+            tokio::spawn(relay(server, client, upstream, Arc::clone(&wire)));
+        }
+    });
+    addr
+}
+
+/// Copies both ways. A close from either side is passed on at once (a
+/// session the server ended reads as ended to the client, as it would
+/// without the proxy), so checks like mysql_async's zero-round-trip socket
+/// check still see it.
+async fn relay(server: Server, client: TcpStream, upstream: TcpStream, wire: Arc<Wire>) {
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut sr, mut sw) = upstream.into_split();
+    // Set by the server side before it forwards anything, so the client's
+    // next bytes are known to open a new exchange. The MySQL server speaks
+    // first; a PostgreSQL client does: start at `true` for both.
+    let server_spoke = AtomicBool::new(true);
+    let up = async {
+        let mut framer = Framer::new(server);
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if server_spoke.swap(false, Ordering::AcqRel) {
+                framer.fresh = true;
+            }
+            framer.feed(&buf[..n], &wire);
+            if sw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = sw.shutdown().await;
+    };
+    let down = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = match sr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            server_spoke.store(true, Ordering::Release);
+            if cw.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = cw.shutdown().await;
+    };
+    tokio::join!(up, down);
+}
+
+// ------------------------------------------------------------------ the cases
+
+type Build = fn(SocketAddr) -> BoxFuture<'static, Arc<dyn Target>>;
+
+struct Case {
+    pool: &'static str,
+    server: Server,
+    /// Checkout validation (mysql_async: reset on return) on.
+    validation: bool,
+    /// Whether this is the pool's default setting.
+    default: bool,
+    detail: &'static str,
+    build: Build,
+}
+
+fn vigil_pg(proxy: SocketAddr) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        // Defaults apart from the size: validation IdleFor(500 ms), the
+        // server's idle timeout read from each new session.
+        let manager = vigil::backend::sqlx::PgManager::new(pg_options(proxy));
+        let pool = vigil::Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("vigil build");
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
+fn vigil_maria(proxy: SocketAddr) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        let opts = mysql_async_opts(proxy).init(vec![MYSQL_SESSION_TIMEOUT]);
+        let manager = vigil::backend::mysql::MySqlManager::new(opts.into());
+        let pool = vigil::Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("vigil build");
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
+fn sqlx_pg(proxy: SocketAddr, test: bool) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        let pool = sqlx::pool::PoolOptions::<sqlx::Postgres>::new()
+            .max_connections(POOL_SIZE as u32)
+            .test_before_acquire(test)
+            .connect_lazy_with(pg_options(proxy));
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
+fn sqlx_maria(proxy: SocketAddr, test: bool) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        let pool = sqlx::pool::PoolOptions::<sqlx::MySql>::new()
+            .max_connections(POOL_SIZE as u32)
+            .test_before_acquire(test)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute(MYSQL_SESSION_TIMEOUT).await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(sqlx_mysql_options(proxy));
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
+fn mysql_async_pool(proxy: SocketAddr, reset: bool) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        // `setup`, not `init`: mysql_async runs `setup` after each
+        // COM_RESET_CONNECTION too, and the reset would otherwise restore the
+        // global wait_timeout. min = max: with the default
+        // inactive_connection_ttl (0) the pool keeps at most `min` idle.
+        let pool_opts = mysql_async::PoolOpts::default()
+            .with_constraints(
+                mysql_async::PoolConstraints::new(POOL_SIZE, POOL_SIZE).expect("constraints"),
+            )
+            .with_reset_connection(reset);
+        let opts = mysql_async_opts(proxy)
+            .setup(vec![MYSQL_SESSION_TIMEOUT])
+            .pool_opts(pool_opts);
+        Arc::new(mysql_async::Pool::new(opts)) as Arc<dyn Target>
+    })
+}
+
+fn bb8_pool<D: Driver>(opts: D::Opts, test: bool) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        let pool = bb8::Pool::builder()
+            .max_size(POOL_SIZE as u32)
+            .test_on_check_out(test)
+            .build(PeerManager::<D> { opts, ping: test })
+            .await
+            .expect("bb8 build");
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
+fn deadpool_pool<D: Driver>(opts: D::Opts, ping: bool) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        let pool = deadpool::managed::Pool::builder(PeerManager::<D> { opts, ping })
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("deadpool build");
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
+fn my_opts(proxy: SocketAddr) -> mysql_async::Opts {
+    mysql_async_opts(proxy)
+        .init(vec![MYSQL_SESSION_TIMEOUT])
+        .into()
+}
+
+const VIGIL_DEFAULTS: &str = "vigil's defaults";
+
+fn all_cases() -> Vec<Case> {
+    use Server::{Maria, Pg};
+    type Conn = mysql_async::Conn;
+    let case = |pool, server, validation, default, detail, build: Build| Case {
+        pool,
+        server,
+        validation,
+        default,
+        detail,
+        build,
+    };
+    vec![
+        case("vigil", Pg, true, true, VIGIL_DEFAULTS, vigil_pg),
+        case("sqlx", Pg, true, true, "test_before_acquire(true)", |p| {
+            sqlx_pg(p, true)
+        }),
+        case(
+            "sqlx",
+            Pg,
+            false,
+            false,
+            "test_before_acquire(false)",
+            |p| sqlx_pg(p, false),
+        ),
+        case("bb8", Pg, true, true, "test_on_check_out(true)", |p| {
+            bb8_pool::<PgConnection>(pg_options(p), true)
+        }),
+        case("bb8", Pg, false, false, "test_on_check_out(false)", |p| {
+            bb8_pool::<PgConnection>(pg_options(p), false)
+        }),
+        case("deadpool", Pg, true, false, "ping in recycle", |p| {
+            deadpool_pool::<PgConnection>(pg_options(p), true)
+        }),
+        case("deadpool", Pg, false, true, "no ping in recycle", |p| {
+            deadpool_pool::<PgConnection>(pg_options(p), false)
+        }),
+        case("vigil", Maria, true, true, VIGIL_DEFAULTS, vigil_maria),
+        case(
+            "sqlx",
+            Maria,
+            true,
+            true,
+            "test_before_acquire(true)",
+            |p| sqlx_maria(p, true),
+        ),
+        case(
+            "sqlx",
+            Maria,
+            false,
+            false,
+            "test_before_acquire(false)",
+            |p| sqlx_maria(p, false),
+        ),
+        case("mysql_async", Maria, true, true, "reset on return", |p| {
+            mysql_async_pool(p, true)
+        }),
+        case(
+            "mysql_async",
+            Maria,
+            false,
+            false,
+            "with_reset_connection(false)",
+            |p| mysql_async_pool(p, false),
+        ),
+        case("bb8", Maria, true, true, "test_on_check_out(true)", |p| {
+            bb8_pool::<Conn>(my_opts(p), true)
+        }),
+        case(
+            "bb8",
+            Maria,
+            false,
+            false,
+            "test_on_check_out(false)",
+            |p| bb8_pool::<Conn>(my_opts(p), false),
+        ),
+        case("deadpool", Maria, true, false, "ping in recycle", |p| {
+            deadpool_pool::<Conn>(my_opts(p), true)
+        }),
+        case(
+            "deadpool",
+            Maria,
+            false,
+            true,
+            "is_disconnected only",
+            |p| deadpool_pool::<Conn>(my_opts(p), false),
+        ),
+    ]
+}
+
+// ------------------------------------------------------------------ the workload
+
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+struct Outcome {
+    ok: u64,
+    errors_per_burst: Vec<u64>,
+    samples: Vec<String>,
+    connections: u64,
+    commands: u64,
+    pings: u64,
+    resets: u64,
+    handshake: u64,
+    setup: u64,
+    seconds: f64,
+}
+
+impl Outcome {
+    fn errors(&self) -> u64 {
+        self.errors_per_burst.iter().sum()
+    }
+
+    fn round_trips_per_query(&self) -> f64 {
+        self.commands as f64 / self.ok.max(1) as f64
+    }
+}
+
+/// One case on a fresh runtime, through a fresh proxy.
+fn run_case(case: &Case, shape: Shape) -> Outcome {
+    let rt = runtime();
+    let began = Instant::now();
+    let outcome = rt.block_on(async {
+        let wire = Arc::new(Wire::default());
+        let proxy = start_proxy(case.server, upstream(case.server), Arc::clone(&wire)).await;
+        let target = (case.build)(proxy).await;
+        let mut ok = 0;
+        let mut errors_per_burst = Vec::new();
+        let mut samples: Vec<String> = Vec::new();
+        for burst in 0..shape.bursts {
+            if burst > 0 {
+                tokio::time::sleep(shape.gap).await;
+            }
+            let left = Arc::new(AtomicU64::new(shape.queries_per_burst));
+            let handles: Vec<_> = (0..TASKS)
+                .map(|_| {
+                    let (target, left) = (Arc::clone(&target), Arc::clone(&left));
+                    tokio::spawn(async move {
+                        let (mut ok, mut errors) = (0u64, Vec::new());
+                        while left
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                                n.checked_sub(1)
+                            })
+                            .is_ok()
+                        {
+                            match tokio::time::timeout(QUERY_DEADLINE, target.query()).await {
+                                Ok(Ok(())) => ok += 1,
+                                Ok(Err(e)) => errors.push(e),
+                                Err(_) => errors.push("no answer within 30 s".into()),
+                            }
+                        }
+                        (ok, errors)
+                    })
+                })
+                .collect();
+            let mut burst_errors = 0;
+            for h in handles {
+                let (o, errors) = h.await.expect("bench task");
+                ok += o;
+                burst_errors += errors.len() as u64;
+                for e in errors {
+                    let e: String = e.chars().take(200).collect();
+                    if samples.len() < ERROR_SAMPLES && !samples.contains(&e) {
+                        samples.push(e);
+                    }
+                }
+            }
+            errors_per_burst.push(burst_errors);
+        }
+        // Let work the last queries started on return (sqlx's release ping,
+        // mysql_async's reset) reach the wire before it is read.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let w = &wire;
+        let outcome = Outcome {
+            ok,
+            errors_per_burst,
+            samples,
+            connections: Wire::get(&w.connections),
+            commands: Wire::get(&w.commands),
+            pings: Wire::get(&w.pings),
+            resets: Wire::get(&w.resets),
+            handshake: Wire::get(&w.handshake),
+            setup: Wire::get(&w.setup),
+            seconds: 0.0,
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(10), target.close()).await;
+        outcome
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Outcome {
+        seconds: began.elapsed().as_secs_f64(),
+        ..outcome
+    }
+}
+
+// ------------------------------------------------------------------ report
+
+fn validation_label(case: &Case) -> String {
+    if case.pool == "vigil" {
+        return case.detail.to_owned();
+    }
+    let onoff = if case.validation { "on" } else { "off" };
+    let default = if case.default { ", default" } else { "" };
+    format!("{onoff} ({}{default})", case.detail)
+}
+
+fn report(results: &[(Case, Outcome)], shape: Shape) -> (Vec<Value>, Vec<Value>) {
+    println!();
+    println!(
+        "liveness: server idle timeout {SERVER_IDLE_TIMEOUT_S} s (per session), pool {POOL_SIZE}, \
+         {TASKS} tasks, {} bursts x {} SELECT 1, {:.1} s gaps; round trips counted on the wire",
+        shape.bursts,
+        shape.queries_per_burst,
+        shape.gap.as_secs_f64()
+    );
+    let width = results
+        .iter()
+        .map(|(c, _)| validation_label(c).len())
+        .max()
+        .unwrap_or(10);
+    println!(
+        "{:<12} {:<8} {:<width$} {:>7} {:>20} {:>9} {:>6} {:>7} {:>9}",
+        "pool",
+        "server",
+        "validation",
+        "errors",
+        "per burst",
+        "rt/query",
+        "pings",
+        "resets",
+        "connects"
+    );
+    let mut rows = Vec::new();
+    for (case, o) in results {
+        let per_burst = o
+            .errors_per_burst
+            .iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join("/");
+        println!(
+            "{:<12} {:<8} {:<width$} {:>7} {:>20} {:>9.2} {:>6} {:>7} {:>9}",
+            case.pool,
+            case.server.name(),
+            validation_label(case),
+            o.errors(),
+            per_burst,
+            o.round_trips_per_query(),
+            o.pings,
+            o.resets,
+            o.connections,
+        );
+        rows.push(json!({
+            "pool": case.pool,
+            "server": case.server.name(),
+            "validation": case.validation,
+            "default": case.default,
+            "detail": case.detail,
+            "label": validation_label(case),
+            "queries_ok": o.ok,
+            "errors": o.errors(),
+            "errors_per_burst": o.errors_per_burst,
+            "error_samples": o.samples,
+            "round_trips": o.commands,
+            "round_trips_per_query": o.round_trips_per_query(),
+            "pings": o.pings,
+            "resets": o.resets,
+            "connections": o.connections,
+            "handshake_round_trips": o.handshake,
+            "bench_setup_round_trips": o.setup,
+            "seconds": o.seconds,
+        }));
+    }
+    for (case, o) in results {
+        if let Some(first) = o.samples.first() {
+            println!(
+                "  {}/{} ({}): first error: {first}",
+                case.server.name(),
+                case.pool,
+                validation_label(case)
+            );
+        }
+    }
+    // Target: zero errors at about one round trip per query.
+    let mut targets = Vec::new();
+    for (case, o) in results.iter().filter(|(c, _)| c.pool == "vigil") {
+        let rt = o.round_trips_per_query();
+        let met = o.errors() == 0 && rt <= RT_TARGET;
+        println!(
+            "{}: vigil {} errors, {rt:.2} round trips/query [target 0 errors at ~1.0 (<= {RT_TARGET}): {}]",
+            case.server.name(),
+            o.errors(),
+            if met { "met" } else { "NOT met" }
+        );
+        targets.push(json!({
+            "server": case.server.name(),
+            "errors": o.errors(),
+            "round_trips_per_query": rt,
+            "round_trips_target": RT_TARGET,
+            "met": met,
+        }));
+    }
+    (rows, targets)
+}
+
+/// "≈ 1.0" round trips per query, made a number.
+const RT_TARGET: f64 = 1.10;
+
+// ------------------------------------------------------------------ main
+
+/// A comma list from the environment; `None` (everything) when unset.
+fn env_list(name: &str) -> Option<Vec<String>> {
+    let v = std::env::var(name).ok()?;
+    Some(v.split(',').map(|s| s.trim().to_owned()).collect())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let bench = argv.iter().any(|a| a == "--bench");
+    let pools = env_list("VIGIL_LIVENESS_POOLS");
+    let servers = env_list("VIGIL_LIVENESS_SERVERS");
+    let every = all_cases().len();
+    let cases: Vec<Case> = all_cases()
+        .into_iter()
+        .filter(|c| {
+            pools
+                .as_ref()
+                .map_or(true, |p| p.iter().any(|p| p == c.pool))
+        })
+        .filter(|c| {
+            servers
+                .as_ref()
+                .map_or(true, |s| s.iter().any(|s| s == c.server.name()))
+        })
+        .collect();
+    if argv.iter().any(|a| a == "--list") {
+        for c in &cases {
+            let v = if c.validation { "on" } else { "off" };
+            println!("liveness/{}/{}/{v}: bench", c.server.name(), c.pool);
+        }
+        return;
+    }
+    let complete = bench && cases.len() == every;
+    let shape = if bench { FULL } else { SMOKE };
+    let mut results = Vec::new();
+    for case in cases {
+        let o = run_case(&case, shape);
+        eprintln!(
+            "liveness/{}/{}/{}: {} errors, {:.2} round trips/query ({:.1} s)",
+            case.server.name(),
+            case.pool,
+            if case.validation { "on" } else { "off" },
+            o.errors(),
+            o.round_trips_per_query(),
+            o.seconds
+        );
+        results.push((case, o));
+    }
+    let (rows, targets) = report(&results, shape);
+    if !complete {
+        if bench {
+            println!("\nnot writing bench-liveness.json: not every case ran in this invocation");
+        }
+        return;
+    }
+    let report = json!({
+        "note": "errors and round trips do not depend on the machine's speed; round trips are counted by a TCP proxy in the bench (command exchanges after the handshake, the bench's own SET SESSION excluded)",
+        "server_idle_timeout_s": SERVER_IDLE_TIMEOUT_S,
+        "pool_size": POOL_SIZE,
+        "tasks": TASKS,
+        "bursts": shape.bursts,
+        "queries_per_burst": shape.queries_per_burst,
+        "gap_s": shape.gap.as_secs_f64(),
+        "cases": rows,
+        "targets": targets,
+    });
+    let path = target_dir().join("bench-liveness.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&report).expect("json") + "\n",
+    )
+    .expect("write bench-liveness.json");
+    println!("\nwrote {}", path.display());
+}

@@ -1,0 +1,1011 @@
+//! Real-database throughput: `SELECT 1` through vigil and the peers against
+//! PostgreSQL and MariaDB, 64 tasks sharing 16 connections.
+//!
+//! Every pool lends the same driver connection per server (`sqlx::PgConnection`
+//! for PostgreSQL; `mysql_async::Conn` for MariaDB, where sqlx's `MySqlPool`
+//! necessarily lends `sqlx::MySqlConnection`), so only the pool differs. Cases:
+//!
+//! | pool | validation on | validation off |
+//! |---|---|---|
+//! | vigil | its defaults (validation `IdleFor(500 ms)`, ...) | — |
+//! | vigil-no-return-ping (PG) | defaults but `verify_on_return(false)`: what that default costs | — |
+//! | vigil-sqlx (MariaDB) | vigil over `sqlx::MySqlConnection`, defaults | — |
+//! | sqlx `PgPool` / `MySqlPool` | `test_before_acquire(true)` (default) | `false` |
+//! | mysql_async `Pool` (MariaDB) | reset on return (default) | `with_reset_connection(false)` |
+//! | bb8 | `test_on_check_out(true)` (default): a ping | `false` |
+//! | deadpool | a ping in `recycle` (like `RecyclingMethod::Verified`) | only the driver's cheap flag (like `Fast`) |
+//! | dedicated | 16 connections, no pool: task `i` locks connection `i % 16` | |
+//!
+//! Every pool is sized 16 and pre-warmed (16 connections open before the clock
+//! starts), then 64 tasks on a 2-worker runtime share `VIGIL_BENCH_QUERIES`
+//! queries (default 20,000): claim one, time `get` + query + drop, repeat.
+//! Runs are interleaved (every case once, then again) so load from elsewhere
+//! falls on all cases alike; queries/s is the median run, latency percentiles
+//! are over all runs (acquire included).
+//!
+//! Run: `cargo bench --features postgres,mysql,sqlx-mysql --bench realdb`.
+//! Environment: `VIGIL_BENCH_QUERIES` (20000), `VIGIL_BENCH_RUNS` (7),
+//! `VIGIL_BENCH_POOLS` (comma list of pool names, default all),
+//! `VIGIL_BENCH_SERVERS` (`pg,mariadb`), `VIGIL_BENCH_PG_URL`
+//! (`postgres://postgres@127.0.0.1:5432/test`), `VIGIL_BENCH_MYSQL_URL`
+//! (`mysql://root@127.0.0.1:3306/test`). A complete (unfiltered) run writes
+//! `target/bench-realdb.json` for BENCHMARKS.md. `cargo test --benches
+//! --features postgres,mysql,sqlx-mysql` runs every case once, briefly, as a
+//! smoke test (and writes nothing).
+//!
+//! TLS is off for every client (sqlx `ssl_mode(Disable)`, mysql_async has
+//! none configured) and mysql_async uses `prefer_socket(false)`, so every
+//! MariaDB pool talks plain TCP to 127.0.0.1, like the sqlx one.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use hdrhistogram::Histogram;
+use mysql_async::prelude::Queryable;
+use serde_json::{json, Value};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlSslMode};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
+use sqlx::{ConnectOptions, Connection};
+use tokio::runtime::Runtime;
+
+const POOL_SIZE: usize = 16;
+const TASKS: usize = 64;
+const WORKERS: usize = 2;
+/// A query that takes longer than this counts as an error (a stuck pool
+/// must not stall the bench).
+const QUERY_DEADLINE: Duration = Duration::from_secs(30);
+
+// ------------------------------------------------------------------ servers
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Server {
+    Pg,
+    Maria,
+}
+
+impl Server {
+    fn name(self) -> &'static str {
+        match self {
+            Server::Pg => "pg",
+            Server::Maria => "mariadb",
+        }
+    }
+}
+
+fn pg_options() -> PgConnectOptions {
+    let url = std::env::var("VIGIL_BENCH_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    PgConnectOptions::from_str(&url)
+        .expect("VIGIL_BENCH_PG_URL parses")
+        .ssl_mode(PgSslMode::Disable)
+}
+
+fn mysql_url() -> String {
+    std::env::var("VIGIL_BENCH_MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+/// mysql_async options: TCP only (no switch to the Unix socket).
+fn mysql_async_opts() -> mysql_async::OptsBuilder {
+    let opts = mysql_async::Opts::from_url(&mysql_url()).expect("VIGIL_BENCH_MYSQL_URL parses");
+    mysql_async::OptsBuilder::from_opts(opts).prefer_socket(false)
+}
+
+/// mysql_async options, built.
+fn my_opts() -> mysql_async::Opts {
+    mysql_async_opts().into()
+}
+
+fn sqlx_mysql_options() -> MySqlConnectOptions {
+    MySqlConnectOptions::from_str(&mysql_url())
+        .expect("VIGIL_BENCH_MYSQL_URL parses")
+        .ssl_mode(MySqlSslMode::Disabled)
+}
+
+// ------------------------------------------------------------------ drivers
+
+/// One driver connection type, seen the same way by every pool.
+trait Driver: Sized + Send + 'static {
+    type Opts: Clone + Send + Sync + 'static;
+    type Error: std::error::Error + Send + Sync + 'static;
+    fn connect(opts: &Self::Opts) -> impl Future<Output = Result<Self, Self::Error>> + Send;
+    fn ping(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// `SELECT 1`, reading the row back.
+    fn select1(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+    /// The driver's own cheap "this connection is finished" flag, no I/O.
+    fn has_broken(&mut self) -> bool;
+}
+
+impl Driver for PgConnection {
+    type Opts = PgConnectOptions;
+    type Error = sqlx::Error;
+
+    fn connect(opts: &PgConnectOptions) -> impl Future<Output = Result<Self, sqlx::Error>> + Send {
+        opts.connect()
+    }
+
+    fn ping(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        Connection::ping(self)
+    }
+
+    async fn select1(&mut self) -> Result<(), sqlx::Error> {
+        // Prepared once per connection, then cached by sqlx: one round trip.
+        let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(self).await?;
+        assert_eq!(one, 1);
+        Ok(())
+    }
+
+    fn has_broken(&mut self) -> bool {
+        false // sqlx 0.8 exposes no such flag
+    }
+}
+
+impl Driver for MySqlConnection {
+    type Opts = MySqlConnectOptions;
+    type Error = sqlx::Error;
+
+    fn connect(
+        opts: &MySqlConnectOptions,
+    ) -> impl Future<Output = Result<Self, sqlx::Error>> + Send {
+        opts.connect()
+    }
+
+    fn ping(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        Connection::ping(self)
+    }
+
+    async fn select1(&mut self) -> Result<(), sqlx::Error> {
+        let one: i64 = sqlx::query_scalar("SELECT 1").fetch_one(self).await?;
+        assert_eq!(one, 1);
+        Ok(())
+    }
+
+    fn has_broken(&mut self) -> bool {
+        false
+    }
+}
+
+impl Driver for mysql_async::Conn {
+    type Opts = mysql_async::Opts;
+    type Error = mysql_async::Error;
+
+    fn connect(
+        opts: &mysql_async::Opts,
+    ) -> impl Future<Output = Result<Self, mysql_async::Error>> + Send {
+        mysql_async::Conn::new(opts.clone())
+    }
+
+    fn ping(&mut self) -> impl Future<Output = Result<(), mysql_async::Error>> + Send {
+        Queryable::ping(self)
+    }
+
+    async fn select1(&mut self) -> Result<(), mysql_async::Error> {
+        // Text protocol (COM_QUERY): one round trip.
+        let one: Option<i64> = self.query_first("SELECT 1").await?;
+        assert_eq!(one, Some(1));
+        Ok(())
+    }
+
+    fn has_broken(&mut self) -> bool {
+        self.is_disconnected()
+    }
+}
+
+// ------------------------------------------------------------------ bb8 and deadpool managers
+
+/// The small manager a bb8 or deadpool user writes over a driver connection.
+/// bb8: `is_valid` is a ping (called only with `test_on_check_out(true)`),
+/// `has_broken` the driver's flag. deadpool: `recycle` rejects what the
+/// driver flags and, when `ping`, pings (deadpool-postgres' `Verified`;
+/// without, its `Fast`).
+struct PeerManager<D: Driver> {
+    opts: D::Opts,
+    ping: bool,
+}
+
+impl<D: Driver> bb8::ManageConnection for PeerManager<D> {
+    type Connection = D;
+    type Error = D::Error;
+
+    fn connect(&self) -> impl Future<Output = Result<D, D::Error>> + Send {
+        D::connect(&self.opts)
+    }
+
+    fn is_valid(&self, conn: &mut D) -> impl Future<Output = Result<(), D::Error>> + Send {
+        conn.ping()
+    }
+
+    fn has_broken(&self, conn: &mut D) -> bool {
+        conn.has_broken()
+    }
+}
+
+impl<D: Driver> deadpool::managed::Manager for PeerManager<D> {
+    type Type = D;
+    type Error = D::Error;
+
+    fn create(&self) -> impl Future<Output = Result<D, D::Error>> + Send {
+        D::connect(&self.opts)
+    }
+
+    async fn recycle(
+        &self,
+        conn: &mut D,
+        _: &deadpool::managed::Metrics,
+    ) -> deadpool::managed::RecycleResult<D::Error> {
+        if conn.has_broken() {
+            return Err(deadpool::managed::RecycleError::message("broken"));
+        }
+        if self.ping {
+            conn.ping()
+                .await
+                .map_err(deadpool::managed::RecycleError::Backend)?;
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ the pools, one interface
+
+/// A pool (or the dedicated connections) as the workload sees it.
+trait Target: Send + Sync + 'static {
+    /// Borrow a connection (task `task` asks), `SELECT 1`, give it back.
+    fn query(&self, task: usize) -> BoxFuture<'_, Result<(), String>>;
+    /// Hold `n` connections at once, so all are open, then give them back.
+    fn warm(&self, n: usize) -> BoxFuture<'_, ()>;
+    fn close(&self) -> BoxFuture<'_, ()>;
+}
+
+impl<M> Target for vigil::Pool<M>
+where
+    M: vigil::Manager,
+    M::Connection: Driver,
+{
+    fn query(&self, _: usize) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.get().await.map_err(|e| e.to_string())?;
+            conn.select1().await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn warm(&self, n: usize) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let mut held = Vec::with_capacity(n);
+            for _ in 0..n {
+                held.push(self.get().await.expect("vigil get"));
+            }
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(vigil::Pool::close(self))
+    }
+}
+
+impl<DB> Target for sqlx::Pool<DB>
+where
+    DB: sqlx::Database,
+    DB::Connection: Driver,
+{
+    fn query(&self, _: usize) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.acquire().await.map_err(|e| e.to_string())?;
+            conn.select1().await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn warm(&self, n: usize) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let mut held = Vec::with_capacity(n);
+            for _ in 0..n {
+                held.push(self.acquire().await.expect("sqlx acquire"));
+            }
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(sqlx::Pool::close(self))
+    }
+}
+
+impl Target for mysql_async::Pool {
+    fn query(&self, _: usize) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.get_conn().await.map_err(|e| e.to_string())?;
+            conn.select1().await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn warm(&self, n: usize) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let mut held = Vec::with_capacity(n);
+            for _ in 0..n {
+                held.push(self.get_conn().await.expect("mysql_async get_conn"));
+            }
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = self.clone().disconnect().await;
+        })
+    }
+}
+
+impl<D: Driver> Target for bb8::Pool<PeerManager<D>> {
+    fn query(&self, _: usize) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.get().await.map_err(|e| e.to_string())?;
+            conn.select1().await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn warm(&self, n: usize) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let mut held = Vec::with_capacity(n);
+            for _ in 0..n {
+                held.push(self.get().await.expect("bb8 get"));
+            }
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+impl<D: Driver> Target for deadpool::managed::Pool<PeerManager<D>> {
+    fn query(&self, _: usize) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.get().await.map_err(|e| e.to_string())?;
+            conn.select1().await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn warm(&self, n: usize) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let mut held = Vec::with_capacity(n);
+            for _ in 0..n {
+                held.push(self.get().await.expect("deadpool get"));
+            }
+        })
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        deadpool::managed::Pool::close(self);
+        Box::pin(async {})
+    }
+}
+
+/// The limit: `POOL_SIZE` connections and no pool; task `i` always uses
+/// connection `i % POOL_SIZE` (4 tasks per connection, behind a mutex).
+struct Dedicated<D>(Vec<tokio::sync::Mutex<D>>);
+
+impl<D: Driver> Target for Dedicated<D> {
+    fn query(&self, task: usize) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.0[task % self.0.len()].lock().await;
+            conn.select1().await.map_err(|e| e.to_string())
+        })
+    }
+
+    fn warm(&self, _: usize) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+// ------------------------------------------------------------------ the cases
+
+type Build = fn() -> BoxFuture<'static, Arc<dyn Target>>;
+
+/// One pool in one configuration against one server.
+struct Case {
+    pool: &'static str,
+    server: Server,
+    /// Checkout validation (or, for mysql_async, reset on return) on.
+    validation: bool,
+    /// What "validation" means for this pool, for the table's footnotes.
+    detail: &'static str,
+    build: Build,
+}
+
+fn vigil_pg() -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async {
+        // Defaults apart from the size (validation IdleFor(500 ms), and
+        // whatever else the builder and the manager default to).
+        let pool = vigil::Pool::builder(vigil::backend::sqlx::PgManager::new(pg_options()))
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("vigil build");
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
+/// Not a default: vigil with the sqlx manager's ping on every return turned
+/// off, to show what that default costs in the same run.
+fn vigil_pg_no_return_ping() -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async {
+        let manager = vigil::backend::sqlx::PgManager::new(pg_options()).verify_on_return(false);
+        let pool = vigil::Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("vigil build");
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
+fn vigil_maria() -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async {
+        let manager = vigil::backend::mysql::MySqlManager::new(mysql_async_opts().into());
+        let pool = vigil::Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("vigil build");
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
+fn vigil_sqlx_maria() -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async {
+        let manager = vigil::backend::sqlx::MySqlSqlxManager::new(sqlx_mysql_options());
+        let pool = vigil::Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("vigil build");
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
+fn sqlx_pool<DB>(
+    options: <DB::Connection as Connection>::Options,
+    test: bool,
+) -> BoxFuture<'static, Arc<dyn Target>>
+where
+    DB: sqlx::Database,
+    DB::Connection: Driver,
+{
+    Box::pin(async move {
+        // Defaults apart from size and test_before_acquire: acquire_timeout
+        // 30 s, idle_timeout 10 min, max_lifetime 30 min; a ping on every
+        // release (sqlx 0.8 always does that).
+        let pool = sqlx::pool::PoolOptions::<DB>::new()
+            .max_connections(POOL_SIZE as u32)
+            .test_before_acquire(test)
+            .connect_lazy_with(options);
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
+fn mysql_async_pool(reset: bool) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        // min = max = 16: with the default inactive_connection_ttl (0) the
+        // pool keeps at most `min` idle connections.
+        let pool_opts = mysql_async::PoolOpts::default()
+            .with_constraints(
+                mysql_async::PoolConstraints::new(POOL_SIZE, POOL_SIZE).expect("constraints"),
+            )
+            .with_reset_connection(reset);
+        let pool = mysql_async::Pool::new(mysql_async_opts().pool_opts(pool_opts));
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
+fn bb8_pool<D: Driver>(opts: D::Opts, test: bool) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        // Defaults apart from size and test_on_check_out: connection_timeout
+        // 30 s, idle_timeout 10 min, max_lifetime 30 min.
+        let pool = bb8::Pool::builder()
+            .max_size(POOL_SIZE as u32)
+            .test_on_check_out(test)
+            .build(PeerManager::<D> { opts, ping: test })
+            .await
+            .expect("bb8 build");
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
+fn deadpool_pool<D: Driver>(opts: D::Opts, ping: bool) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        // Defaults apart from size: no timeouts, FIFO.
+        let pool = deadpool::managed::Pool::builder(PeerManager::<D> { opts, ping })
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("deadpool build");
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
+fn dedicated<D: Driver>(opts: D::Opts) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        let mut conns = Vec::with_capacity(POOL_SIZE);
+        for _ in 0..POOL_SIZE {
+            let conn = D::connect(&opts).await.expect("dedicated connect");
+            conns.push(tokio::sync::Mutex::new(conn));
+        }
+        Arc::new(Dedicated(conns)) as Arc<dyn Target>
+    })
+}
+
+fn all_cases() -> Vec<Case> {
+    use Server::{Maria, Pg};
+    type Conn = mysql_async::Conn;
+    let case = |pool, server, validation, detail, build: Build| Case {
+        pool,
+        server,
+        validation,
+        detail,
+        build,
+    };
+    vec![
+        case("vigil", Pg, true, "vigil's defaults", vigil_pg),
+        case(
+            "vigil-no-return-ping",
+            Pg,
+            true,
+            "vigil's defaults but PgManager::verify_on_return(false) (not a default)",
+            vigil_pg_no_return_ping,
+        ),
+        case(
+            "sqlx",
+            Pg,
+            true,
+            "test_before_acquire(true), default",
+            || sqlx_pool::<sqlx::Postgres>(pg_options(), true),
+        ),
+        case("sqlx", Pg, false, "test_before_acquire(false)", || {
+            sqlx_pool::<sqlx::Postgres>(pg_options(), false)
+        }),
+        case("bb8", Pg, true, "test_on_check_out(true), default", || {
+            bb8_pool::<PgConnection>(pg_options(), true)
+        }),
+        case("bb8", Pg, false, "test_on_check_out(false)", || {
+            bb8_pool::<PgConnection>(pg_options(), false)
+        }),
+        case("deadpool", Pg, true, "ping in recycle (Verified)", || {
+            deadpool_pool::<PgConnection>(pg_options(), true)
+        }),
+        case("deadpool", Pg, false, "no ping in recycle (Fast)", || {
+            deadpool_pool::<PgConnection>(pg_options(), false)
+        }),
+        case("dedicated", Pg, false, "16 connections, no pool", || {
+            dedicated::<PgConnection>(pg_options())
+        }),
+        case("vigil", Maria, true, "vigil's defaults", vigil_maria),
+        case(
+            "vigil-sqlx",
+            Maria,
+            true,
+            "vigil over sqlx::MySqlConnection, vigil's defaults",
+            vigil_sqlx_maria,
+        ),
+        case(
+            "sqlx",
+            Maria,
+            true,
+            "test_before_acquire(true), default",
+            || sqlx_pool::<sqlx::MySql>(sqlx_mysql_options(), true),
+        ),
+        case("sqlx", Maria, false, "test_before_acquire(false)", || {
+            sqlx_pool::<sqlx::MySql>(sqlx_mysql_options(), false)
+        }),
+        case(
+            "mysql_async",
+            Maria,
+            true,
+            "reset on return, default",
+            || mysql_async_pool(true),
+        ),
+        case(
+            "mysql_async",
+            Maria,
+            false,
+            "with_reset_connection(false)",
+            || mysql_async_pool(false),
+        ),
+        case(
+            "bb8",
+            Maria,
+            true,
+            "test_on_check_out(true), default",
+            || bb8_pool::<Conn>(my_opts(), true),
+        ),
+        case("bb8", Maria, false, "test_on_check_out(false)", || {
+            bb8_pool::<Conn>(my_opts(), false)
+        }),
+        case(
+            "deadpool",
+            Maria,
+            true,
+            "ping in recycle (Verified)",
+            || deadpool_pool::<Conn>(my_opts(), true),
+        ),
+        case(
+            "deadpool",
+            Maria,
+            false,
+            "no ping in recycle (Fast)",
+            || deadpool_pool::<Conn>(my_opts(), false),
+        ),
+        case("dedicated", Maria, false, "16 connections, no pool", || {
+            dedicated::<Conn>(my_opts())
+        }),
+    ]
+}
+
+// ------------------------------------------------------------------ the workload
+
+/// The runtime every case runs on: multi-thread, 2 workers (the machine's
+/// cores, shared with the servers).
+fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+struct RunResult {
+    queries_per_sec: f64,
+    /// Per successful query, get + query + drop, in ns.
+    latencies: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+/// One run: a fresh runtime and a fresh, pre-warmed pool; `TASKS` tasks share
+/// `queries` queries; the clock runs from the moment every task is ready
+/// until the last one finishes.
+fn run_once(case: &Case, queries: u64) -> RunResult {
+    let rt = runtime();
+    let result = rt.block_on(async {
+        let target = (case.build)().await;
+        target.warm(POOL_SIZE).await;
+        // Let pools that return in a task (sqlx's release ping, mysql_async's
+        // reset) settle before the clock starts.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let left = Arc::new(AtomicU64::new(queries));
+        let errors = Arc::new(AtomicU64::new(0));
+        let start = Arc::new(tokio::sync::Barrier::new(TASKS + 1));
+        let handles: Vec<_> = (0..TASKS)
+            .map(|task| {
+                let (target, left, errors, start) = (
+                    Arc::clone(&target),
+                    Arc::clone(&left),
+                    Arc::clone(&errors),
+                    Arc::clone(&start),
+                );
+                tokio::spawn(async move {
+                    let mut latencies = Vec::with_capacity(queries as usize / TASKS * 2 + 16);
+                    let mut first_error = None;
+                    start.wait().await;
+                    while left
+                        .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
+                        let t = Instant::now();
+                        let outcome = tokio::time::timeout(QUERY_DEADLINE, target.query(task))
+                            .await
+                            .unwrap_or_else(|_| Err("no answer within 30 s".into()));
+                        match outcome {
+                            Ok(()) => latencies.push(t.elapsed().as_nanos() as u64),
+                            Err(e) => {
+                                errors.fetch_add(1, Relaxed);
+                                first_error.get_or_insert(e);
+                            }
+                        }
+                    }
+                    (latencies, first_error)
+                })
+            })
+            .collect();
+        start.wait().await;
+        let began = Instant::now();
+        let mut latencies = Vec::with_capacity(queries as usize);
+        let mut first_error = None;
+        for h in handles {
+            let (l, e) = h.await.expect("bench task");
+            latencies.extend(l);
+            first_error = first_error.or(e);
+        }
+        let elapsed = began.elapsed();
+        target.close().await;
+        let errors = errors.load(Relaxed);
+        RunResult {
+            queries_per_sec: (queries - errors) as f64 / elapsed.as_secs_f64(),
+            latencies,
+            errors,
+            first_error,
+        }
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+/// Every run of one case.
+struct Cell {
+    case: Case,
+    runs: Vec<f64>,
+    latencies: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Cell {
+    fn median(&self) -> f64 {
+        let mut r = self.runs.clone();
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    }
+
+    fn micros(&self, q: f64) -> f64 {
+        self.latencies.value_at_quantile(q) as f64 / 1_000.0
+    }
+}
+
+fn measure(cases: Vec<Case>, queries: u64, runs: usize) -> Vec<Cell> {
+    let mut cells: Vec<Cell> = cases
+        .into_iter()
+        .map(|case| Cell {
+            case,
+            runs: Vec::new(),
+            latencies: Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("histogram"),
+            errors: 0,
+            first_error: None,
+        })
+        .collect();
+    // Interleaved: every case once, then again.
+    for run in 0..runs {
+        for cell in cells.iter_mut() {
+            let r = run_once(&cell.case, queries);
+            for l in &r.latencies {
+                cell.latencies.saturating_record((*l).max(1));
+            }
+            eprintln!(
+                "realdb/{}/{}/{} run {}: {:.0} queries/s{}",
+                cell.case.server.name(),
+                cell.case.pool,
+                if cell.case.validation { "on" } else { "off" },
+                run + 1,
+                r.queries_per_sec,
+                if r.errors > 0 {
+                    format!(", {} errors", r.errors)
+                } else {
+                    String::new()
+                }
+            );
+            cell.runs.push(r.queries_per_sec);
+            cell.errors += r.errors;
+            if cell.first_error.is_none() {
+                cell.first_error = r.first_error;
+            }
+        }
+    }
+    cells
+}
+
+// ------------------------------------------------------------------ report
+
+fn find<'a>(cells: &'a [Cell], pool: &str, server: Server, validation: bool) -> Option<&'a Cell> {
+    cells
+        .iter()
+        .find(|c| c.case.pool == pool && c.case.server == server && c.case.validation == validation)
+}
+
+fn cell_text(cell: Option<&Cell>, vigil: Option<&Cell>) -> String {
+    let Some(c) = cell else {
+        return "—".into();
+    };
+    let ratio = vigil.map_or(f64::NAN, |v| v.median() / c.median());
+    format!(
+        "{:.0} ({:.0}/{:.0}) {:.2}x",
+        c.median(),
+        c.micros(0.5),
+        c.micros(0.99),
+        ratio
+    )
+}
+
+/// The ANCHORS.md-shaped table, the target lines, and the JSON rows.
+fn report(cells: &[Cell], queries: u64, runs: usize) -> (Vec<Value>, Vec<Value>) {
+    use Server::{Maria, Pg};
+    println!();
+    println!(
+        "realdb: {TASKS} tasks, pool {POOL_SIZE}, {WORKERS} workers, {queries} x SELECT 1, \
+         {runs} runs; queries/s = median run (p50/p99 us over all runs) \
+         vigil x = vigil's queries/s / this one's"
+    );
+    println!(
+        "{:<12} {:>30} {:>30} {:>30} {:>30}",
+        "pool", "PG, validation on", "PG, off", "MariaDB, on", "MariaDB, off"
+    );
+    let mut pools: Vec<&str> = Vec::new();
+    for c in cells {
+        if !pools.contains(&c.case.pool) {
+            pools.push(c.case.pool);
+        }
+    }
+    for pool in &pools {
+        let vp = find(cells, "vigil", Pg, true);
+        let vm = find(cells, "vigil", Maria, true);
+        println!(
+            "{:<12} {:>30} {:>30} {:>30} {:>30}",
+            pool,
+            cell_text(find(cells, pool, Pg, true), vp),
+            cell_text(find(cells, pool, Pg, false), vp),
+            cell_text(find(cells, pool, Maria, true), vm),
+            cell_text(find(cells, pool, Maria, false), vm),
+        );
+    }
+    let mut rows = Vec::new();
+    for c in cells {
+        let vigil = find(cells, "vigil", c.case.server, true);
+        let ratio = vigil.map_or(f64::NAN, |v| v.median() / c.median());
+        rows.push(json!({
+            "pool": c.case.pool,
+            "server": c.case.server.name(),
+            "validation": c.case.validation,
+            "detail": c.case.detail,
+            "queries_per_sec": c.median(),
+            "runs_queries_per_sec": c.runs,
+            "p50_us": c.micros(0.5),
+            "p99_us": c.micros(0.99),
+            "max_us": c.micros(1.0),
+            "errors": c.errors,
+            "first_error": c.first_error,
+            "vigil_over_pool": ratio,
+        }));
+        if let Some(e) = &c.first_error {
+            println!(
+                "  {}/{}: {} errors, first: {e}",
+                c.case.server.name(),
+                c.case.pool,
+                c.errors
+            );
+        }
+    }
+    // Target: vigil, validating with its defaults, at or above every peer's
+    // validation-OFF throughput (the dedicated connections are the limit,
+    // not a peer).
+    let mut targets = Vec::new();
+    for server in [Pg, Maria] {
+        let Some(vigil) = find(cells, "vigil", server, true) else {
+            continue;
+        };
+        let best_off = cells
+            .iter()
+            .filter(|c| c.case.server == server && !c.case.validation)
+            .filter(|c| c.case.pool != "dedicated" && !c.case.pool.starts_with("vigil"))
+            .max_by(|a, b| a.median().total_cmp(&b.median()));
+        let limit = find(cells, "dedicated", server, false);
+        if let Some(best) = best_off {
+            let ratio = vigil.median() / best.median();
+            // The same ratio within each round (the runs are interleaved),
+            // so a slow stretch of the machine falls on both sides of it.
+            let mut paired: Vec<f64> = vigil
+                .runs
+                .iter()
+                .zip(&best.runs)
+                .map(|(v, b)| v / b)
+                .collect();
+            paired.sort_by(f64::total_cmp);
+            let paired_median = paired.get(paired.len() / 2).copied().unwrap_or(f64::NAN);
+            println!(
+                "{}: vigil {:.0} q/s = {:.2}x the best peer with validation off ({} {:.0}) \
+                 [target >= 1.00: {}]; per-round ratios {:.2}..{:.2} (median {:.2}); \
+                 {:.2}x the dedicated connections",
+                server.name(),
+                vigil.median(),
+                ratio,
+                best.case.pool,
+                best.median(),
+                if ratio >= 1.0 { "met" } else { "NOT met" },
+                paired.first().copied().unwrap_or(f64::NAN),
+                paired.last().copied().unwrap_or(f64::NAN),
+                paired_median,
+                limit.map_or(f64::NAN, |l| vigil.median() / l.median()),
+            );
+            targets.push(json!({
+                "server": server.name(),
+                "vigil_queries_per_sec": vigil.median(),
+                "best_peer_off": best.case.pool,
+                "best_peer_off_queries_per_sec": best.median(),
+                "vigil_over_best_peer_off": ratio,
+                "vigil_over_best_peer_off_per_round": paired,
+                "vigil_over_best_peer_off_per_round_median": paired_median,
+                "vigil_over_dedicated": limit.map(|l| vigil.median() / l.median()),
+                "met": ratio >= 1.0,
+            }));
+        }
+    }
+    (rows, targets)
+}
+
+// ------------------------------------------------------------------ main
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A comma list from the environment; `None` (everything) when unset.
+fn env_list(name: &str) -> Option<Vec<String>> {
+    let v = std::env::var(name).ok()?;
+    Some(v.split(',').map(|s| s.trim().to_owned()).collect())
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let bench = argv.iter().any(|a| a == "--bench");
+    let pools = env_list("VIGIL_BENCH_POOLS");
+    let servers = env_list("VIGIL_BENCH_SERVERS");
+    let every = all_cases().len();
+    let cases: Vec<Case> = all_cases()
+        .into_iter()
+        .filter(|c| {
+            pools
+                .as_ref()
+                .map_or(true, |p| p.iter().any(|p| p == c.pool))
+        })
+        .filter(|c| {
+            servers
+                .as_ref()
+                .map_or(true, |s| s.iter().any(|s| s == c.server.name()))
+        })
+        .collect();
+    if argv.iter().any(|a| a == "--list") {
+        for c in &cases {
+            let v = if c.validation { "on" } else { "off" };
+            println!("realdb/{}/{}/{v}: bench", c.server.name(), c.pool);
+        }
+        return;
+    }
+    // Without `--bench` (`cargo test --benches`): every case once, briefly.
+    if !bench {
+        let cells = measure(cases, 500, 1);
+        report(&cells, 500, 1);
+        return;
+    }
+    let complete = cases.len() == every;
+    let queries = env_or("VIGIL_BENCH_QUERIES", 20_000u64).max(TASKS as u64);
+    let runs = env_or("VIGIL_BENCH_RUNS", 7usize).max(1);
+    let cells = measure(cases, queries, runs);
+    let (rows, targets) = report(&cells, queries, runs);
+    if !complete {
+        println!("\nnot writing bench-realdb.json: not every case ran in this invocation");
+        return;
+    }
+    let report = json!({
+        "note": "2 workers on a machine shared with the servers; absolute numbers move between runs: compare ratios within one run",
+        "tasks": TASKS,
+        "pool_size": POOL_SIZE,
+        "workers": WORKERS,
+        "queries_per_run": queries,
+        "runs": runs,
+        "cases": rows,
+        "targets": targets,
+    });
+    let path = target_dir().join("bench-realdb.json");
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&report).expect("json") + "\n",
+    )
+    .expect("write bench-realdb.json");
+    println!("\nwrote {}", path.display());
+}

@@ -1,0 +1,261 @@
+//! MySQL / MariaDB through `mysql_async`.
+//!
+//! [`MySqlManager`] lends plain [`mysql_async::Conn`]s (not connections of
+//! mysql_async's own pool). What it adds to the driver:
+//!
+//! | Pool question | How it is answered | Round trip |
+//! |---|---|---|
+//! | broken? (`has_broken`) | `Conn::is_disconnected` | no |
+//! | dirty? (`needs_cleanup`) | `SERVER_STATUS_IN_TRANS` in the last OK packet | no |
+//! | alive? (`is_valid`) | `COM_PING` | yes |
+//! | clean (`reset`) | `ROLLBACK`; with `reset_on_return`, `COM_RESET_CONNECTION` | yes |
+//! | server timeouts | session `wait_timeout`, MariaDB `idle_transaction_timeout` | once per connection |
+//!
+//! # What a plain return cleans
+//!
+//! Without `reset_on_return`, a returned connection is only rolled back, and
+//! only when the last reply said a transaction was open (or the last reply
+//! was an error, which carries no status). Session variables, temporary
+//! tables, `LOCK TABLES` and `GET_LOCK` locks stay for the next borrower;
+//! turn `reset_on_return` on if borrowers leave such state behind.
+//!
+//! # Session settings and `reset_on_return`
+//!
+//! `COM_RESET_CONNECTION` sets every session variable back to its global
+//! value. mysql_async runs [`Opts::setup`] commands again after a reset but
+//! not [`Opts::init`] commands, so with `reset_on_return(true)` put session
+//! settings that must last (say `SET SESSION wait_timeout = …`) in `setup`.
+//! The pool reads the server's idle timeout once, when the connection opens,
+//! so a borrower should not change `wait_timeout` on a lent session either
+//! (a lower value is caught only by the checkout ping).
+//!
+//! # Unix socket
+//!
+//! With mysql_async's default `prefer_socket`, each connect first opens a
+//! TCP session, asks the server for `@@socket`, and if that path exists on
+//! this machine reopens the session over it and quits the TCP one. So the
+//! server briefly sees one extra session per connect in flight, `init`
+//! commands run twice on the session kept (make them idempotent), and a
+//! client that runs next to *another* server with the same socket path would
+//! reach that one. Set `OptsBuilder::prefer_socket(false)` (or `?prefer_socket=false`
+//! in the URL) to keep to the address you gave.
+
+use std::fmt;
+use std::time::Duration;
+
+use mysql_async::consts::StatusFlags;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts};
+
+use crate::manager::{Manager, ServerTimeouts};
+
+/// Tracing target of this backend.
+const TARGET: &str = "vigil::mysql";
+
+/// `ER_UNKNOWN_SYSTEM_VARIABLE`: the server has no such variable.
+const ER_UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
+
+/// A [`Manager`] for MySQL and MariaDB connections through
+/// [`mysql_async::Conn`].
+///
+/// Its [`Debug`](fmt::Debug) output shows host, port, user and database,
+/// never the password.
+///
+/// # Example
+///
+/// ```no_run
+/// use mysql_async::prelude::Queryable;
+/// use vigil::backend::mysql::MySqlManager;
+/// use vigil::Pool;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager = MySqlManager::from_url("mysql://app:secret@127.0.0.1:3306/app")?;
+/// let pool = Pool::builder(manager).max_size(8).connect().await?;
+/// let mut conn = pool.get().await?;
+/// let one: Option<u8> = conn.query_first("SELECT 1").await?;
+/// assert_eq!(one, Some(1));
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MySqlManager {
+    opts: Opts,
+}
+
+impl MySqlManager {
+    /// A manager that opens every connection with `opts`.
+    ///
+    /// Build `opts` with [`mysql_async::OptsBuilder`]; its `init` commands
+    /// run once per connection, its `setup` commands also after each full
+    /// reset (see the [module docs](self)). mysql_async's own pool settings
+    /// in `opts` are ignored: vigil is the pool.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use mysql_async::OptsBuilder;
+    /// use vigil::backend::mysql::MySqlManager;
+    ///
+    /// let opts = OptsBuilder::default()
+    ///     .ip_or_hostname("127.0.0.1")
+    ///     .user(Some("app"))
+    ///     .pass(Some("secret"))
+    ///     .db_name(Some("app"))
+    ///     .setup(vec!["SET SESSION time_zone = '+00:00'"]);
+    /// let manager = MySqlManager::new(opts.into());
+    /// ```
+    pub fn new(opts: Opts) -> Self {
+        MySqlManager { opts }
+    }
+
+    /// A manager for a `mysql://user:password@host:port/database?params` URL.
+    ///
+    /// # Errors
+    /// [`mysql_async::UrlError`] when the URL cannot be parsed or names an
+    /// unknown or invalid parameter. The error says what is wrong and never
+    /// contains the password (nor the URL).
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use vigil::backend::mysql::MySqlManager;
+    ///
+    /// let manager = MySqlManager::from_url("mysql://root@127.0.0.1:3306/test")?;
+    /// assert!(MySqlManager::from_url("mysql://root@:notaport/test").is_err());
+    /// # Ok::<(), mysql_async::UrlError>(())
+    /// ```
+    pub fn from_url(url: &str) -> Result<Self, mysql_async::UrlError> {
+        Opts::from_url(url).map(MySqlManager::new)
+    }
+
+    /// The options every connection is opened with.
+    ///
+    /// Careful: `Opts`' own `Debug` output includes the password.
+    ///
+    /// # Example
+    ///
+    /// ```
+    /// use vigil::backend::mysql::MySqlManager;
+    ///
+    /// let manager = MySqlManager::from_url("mysql://root@127.0.0.1:3306/test")?;
+    /// assert_eq!(manager.opts().db_name(), Some("test"));
+    /// # Ok::<(), mysql_async::UrlError>(())
+    /// ```
+    pub fn opts(&self) -> &Opts {
+        &self.opts
+    }
+}
+
+impl fmt::Debug for MySqlManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = &self.opts;
+        let mut d = f.debug_struct("MySqlManager");
+        match o.socket() {
+            Some(socket) => d.field("socket", &socket),
+            None => d
+                .field("host", &o.ip_or_hostname())
+                .field("port", &o.tcp_port()),
+        };
+        d.field("user", &o.user())
+            .field("db", &o.db_name())
+            .field("password", &o.pass().map(|_| "<redacted>"))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Is the session inside a transaction, as far as the last reply tells?
+///
+/// Every OK packet (including the one ending a result set) carries the
+/// server's status flags, and mysql_async keeps the last one. An error reply
+/// clears it; after an error the answer is unknown, so this says `true` and
+/// the pool pays one `ROLLBACK` rather than risk lending an open transaction
+/// (`BEGIN; INSERT …; <failing statement>` leaves one open).
+fn in_transaction(conn: &Conn) -> bool {
+    conn.last_ok_packet().map_or(true, |ok| {
+        ok.status_flags()
+            .contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+    })
+}
+
+/// `0` means "no timeout" for every MySQL/MariaDB timeout variable.
+fn seconds(value: u64) -> Option<Duration> {
+    (value > 0).then(|| Duration::from_secs(value))
+}
+
+impl Manager for MySqlManager {
+    type Connection = Conn;
+    type Error = mysql_async::Error;
+
+    async fn connect(&self) -> Result<Conn, mysql_async::Error> {
+        Conn::new(self.opts.clone()).await
+    }
+
+    /// `COM_PING`.
+    async fn is_valid(&self, conn: &mut Conn) -> Result<(), mysql_async::Error> {
+        conn.ping().await
+    }
+
+    /// mysql_async marks a connection disconnected when its socket failed,
+    /// a fatal error was read, or a command was cancelled midway.
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.is_disconnected()
+    }
+
+    fn needs_cleanup(&self, conn: &mut Conn) -> bool {
+        in_transaction(conn)
+    }
+
+    async fn reset(&self, conn: &mut Conn, full: bool) -> Result<(), mysql_async::Error> {
+        if full {
+            // COM_RESET_CONNECTION also rolls back an open transaction, and
+            // `Conn::reset` clears the client-side statement cache that the
+            // server-side reset invalidates.
+            if conn.reset().await? {
+                return Ok(());
+            }
+            tracing::debug!(
+                target: TARGET,
+                version = ?conn.server_version(),
+                "server lacks COM_RESET_CONNECTION; rolling back only"
+            );
+        }
+        if in_transaction(conn) {
+            conn.query_drop("ROLLBACK").await?;
+        }
+        Ok(())
+    }
+
+    /// One query: the session `wait_timeout`, plus `idle_transaction_timeout`
+    /// on MariaDB (10.3+). MariaDB is recognised by its version (10 and up;
+    /// MySQL went from 5.7 to 8 and 9); a server without the variable
+    /// answers `ER_UNKNOWN_SYSTEM_VARIABLE` and is asked again without it.
+    async fn server_timeouts(&self, conn: &mut Conn) -> Result<ServerTimeouts, mysql_async::Error> {
+        if conn.server_version().0 >= 10 {
+            let both: Result<Option<(u64, u64)>, _> = conn
+                .query_first("SELECT @@SESSION.wait_timeout, @@SESSION.idle_transaction_timeout")
+                .await;
+            match both {
+                Ok(row) => {
+                    // A SELECT of variables always answers one row.
+                    let (idle, in_tx) = row.unwrap_or_default();
+                    return Ok(ServerTimeouts {
+                        idle: seconds(idle),
+                        idle_in_transaction: seconds(in_tx),
+                    });
+                }
+                Err(mysql_async::Error::Server(e)) if e.code == ER_UNKNOWN_SYSTEM_VARIABLE => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let idle: Option<u64> = conn.query_first("SELECT @@SESSION.wait_timeout").await?;
+        Ok(ServerTimeouts {
+            idle: seconds(idle.unwrap_or_default()),
+            idle_in_transaction: None,
+        })
+    }
+
+    /// `COM_QUIT`; errors are ignored (the connection is going away anyway).
+    async fn close(&self, conn: Conn) {
+        let _ = conn.disconnect().await;
+    }
+}

@@ -1,0 +1,561 @@
+//! PostgreSQL, SQLite and MySQL through sqlx, written once over sqlx connection types.
+//!
+//! [`SqlxManager<DB>`] is one [`Manager`] for every sqlx database; what differs
+//! between databases (how to read the server's idle timeouts, what a full
+//! session reset is, which connect options are safe to print) lives in the
+//! small sealed trait [`SqlxDatabase`], implemented for `sqlx::Postgres`
+//! (feature `postgres`), `sqlx::Sqlite` (feature `sqlite`) and
+//! `sqlx::MySql` (feature `sqlx-mysql`). Use the aliases `PgManager`,
+//! `SqliteManager` and `MySqlSqlxManager`.
+//!
+//! | | idle timeouts read on connect | cleanup of an open transaction | full reset (`reset_on_return`) |
+//! |---|---|---|---|
+//! | PostgreSQL | `idle_session_timeout`, `idle_in_transaction_session_timeout` (session values, from `pg_settings`) | `ROLLBACK` | `ROLLBACK`, `DISCARD ALL`, clear sqlx's statement cache |
+//! | SQLite | none | `ROLLBACK` | `ROLLBACK` |
+//! | MySQL | session `wait_timeout` | `ROLLBACK` | `ROLLBACK`, clear sqlx's statement cache (no `COM_RESET_CONNECTION`: session variables survive) |
+//!
+//! # What counts as "in a transaction"
+//! The cheap return-path check ([`Manager::needs_cleanup`]) sees transactions
+//! opened through sqlx ([`Connection::begin`], [`Connection::transaction`]),
+//! including one whose [`Transaction`](sqlx::Transaction) guard was dropped
+//! without commit (sqlx then queues a `ROLLBACK` that would otherwise only be
+//! sent with the next borrower's first query, holding the transaction's locks
+//! while the connection sits idle; the pool sends it at once). A raw `BEGIN`
+//! sent as a query is invisible to sqlx's bookkeeping: it is cleaned only when
+//! the pool is built with `reset_on_return(true)`, whose full reset always
+//! starts with a `ROLLBACK`.
+//!
+//! # Example
+//! ```
+//! # #[cfg(feature = "sqlite")]
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use vigil::backend::sqlx::SqliteManager;
+//! use vigil::Pool;
+//!
+//! let manager = SqliteManager::from_url("sqlite::memory:")?;
+//! let pool = Pool::builder(manager).max_size(4).build()?;
+//! let mut conn = pool.get().await?;
+//! let one: i64 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *conn).await?;
+//! assert_eq!(one, 1);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::{ConnectOptions, Connection, Database, TransactionManager};
+
+use crate::manager::{Manager, ServerTimeouts};
+
+/// The connect options type of the sqlx database `DB`
+/// (`PgConnectOptions`, `SqliteConnectOptions`, `MySqlConnectOptions`).
+pub type Options<DB> = <<DB as Database>::Connection as Connection>::Options;
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// What differs between the databases [`SqlxManager`] supports. Sealed:
+/// implemented for `sqlx::Postgres`, `sqlx::Sqlite` and `sqlx::MySql`
+/// behind their features.
+pub trait SqlxDatabase: Database + sealed::Sealed {
+    /// Reads the idle timeouts the server applies to this session.
+    fn server_timeouts(
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<ServerTimeouts, sqlx::Error>> + Send;
+
+    /// Resets all session state. Called after any sqlx-managed transaction
+    /// has been rolled back; must itself roll back a transaction opened by a
+    /// raw `BEGIN`.
+    fn full_reset(
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Whether returned connections are pinged by default; see
+    /// [`SqlxManager::verify_on_return`].
+    const VERIFY_ON_RETURN: bool;
+
+    /// Adds the connect options that are safe to print (never a password).
+    fn describe(options: &Options<Self>, f: &mut fmt::DebugStruct<'_, '_>);
+}
+
+/// A [`Manager`] for any sqlx database: PostgreSQL, SQLite or MySQL.
+/// Use the aliases `PgManager`, `SqliteManager`, `MySqlSqlxManager`.
+///
+/// - `connect`: [`ConnectOptions::connect`].
+/// - `is_valid`: [`Connection::ping`] (PostgreSQL: a `Sync` message; MySQL:
+///   `COM_PING`; SQLite: a round trip to the connection's worker thread).
+/// - `has_broken`: always `false`; sqlx 0.8 exposes no cheap "this
+///   connection is finished" flag. A session that died while idle is found
+///   by the pool's server-timeout rule, its keepalive and the checkout
+///   validation; one that died while lent, by the ping on return
+///   ([`SqlxManager::verify_on_return`], on by default for servers).
+/// - `needs_cleanup`: a sqlx-managed transaction is open, or a `ROLLBACK`
+///   queued by a dropped [`Transaction`](sqlx::Transaction) has not been sent yet.
+/// - `reset`: sends what sqlx queued, rolls back sqlx-managed transactions,
+///   and when `full` performs the database's full reset (see the
+///   [module docs](self)).
+/// - `close`: [`Connection::close`] (a polite goodbye to the server).
+///
+/// `Debug` prints the backend, host, port, user and database name, never
+/// the password (sqlx's own options `Debug` would print it).
+pub struct SqlxManager<DB: SqlxDatabase> {
+    options: Options<DB>,
+    verify_on_return: bool,
+    _db: PhantomData<fn() -> DB>,
+}
+
+impl<DB: SqlxDatabase> SqlxManager<DB> {
+    /// A manager that opens connections with `options`.
+    ///
+    /// ```
+    /// # #[cfg(feature = "sqlite")] {
+    /// use sqlx::sqlite::SqliteConnectOptions;
+    /// use vigil::backend::sqlx::SqliteManager;
+    ///
+    /// let manager = SqliteManager::new(SqliteConnectOptions::new().in_memory(true));
+    /// # let _ = manager; }
+    /// ```
+    pub fn new(options: Options<DB>) -> Self {
+        SqlxManager {
+            options,
+            verify_on_return: DB::VERIFY_ON_RETURN,
+            _db: PhantomData,
+        }
+    }
+
+    /// Whether every returned connection is pinged (in the background,
+    /// holding its slot) before it may be lent again. Default: on for
+    /// PostgreSQL and MySQL, off for SQLite (an in-process database cannot
+    /// lose its session).
+    ///
+    /// Why it is on: sqlx exposes no cheap "this connection is finished"
+    /// flag, so a session that died *while lent* (server restart, a kill
+    /// mid-query, a reset by a proxy) looks healthy when it comes back, and a
+    /// busy pool would lend it again and again without ever pinging it. The
+    /// cost is one round trip per return, off the caller's path (measured in
+    /// BENCHMARKS.md). Turn it off only if your code retires a guard
+    /// ([`Pooled::retire`](crate::Pooled::retire)) after a connection error.
+    pub fn verify_on_return(mut self, on: bool) -> Self {
+        self.verify_on_return = on;
+        self
+    }
+
+    /// A manager for the connection URL `url`
+    /// (`postgres://user:pw@host/db`, `sqlite::memory:`, `mysql://…`).
+    ///
+    /// # Errors
+    /// [`InvalidUrl`] saying what is wrong with the URL. The message never
+    /// contains the URL's password.
+    ///
+    /// ```
+    /// # #[cfg(feature = "postgres")] {
+    /// use vigil::backend::sqlx::PgManager;
+    ///
+    /// let err = PgManager::from_url("postgres://user:secret@host:notaport/db").unwrap_err();
+    /// assert!(err.to_string().contains("invalid port"), "{err}");
+    /// assert!(!err.to_string().contains("secret"));
+    /// # }
+    /// ```
+    pub fn from_url(url: &str) -> Result<Self, InvalidUrl> {
+        match Options::<DB>::from_str(url) {
+            Ok(options) => Ok(SqlxManager::new(options)),
+            Err(error) => Err(InvalidUrl {
+                database: <DB as Database>::NAME,
+                reason: redact(&error.to_string(), url),
+            }),
+        }
+    }
+
+    /// The options connections are opened with.
+    pub fn options(&self) -> &Options<DB> {
+        &self.options
+    }
+}
+
+impl<DB: SqlxDatabase> Clone for SqlxManager<DB> {
+    fn clone(&self) -> Self {
+        SqlxManager::new(self.options.clone()).verify_on_return(self.verify_on_return)
+    }
+}
+
+impl<DB: SqlxDatabase> fmt::Debug for SqlxManager<DB> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("SqlxManager");
+        s.field("backend", &<DB as Database>::NAME);
+        s.field("verify_on_return", &self.verify_on_return);
+        DB::describe(&self.options, &mut s);
+        s.finish_non_exhaustive()
+    }
+}
+
+/// A connection URL given to [`SqlxManager::from_url`] could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {database} connection URL: {reason}")]
+pub struct InvalidUrl {
+    /// The database the URL was meant for (`"PostgreSQL"`, `"SQLite"`, `"MySQL"`).
+    pub database: &'static str,
+    /// What is wrong with it (sqlx's parse error, with any password removed).
+    pub reason: String,
+}
+
+/// Replaces the URL's password, if `message` quotes it, with `***`.
+fn redact(message: &str, url: &str) -> String {
+    let authority = url.split_once("://").map_or("", |(_, rest)| {
+        rest.split(['/', '?', '#']).next().unwrap_or("")
+    });
+    let password = authority
+        .rsplit_once('@')
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map_or("", |(_, pw)| pw);
+    if password.is_empty() {
+        message.to_owned()
+    } else {
+        message.replace(password, "***")
+    }
+}
+
+impl<DB> Manager for SqlxManager<DB>
+where
+    DB: SqlxDatabase,
+{
+    type Connection = DB::Connection;
+    type Error = sqlx::Error;
+
+    fn connect(&self) -> impl Future<Output = Result<DB::Connection, sqlx::Error>> + Send {
+        self.options.connect()
+    }
+
+    fn is_valid(
+        &self,
+        conn: &mut DB::Connection,
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
+        conn.ping()
+    }
+
+    fn needs_cleanup(&self, conn: &mut DB::Connection) -> bool {
+        // `should_flush`: a dropped `Transaction` queues its ROLLBACK in the
+        // write buffer and lowers sqlx's depth at once (PostgreSQL, MySQL);
+        // until it is sent the server still holds the transaction and its
+        // locks. It is `#[doc(hidden)]` but public on `Connection`, and the
+        // only synchronous way to see that queued work.
+        self.verify_on_return || conn.is_in_transaction() || conn.should_flush()
+    }
+
+    async fn reset(&self, conn: &mut DB::Connection, full: bool) -> Result<(), sqlx::Error> {
+        // Send what sqlx queued (a dropped transaction's ROLLBACK) and
+        // wait for it: a ping goes out after it and is answered after it.
+        // SQLite runs that ROLLBACK on its worker thread; the ping, which
+        // queues behind it, waits for it the same way.
+        // With `verify_on_return`, the same ping proves the session survived
+        // its borrower; a failure retires it (`reset_failed`).
+        if self.verify_on_return || conn.should_flush() || conn.is_in_transaction() {
+            conn.ping().await?;
+        }
+        // Still in a sqlx-managed transaction (a leaked `Transaction`):
+        // roll back through sqlx so its depth counter stays true, else
+        // the next `begin()` would open a SAVEPOINT instead of BEGIN.
+        let depth = <DB::TransactionManager as TransactionManager>::get_transaction_depth(conn);
+        for _ in 0..depth {
+            <DB::TransactionManager as TransactionManager>::rollback(conn).await?;
+        }
+        if full {
+            DB::full_reset(conn).await?;
+        }
+        Ok(())
+    }
+
+    fn server_timeouts(
+        &self,
+        conn: &mut DB::Connection,
+    ) -> impl Future<Output = Result<ServerTimeouts, sqlx::Error>> + Send {
+        DB::server_timeouts(conn)
+    }
+
+    fn close(&self, conn: DB::Connection) -> impl Future<Output = ()> + Send {
+        let closing = conn.close();
+        async move {
+            // The goodbye is a courtesy; a failure leaves nothing to do.
+            let _ = closing.await;
+        }
+    }
+}
+
+/// Reads `setting` in `unit` as PostgreSQL reports it in `pg_settings`
+/// (time settings are integers in their base unit, `ms` for the idle
+/// timeouts). `0` means disabled.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+fn pg_duration(setting: &str, unit: Option<&str>) -> Result<Option<Duration>, String> {
+    let value: u64 = setting
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a non-negative integer: {setting:?}"))?;
+    if value == 0 {
+        return Ok(None);
+    }
+    let d = match unit.unwrap_or("ms") {
+        "us" => Duration::from_micros(value),
+        "ms" => Duration::from_millis(value),
+        "s" => Duration::from_secs(value),
+        "min" => Duration::from_secs(value.saturating_mul(60)),
+        "h" => Duration::from_secs(value.saturating_mul(3600)),
+        "d" => Duration::from_secs(value.saturating_mul(86_400)),
+        other => return Err(format!("unknown time unit {other:?}")),
+    };
+    Ok(Some(d))
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use sqlx::postgres::{PgConnectOptions, PgConnection};
+    use sqlx::{Executor, Postgres, Row};
+
+    impl sealed::Sealed for Postgres {}
+
+    impl SqlxDatabase for Postgres {
+        const VERIFY_ON_RETURN: bool = true;
+
+        async fn server_timeouts(conn: &mut PgConnection) -> Result<ServerTimeouts, sqlx::Error> {
+            // `pg_settings` shows this session's values with their unit,
+            // and simply has no row for a setting the server lacks
+            // (`idle_session_timeout` before v14), where `SHOW` would fail.
+            // Simple protocol: one round trip, nothing cached.
+            let rows = conn
+                .fetch_all(sqlx::raw_sql(
+                    "SELECT name, setting, unit FROM pg_settings \
+                     WHERE name IN ('idle_session_timeout', 'idle_in_transaction_session_timeout')",
+                ))
+                .await?;
+            let mut timeouts = ServerTimeouts::default();
+            for row in rows {
+                let name: String = row.try_get(0)?;
+                let setting: String = row.try_get(1)?;
+                let unit: Option<String> = row.try_get(2)?;
+                let value = pg_duration(&setting, unit.as_deref()).map_err(|e| {
+                    sqlx::Error::Protocol(format!("cannot read PostgreSQL {name}: {e}"))
+                })?;
+                match name.as_str() {
+                    "idle_session_timeout" => timeouts.idle = value,
+                    _ => timeouts.idle_in_transaction = value,
+                }
+            }
+            Ok(timeouts)
+        }
+
+        async fn full_reset(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+            // A raw `BEGIN` is invisible to sqlx; `DISCARD ALL` refuses
+            // to run in a transaction block. ROLLBACK outside a
+            // transaction is only a warning. Separate messages: in one
+            // multi-statement query `DISCARD ALL` is not top level and fails.
+            conn.execute(sqlx::raw_sql("ROLLBACK")).await?;
+            conn.execute(sqlx::raw_sql("DISCARD ALL")).await?;
+            // `DISCARD ALL` deallocated the server-side prepared
+            // statements; sqlx's client-side cache still names them and
+            // the next cached query would fail with "prepared statement
+            // does not exist". Closing an unknown statement is no error.
+            conn.clear_cached_statements().await
+        }
+
+        fn describe(o: &PgConnectOptions, f: &mut fmt::DebugStruct<'_, '_>) {
+            f.field("host", &o.get_host())
+                .field("port", &o.get_port())
+                .field("username", &o.get_username())
+                .field("database", &o.get_database())
+                .field("application_name", &o.get_application_name());
+        }
+    }
+
+    /// A [`Manager`] for PostgreSQL through sqlx.
+    ///
+    /// Reads the session's `idle_session_timeout` (the pool retires idle
+    /// connections before it fires) and `idle_in_transaction_session_timeout`
+    /// on each new connection. A full reset is `ROLLBACK`, `DISCARD ALL` and
+    /// clearing sqlx's prepared-statement cache.
+    ///
+    /// ```no_run
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use sqlx::postgres::PgConnectOptions;
+    /// use vigil::backend::sqlx::PgManager;
+    /// use vigil::Pool;
+    ///
+    /// let manager = PgManager::new(
+    ///     PgConnectOptions::new()
+    ///         .host("127.0.0.1")
+    ///         .username("postgres")
+    ///         .database("test")
+    ///         .application_name("my-service"),
+    /// );
+    /// // `connect` opens one connection, so a wrong URL fails here.
+    /// let pool = Pool::builder(manager).max_size(8).connect().await?;
+    /// let mut conn = pool.get().await?;
+    /// let n: i32 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *conn).await?;
+    /// # let _ = n;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub type PgManager = SqlxManager<Postgres>;
+}
+#[cfg(feature = "postgres")]
+pub use postgres::PgManager;
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use super::*;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+    use sqlx::Sqlite;
+
+    impl sealed::Sealed for Sqlite {}
+
+    impl SqlxDatabase for Sqlite {
+        const VERIFY_ON_RETURN: bool = false;
+
+        async fn server_timeouts(
+            _conn: &mut SqliteConnection,
+        ) -> Result<ServerTimeouts, sqlx::Error> {
+            // An embedded database has no server to time out.
+            Ok(ServerTimeouts::default())
+        }
+
+        async fn full_reset(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+            // The session state worth resetting is the transaction. A
+            // raw `BEGIN` is invisible to sqlx, and a bare ROLLBACK
+            // outside a transaction is an error in SQLite; SAVEPOINT
+            // opens a transaction when there is none (or nests in the
+            // open one), so the ROLLBACK after it always has one to end.
+            sqlx::Executor::execute(&mut *conn, sqlx::raw_sql("SAVEPOINT vigil_reset; ROLLBACK"))
+                .await?;
+            Ok(())
+        }
+
+        fn describe(o: &SqliteConnectOptions, f: &mut fmt::DebugStruct<'_, '_>) {
+            f.field("filename", &o.get_filename());
+        }
+    }
+
+    /// A [`Manager`] for SQLite through sqlx (no server: no idle timeouts;
+    /// a full reset is a `ROLLBACK` of any open transaction).
+    ///
+    /// Each `sqlite::memory:` connection is its own empty database; to share
+    /// one in-memory database between the pool's connections use
+    /// `sqlite:file:NAME?mode=memory&cache=shared`.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use vigil::backend::sqlx::SqliteManager;
+    /// use vigil::Pool;
+    ///
+    /// let manager = SqliteManager::from_url("sqlite:file:doc_demo?mode=memory&cache=shared")?;
+    /// let pool = Pool::builder(manager).max_size(4).build()?;
+    /// let mut conn = pool.get().await?;
+    /// sqlx::query("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+    ///     .execute(&mut *conn)
+    ///     .await?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub type SqliteManager = SqlxManager<Sqlite>;
+}
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteManager;
+
+#[cfg(feature = "sqlx-mysql")]
+mod mysql {
+    use super::*;
+    use sqlx::mysql::{MySqlConnectOptions, MySqlConnection};
+    use sqlx::{Executor, MySql, Row};
+
+    impl sealed::Sealed for MySql {}
+
+    impl SqlxDatabase for MySql {
+        const VERIFY_ON_RETURN: bool = true;
+
+        async fn server_timeouts(
+            conn: &mut MySqlConnection,
+        ) -> Result<ServerTimeouts, sqlx::Error> {
+            // The session value is what kills this connection (it was
+            // copied from the global, or from `interactive_timeout`, at
+            // connect). Text protocol: one round trip, nothing prepared.
+            let row = conn
+                .fetch_one(sqlx::raw_sql("SELECT CAST(@@SESSION.wait_timeout AS CHAR)"))
+                .await?;
+            let secs: String = row.try_get(0)?;
+            let secs: u64 = secs.trim().parse().map_err(|_| {
+                sqlx::Error::Protocol(format!("cannot read MySQL wait_timeout {secs:?}"))
+            })?;
+            Ok(ServerTimeouts {
+                idle: (secs > 0).then(|| Duration::from_secs(secs)),
+                idle_in_transaction: None,
+            })
+        }
+
+        async fn full_reset(conn: &mut MySqlConnection) -> Result<(), sqlx::Error> {
+            // sqlx's MySqlConnection cannot send COM_RESET_CONNECTION, so
+            // session variables and temporary tables survive this reset;
+            // use the `mysql` feature (mysql_async) when they must not.
+            conn.execute(sqlx::raw_sql("ROLLBACK")).await?;
+            conn.clear_cached_statements().await
+        }
+
+        fn describe(o: &MySqlConnectOptions, f: &mut fmt::DebugStruct<'_, '_>) {
+            f.field("host", &o.get_host())
+                .field("port", &o.get_port())
+                .field("username", &o.get_username())
+                .field("database", &o.get_database());
+        }
+    }
+
+    /// A [`Manager`] for MySQL/MariaDB through sqlx.
+    ///
+    /// Reads the session `wait_timeout` on each new connection. A full reset
+    /// is `ROLLBACK` and clearing sqlx's prepared-statement cache (closing
+    /// the statements on the server); sqlx cannot send
+    /// `COM_RESET_CONNECTION`, so session variables and temporary tables are
+    /// *not* reset. The `mysql` feature's mysql_async manager can.
+    ///
+    /// ```no_run
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use vigil::backend::sqlx::MySqlSqlxManager;
+    /// use vigil::Pool;
+    ///
+    /// let manager = MySqlSqlxManager::from_url("mysql://root@127.0.0.1:3306/test")?;
+    /// let pool = Pool::builder(manager).max_size(8).connect().await?;
+    /// # let _ = pool;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
+    pub type MySqlSqlxManager = SqlxManager<MySql>;
+}
+#[cfg(feature = "sqlx-mysql")]
+pub use mysql::MySqlSqlxManager;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pg_durations_are_read_in_their_unit() {
+        let ms = Duration::from_millis;
+        assert_eq!(pg_duration("0", Some("ms")), Ok(None));
+        assert_eq!(pg_duration("2000", Some("ms")), Ok(Some(ms(2000))));
+        assert_eq!(pg_duration("2500", Some("ms")), Ok(Some(ms(2500))));
+        assert_eq!(pg_duration("7", Some("s")), Ok(Some(ms(7000))));
+        assert_eq!(pg_duration("2", Some("min")), Ok(Some(ms(120_000))));
+        assert_eq!(pg_duration("1500", None), Ok(Some(ms(1500))));
+        assert!(pg_duration("2s", Some("ms")).is_err());
+        assert!(pg_duration("-1", Some("ms")).is_err());
+        assert!(pg_duration("5", Some("8kB")).is_err());
+    }
+
+    #[test]
+    fn redact_removes_the_password() {
+        let url = "postgres://bob:hunter2@db:x/app";
+        assert_eq!(redact("bad hunter2 here", url), "bad *** here");
+        assert_eq!(redact("nothing", "postgres://bob@db/app"), "nothing");
+        assert_eq!(redact("x", "not a url"), "x");
+    }
+}

@@ -1,0 +1,484 @@
+//! `vigil load`: a fleet of workers sharing one pool, each looping
+//! get → query → return, in one or more bursts; then a report.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tokio::sync::{watch, RwLock};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use vigil::backend::mysql::MySqlManager;
+use vigil::backend::sqlx::{PgManager, SqliteManager};
+use vigil::Pool;
+
+use crate::backend::{Backend, Target};
+use crate::kill::{kill_loop, KillTally, Killer, SessionIds};
+use crate::progress::{progress_bar, tick};
+use crate::report::{self, Acquire, Latency, PoolFigures, Report};
+use crate::{redact, Fail, LoadArgs};
+
+/// Error messages kept for the report.
+const SAMPLES: usize = 5;
+
+/// How much work in all, before it is split across bursts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Amount {
+    Requests(u64),
+    Duration(Duration),
+}
+
+/// The killer and how often it runs its rounds, if `--kill-idle-every` was given.
+type KillPlan = Option<(Killer, Duration)>;
+
+/// The settings of one run, checked.
+struct Plan {
+    backend: &'static str,
+    target: String,
+    sql: Arc<str>,
+    pool_size: usize,
+    concurrency: usize,
+    amount: Amount,
+    bursts: u32,
+    idle_gap: Duration,
+    acquire_timeout: Duration,
+    metrics_addr: Option<SocketAddr>,
+    session_idle_timeout: Option<Duration>,
+    kill_idle_every: Option<Duration>,
+    live: Arc<Live>,
+}
+
+/// State shared by the workers, the progress bar, the killer and Ctrl-C.
+#[derive(Default)]
+pub(crate) struct Live {
+    pub(crate) started: AtomicU64,
+    pub(crate) done: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    samples: Mutex<Vec<String>>,
+    pub(crate) killed: AtomicU64,
+    /// Ctrl-C was pressed: workers stop at their next request.
+    interrupted: AtomicBool,
+    /// The burst running (1-based), for the progress bar.
+    pub(crate) burst: AtomicU32,
+    pub(crate) in_gap: AtomicBool,
+    /// MySQL connection ids of the pool's sessions, for the killer.
+    ids: SessionIds,
+    /// Held for reading around `get()` and by the killer for writing; see
+    /// the `kill` module docs. `None` when nothing is killed.
+    pub(crate) gate: Option<RwLock<()>>,
+}
+
+impl Live {
+    fn error(&self, message: String) {
+        self.errors.fetch_add(1, Relaxed);
+        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if samples.len() < SAMPLES {
+            samples.push(redact(&message));
+        }
+    }
+}
+
+/// Runs `vigil load`; returns the exit code (0, or 1 when requests failed).
+pub(crate) async fn run(args: LoadArgs) -> Result<u8, Fail> {
+    let (plan, target, killer) = prepare(&args)?;
+    let mut json_file = match &args.json {
+        // Created now, so an unwritable path fails before the run, not after.
+        Some(path) => Some(
+            std::fs::File::create(path)
+                .map_err(|e| Fail::input(format!("--json {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let report = match target {
+        Target::MySql(opts) => drive(MySqlManager::new(opts), &plan, killer).await,
+        Target::Postgres(opts) => drive(PgManager::new(opts), &plan, killer).await,
+        Target::Sqlite(opts) => drive(SqliteManager::new(opts), &plan, killer).await,
+    };
+    let report = match (report, &args.json) {
+        (Ok(report), _) => report,
+        (Err(fail), path) => {
+            // No report: do not leave the empty file behind.
+            if let Some(path) = path {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(fail);
+        }
+    };
+    print!("{}", report.human());
+    if let Some(file) = json_file.as_mut() {
+        serde_json::to_writer_pretty(&mut *file, &report)
+            .map_err(|e| Fail::internal(format!("cannot write the JSON report: {e}")))?;
+    }
+    Ok(if report.errors > 0 && !args.allow_errors {
+        1
+    } else {
+        0
+    })
+}
+
+/// Checks the flags against the URL: the plan, the target to open pool
+/// sessions with, and the killer (with its period) if one was asked for.
+fn prepare(args: &LoadArgs) -> Result<(Plan, Target, KillPlan), Fail> {
+    let base = Target::from_arg(args.url.as_deref())?;
+    if args.kill_idle_every.is_some() && matches!(base, Target::Sqlite(_)) {
+        return Err(Fail::input(
+            "--kill-idle-every needs a server (MySQL/MariaDB or PostgreSQL); SQLite has no sessions to kill",
+        ));
+    }
+    // Every session of this run carries its own application_name on
+    // PostgreSQL, so the killer (and a DBA) can tell them apart. A name in
+    // the URL is kept unless the killer needs a unique one.
+    let application_name = format!("vigil-load-{}", std::process::id());
+    let base = match base {
+        Target::Postgres(o)
+            if args.kill_idle_every.is_some() || o.get_application_name().is_none() =>
+        {
+            Target::Postgres(o.application_name(&application_name))
+        }
+        other => other,
+    };
+    let target = match args.session_idle_timeout {
+        Some(t) => base.clone().with_session_idle_timeout(t)?,
+        None => base.clone(),
+    };
+    let live = Arc::new(Live {
+        gate: args.kill_idle_every.map(|_| RwLock::new(())),
+        ..Live::default()
+    });
+    // The admin session is opened from `base`: without the session idle
+    // timeout, which would end it between rounds.
+    let killer = args.kill_idle_every.and_then(|every| {
+        Killer::new(&base, Arc::clone(&live.ids), &application_name).map(|k| (k, every))
+    });
+    let plan = Plan {
+        backend: target.kind(),
+        target: target.describe(),
+        sql: Arc::from(args.query.as_str()),
+        pool_size: args.pool_size,
+        concurrency: args.concurrency,
+        amount: match (args.requests, args.duration) {
+            (Some(n), _) => Amount::Requests(n),
+            (None, Some(d)) => Amount::Duration(d),
+            (None, None) => Amount::Duration(Duration::from_secs(30)),
+        },
+        bursts: args.bursts,
+        idle_gap: if args.bursts > 1 {
+            args.idle_gap
+        } else {
+            Duration::ZERO
+        },
+        acquire_timeout: args.acquire_timeout,
+        metrics_addr: args.metrics_addr,
+        session_idle_timeout: args.session_idle_timeout,
+        kill_idle_every: args.kill_idle_every,
+        live,
+    };
+    Ok((plan, target, killer))
+}
+
+/// Builds the pool, runs the bursts with the killer, the progress bar and
+/// the metrics server beside them, and reads the report off the pool.
+async fn drive<B: Backend>(manager: B, plan: &Plan, killer: KillPlan) -> Result<Report, Fail> {
+    let live = &plan.live;
+    let pool = open_pool(manager, plan).await?;
+    preflight(&pool, plan).await?;
+    let _server = serve_metrics(&pool, plan.metrics_addr).await?;
+
+    let (halt, halted) = watch::channel(false);
+    let ctrl_c = tokio::spawn(interrupt(Arc::clone(live), halt.clone()));
+    let killing = killer
+        .map(|(k, every)| tokio::spawn(kill_loop(k, every, Arc::clone(live), halted.clone())));
+    let bar = progress_bar(plan.amount);
+    let ticker = tokio::spawn(tick(
+        bar.clone(),
+        pool.clone(),
+        Arc::clone(live),
+        plan.amount,
+    ));
+
+    let ran = run_bursts(&pool, plan, halted).await;
+
+    ticker.abort();
+    bar.finish_and_clear();
+    let _ = halt.send(true);
+    ctrl_c.abort();
+    let kills = match killing {
+        Some(task) => task
+            .await
+            .map_err(|e| Fail::internal(format!("the killer task failed: {e}")))?,
+        None => KillTally::default(),
+    };
+    let ran = ran?;
+    // Read before closing: closing retires every connection with reason
+    // `closed`, which would drown what happened during the run.
+    let figures = PoolFigures::from(&pool.state());
+    pool.close().await;
+    Ok(report_of(plan, ran, figures, kills))
+}
+
+/// Opens the pool eagerly. A bare connect comes first: a refused password
+/// or port fails at once with the driver's own error (`Builder::connect`
+/// retries until `acquire_timeout`, which is right for a flapping server
+/// and slow for a typo).
+async fn open_pool<B: Backend>(manager: B, plan: &Plan) -> Result<Pool<B>, Fail> {
+    let cannot = |why: String| {
+        Fail::input(format!(
+            "cannot connect to {} at {}: {why}",
+            plan.backend, plan.target
+        ))
+    };
+    let within = plan.acquire_timeout;
+    match tokio::time::timeout(within, manager.connect()).await {
+        Ok(Ok(conn)) => manager.close(conn).await,
+        Ok(Err(e)) => return Err(cannot(e.to_string())),
+        Err(_) => return Err(cannot(format!("no answer within {within:?}"))),
+    }
+    Pool::builder(manager)
+        .name("load")
+        .max_size(plan.pool_size)
+        .acquire_timeout(within)
+        .connect_timeout(within.min(Duration::from_secs(10)))
+        .close_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .map_err(|e| match e.last_connect_error() {
+            Some(cause) => cannot(format!("{cause} (no connection within {within:?})")),
+            None => cannot(e.to_string()),
+        })
+}
+
+/// Serves /metrics and /status for the pool while the returned server lives.
+async fn serve_metrics<B: Backend>(
+    pool: &Pool<B>,
+    addr: Option<SocketAddr>,
+) -> Result<Option<vigil::server::MetricsServer>, Fail> {
+    let Some(addr) = addr else { return Ok(None) };
+    let metrics = vigil::metrics::Metrics::new();
+    metrics.add(pool);
+    let server = vigil::server::serve(metrics, addr)
+        .await
+        .map_err(|e| Fail::input(format!("--metrics-addr: {e}")))?;
+    let at = server.local_addr();
+    // Announced on stderr (one line, before the bar), so scripts can find a port-0 address.
+    eprintln!("vigil: serving http://{at}/metrics and http://{at}/status");
+    Ok(Some(server))
+}
+
+/// What the bursts measured.
+struct Ran {
+    elapsed: Duration,
+    busy: Duration,
+    latency: Histogram<u64>,
+    acquire: Histogram<u64>,
+}
+
+/// The bursts, with idle gaps between them; stops early on Ctrl-C.
+async fn run_bursts<B: Backend>(
+    pool: &Pool<B>,
+    plan: &Plan,
+    mut halted: watch::Receiver<bool>,
+) -> Result<Ran, Fail> {
+    let live = &plan.live;
+    let started = Instant::now();
+    let mut ran = Ran {
+        elapsed: Duration::ZERO,
+        busy: Duration::ZERO,
+        latency: report::histogram(),
+        acquire: report::histogram(),
+    };
+    for burst in 0..plan.bursts {
+        if burst > 0 {
+            live.in_gap.store(true, Relaxed);
+            tokio::select! {
+                _ = tokio::time::sleep(plan.idle_gap) => {}
+                _ = halted.wait_for(|h| *h) => {}
+            }
+            live.in_gap.store(false, Relaxed);
+        }
+        if live.interrupted.load(Relaxed) {
+            break;
+        }
+        live.burst.store(burst + 1, Relaxed);
+        let burst_start = Instant::now();
+        let (lat, acq) = run_burst(pool, plan, burst).await?;
+        ran.busy += burst_start.elapsed();
+        // Same bounds on every histogram: adding cannot fail.
+        let _ = ran.latency.add(&lat);
+        let _ = ran.acquire.add(&acq);
+    }
+    ran.elapsed = started.elapsed();
+    Ok(ran)
+}
+
+fn report_of(plan: &Plan, ran: Ran, figures: PoolFigures, kills: KillTally) -> Report {
+    let live = &plan.live;
+    let requests = live.started.load(Relaxed);
+    let samples = std::mem::take(&mut *live.samples.lock().unwrap_or_else(|p| p.into_inner()));
+    Report {
+        backend: plan.backend,
+        target: plan.target.clone(),
+        query: plan.sql.to_string(),
+        pool_size: plan.pool_size,
+        concurrency: plan.concurrency,
+        bursts: plan.bursts,
+        idle_gap_seconds: plan.idle_gap.as_secs_f64(),
+        session_idle_timeout_seconds: plan.session_idle_timeout.map(|d| d.as_secs_f64()),
+        kill_idle_every_seconds: plan.kill_idle_every.map(|d| d.as_secs_f64()),
+        requests,
+        errors: live.errors.load(Relaxed),
+        error_samples: samples,
+        elapsed_seconds: ran.elapsed.as_secs_f64(),
+        busy_seconds: ran.busy.as_secs_f64(),
+        throughput_per_s: requests as f64 / ran.busy.as_secs_f64().max(1e-9),
+        latency_seconds: Latency::from(&ran.latency),
+        acquire_seconds: Acquire::from(&ran.acquire),
+        connections_created: figures.created,
+        connections_closed: figures.closed,
+        connections_open_at_end: figures.open,
+        connect_errors: figures.connect_errors,
+        acquire_timeouts: figures.acquire_timeouts,
+        validations: figures.validations,
+        server_idle_timeout_seconds: figures.server_idle_timeout,
+        killed_idle: live.killed.load(Relaxed),
+        kill_failures: kills.failures,
+        kill_error: kills.first_error.map(|e| redact(&e)),
+        interrupted: live.interrupted.load(Relaxed),
+    }
+}
+
+/// Runs the query once before the clock starts: a query the server rejects
+/// is bad input (exit 2), not thousands of failed requests.
+async fn preflight<B: Backend>(pool: &Pool<B>, plan: &Plan) -> Result<(), Fail> {
+    let live = &plan.live;
+    let mut conn = pool
+        .get()
+        .await
+        .map_err(|e| Fail::input(format!("cannot get a connection: {e}")))?;
+    if let Some(id) = B::session_id(&conn) {
+        live.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id);
+    }
+    B::execute(&mut conn, &plan.sql)
+        .await
+        .map_err(|e| Fail::input(format!("the query {:?} failed: {e}", plan.sql)))
+}
+
+/// One burst: `concurrency` workers until its share of the work is done.
+async fn run_burst<B: Backend>(
+    pool: &Pool<B>,
+    plan: &Plan,
+    burst: u32,
+) -> Result<(Histogram<u64>, Histogram<u64>), Fail> {
+    let live = &plan.live;
+    let limit = match plan.amount {
+        Amount::Requests(n) => {
+            let k = u64::from(plan.bursts);
+            let share = n / k + u64::from(u64::from(burst) < n % k);
+            Limit::Count(Arc::new(AtomicU64::new(0)), share)
+        }
+        Amount::Duration(d) => Limit::Until(Instant::now() + d / plan.bursts),
+    };
+    let mut workers = JoinSet::new();
+    for _ in 0..plan.concurrency {
+        workers.spawn(worker(
+            pool.clone(),
+            Arc::clone(live),
+            Arc::clone(&plan.sql),
+            limit.clone(),
+        ));
+    }
+    let mut latency = report::histogram();
+    let mut acquire = report::histogram();
+    while let Some(done) = workers.join_next().await {
+        let (lat, acq) = done.map_err(|e| Fail::internal(format!("a worker failed: {e}")))?;
+        let _ = latency.add(&lat);
+        let _ = acquire.add(&acq);
+    }
+    Ok((latency, acquire))
+}
+
+/// When a worker stops.
+#[derive(Clone)]
+enum Limit {
+    /// After the burst has started this many requests (the counter is shared).
+    Count(Arc<AtomicU64>, u64),
+    /// At this instant.
+    Until(Instant),
+}
+
+pub(crate) fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Loops get → query → return; returns its latency and acquire histograms
+/// (one per worker: recording takes no lock).
+async fn worker<B: Backend>(
+    pool: Pool<B>,
+    live: Arc<Live>,
+    sql: Arc<str>,
+    limit: Limit,
+) -> (Histogram<u64>, Histogram<u64>) {
+    let mut latency = report::histogram();
+    let mut acquire = report::histogram();
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        if live.interrupted.load(Relaxed) {
+            break;
+        }
+        let more = match &limit {
+            Limit::Count(started, n) => started.fetch_add(1, Relaxed) < *n,
+            Limit::Until(at) => Instant::now() < *at,
+        };
+        if !more {
+            break;
+        }
+        live.started.fetch_add(1, Relaxed);
+        let start = Instant::now();
+        let gate = match &live.gate {
+            Some(gate) => Some(gate.read().await),
+            None => None,
+        };
+        let got = pool.get().await;
+        // Released once the connection is lent: from here on it is busy on
+        // the server and the killer leaves it alone (see `kill`).
+        drop(gate);
+        acquire.saturating_record(micros(start.elapsed()));
+        let outcome = match got {
+            Ok(mut conn) => {
+                if let Some(id) = B::session_id(&conn) {
+                    if seen.insert(id) {
+                        live.ids
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(id);
+                    }
+                }
+                B::execute(&mut conn, &sql).await
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match outcome {
+            Ok(()) => latency.saturating_record(micros(start.elapsed())),
+            Err(message) => live.error(message),
+        }
+        live.done.fetch_add(1, Relaxed);
+    }
+    (latency, acquire)
+}
+
+/// First Ctrl-C: stop after the requests in flight and report. Second: quit now.
+async fn interrupt(live: Arc<Live>, halt: watch::Sender<bool>) {
+    if tokio::signal::ctrl_c().await.is_err() {
+        return;
+    }
+    live.interrupted.store(true, Relaxed);
+    let _ = halt.send(true);
+    eprintln!("vigil: stopping after the requests in flight (Ctrl-C again to quit at once)");
+    if tokio::signal::ctrl_c().await.is_ok() {
+        std::process::exit(130);
+    }
+}

@@ -1,0 +1,325 @@
+//! `vigil`: drive a vigil pool against a real database (`vigil load`), or
+//! read a server's idle timeouts and get pool settings for it (`vigil probe`).
+//!
+//! Exit codes: 0 success; 1 some request failed (`load` without
+//! `--allow-errors`) or an internal failure; 2 bad input: an unparsable URL
+//! or flag, an unreachable server, refused credentials, a query the server
+//! rejects. Errors are one line on stderr and never contain the URL's password.
+
+#![forbid(unsafe_code)]
+
+mod backend;
+mod kill;
+mod load;
+mod probe;
+mod progress;
+mod report;
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Load-test a vigil pool against a database, or probe a server's idle timeouts.
+#[derive(Debug, Parser)]
+#[command(name = "vigil", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a fleet of workers through one pool and report throughput,
+    /// latency, errors and why connections were closed.
+    Load(LoadArgs),
+    /// Connect once and report the server's version, idle timeouts and
+    /// max_connections, with recommended pool settings.
+    Probe(ProbeArgs),
+}
+
+/// Flags of `vigil load`.
+#[derive(Debug, Args)]
+pub(crate) struct LoadArgs {
+    /// Database URL: mysql:// or mariadb:// (mysql_async), postgres:// or
+    /// postgresql:// (sqlx), sqlite: (sqlx). Default: an in-memory SQLite
+    /// database, which needs no server.
+    #[arg(long)]
+    pub(crate) url: Option<String>,
+    /// Worker tasks sharing the pool, each looping get → query → return.
+    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
+    pub(crate) concurrency: usize,
+    /// The pool's max_size.
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
+    pub(crate) pool_size: usize,
+    /// Run for this long in all (split evenly across bursts), e.g. 30s, 500ms, 2m.
+    /// The default when --requests is not given is 30s.
+    #[arg(long, value_parser = positive_duration, conflicts_with = "requests")]
+    pub(crate) duration: Option<Duration>,
+    /// Run this many requests in all (split evenly across bursts).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) requests: Option<u64>,
+    /// The statement each request runs (prepared once per connection).
+    #[arg(long, default_value = "SELECT 1")]
+    pub(crate) query: String,
+    /// Split the run into this many bursts separated by --idle-gap, so the
+    /// pool's connections sit idle between them (server idle timeouts, kills).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) bursts: u32,
+    /// Idle time between bursts.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub(crate) idle_gap: Duration,
+    /// Every this long, a separate admin connection kills this run's pool
+    /// connections that have been idle on the server for more than 1 s
+    /// (MySQL/MariaDB `KILL`, PostgreSQL `pg_terminate_backend`).
+    #[arg(long, value_parser = positive_duration)]
+    pub(crate) kill_idle_every: Option<Duration>,
+    /// Serve /metrics and /status for the pool (named `load`) while running.
+    #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:9898")]
+    pub(crate) metrics_addr: Option<SocketAddr>,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub(crate) json: Option<std::path::PathBuf>,
+    /// Exit 0 even when requests failed.
+    #[arg(long)]
+    pub(crate) allow_errors: bool,
+    /// Set the server's idle timeout for this run's sessions only: MySQL
+    /// `SET SESSION wait_timeout` (whole seconds), PostgreSQL
+    /// `idle_session_timeout`. Global server settings are not touched.
+    #[arg(long, value_parser = positive_duration)]
+    pub(crate) session_idle_timeout: Option<Duration>,
+    /// The pool's acquire_timeout: also how long the first connect may take
+    /// before the run gives up.
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
+    pub(crate) acquire_timeout: Duration,
+}
+
+/// Flags of `vigil probe`.
+#[derive(Debug, Args)]
+pub(crate) struct ProbeArgs {
+    /// Database URL (as for `vigil load`). Default: in-memory SQLite.
+    #[arg(long)]
+    pub(crate) url: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// How long the connect may take.
+    #[arg(long, default_value = "5s", value_parser = positive_duration)]
+    pub(crate) connect_timeout: Duration,
+}
+
+/// A failure that ends the program: the exit code and a message for stderr.
+#[derive(Debug)]
+pub(crate) struct Fail {
+    pub(crate) code: u8,
+    pub(crate) message: String,
+}
+
+impl Fail {
+    /// Bad input (exit code 2): URL, flags, credentials, an unreachable server.
+    pub(crate) fn input(message: impl Into<String>) -> Self {
+        Fail {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    /// Something went wrong that is not the user's input (exit code 1).
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        Fail {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+/// Strings never to print: the URL's password, raw and percent-decoded.
+static SECRETS: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Removes the URL's password from `text` and folds it onto one line.
+///
+/// Drivers' messages do not quote the password today; this is the belt to
+/// their braces, applied to everything the tool prints that came from outside.
+pub(crate) fn redact(text: &str) -> String {
+    let mut out = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    for secret in SECRETS.get().into_iter().flatten() {
+        out = out.replace(secret.as_str(), "***");
+    }
+    out
+}
+
+/// The password of `url`, as written and percent-decoded (empty ones omitted).
+fn passwords(url: &str) -> Vec<String> {
+    let Some((_, rest)) = url.split_once("://") else {
+        return Vec::new();
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+        return Vec::new();
+    };
+    let Some((_, raw)) = userinfo.split_once(':') else {
+        return Vec::new();
+    };
+    let decoded = percent_decode(raw);
+    let mut out: Vec<String> = vec![raw.to_owned(), decoded];
+    out.retain(|s| !s.is_empty());
+    out.dedup();
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads `30s`, `500ms`, `2m`, `1h`, `1.5s`; a bare number is seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (try 500ms, 3s, 2m)"))?;
+    let scale = match unit.trim() {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` in `{text}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("`{text}` is out of range"))
+}
+
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("must be greater than zero".to_owned()),
+        d => Ok(d),
+    }
+}
+
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_owned()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{text}` is not a whole number")),
+    }
+}
+
+/// `1.5 s`, `2.31 ms`, `870 µs` for a duration in seconds.
+pub(crate) fn human_secs(secs: f64) -> String {
+    if secs >= 100.0 {
+        format!("{secs:.0} s")
+    } else if secs >= 1.0 {
+        format!("{secs:.2} s")
+    } else if secs >= 0.001 {
+        format!("{:.2} ms", secs * 1e3)
+    } else {
+        format!("{:.0} µs", secs * 1e6)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version: print as clap formats them, exit 0.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // clap's own rendering is several lines (usage, a hint); the
+            // contract is one line naming the problem.
+            let rendered = e.to_string();
+            let first = rendered.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("vigil: {}", redact(first));
+            return ExitCode::from(2);
+        }
+    };
+    let url = match &cli.command {
+        Command::Load(a) => a.url.as_deref(),
+        Command::Probe(a) => a.url.as_deref(),
+    };
+    let _ = SECRETS.set(url.map(passwords).unwrap_or_default());
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vigil: cannot start the tokio runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        match cli.command {
+            Command::Load(args) => load::run(args).await,
+            Command::Probe(args) => probe::run(args).await.map(|()| 0),
+        }
+    });
+    // Leftover tasks (a killer mid-query, the metrics server) must not keep
+    // the process alive once the report is out.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(fail) => {
+            eprintln!("vigil: {}", redact(&fail.message));
+            ExitCode::from(fail.code)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_their_unit() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("3x").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(positive_duration("0s").is_err());
+    }
+
+    #[test]
+    fn passwords_are_found_raw_and_decoded() {
+        assert_eq!(
+            passwords("mysql://root:p%40ss@h/db"),
+            vec!["p%40ss".to_owned(), "p@ss".to_owned()]
+        );
+        assert_eq!(passwords("mysql://root:pw@h/db"), vec!["pw".to_owned()]);
+        assert!(passwords("mysql://root@h/db").is_empty());
+        assert!(passwords("sqlite::memory:").is_empty());
+    }
+}

@@ -1,0 +1,130 @@
+//! Errors, one enum per operation.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why [`Pool::get`](crate::Pool::get) did not return a connection.
+///
+/// `E` is the manager's error type. A timeout carries the last connect error,
+/// so wrong credentials read as wrong credentials, not as "timed out".
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error<E: std::error::Error + 'static> {
+    /// The pool was closed with [`Pool::close`](crate::Pool::close) before or while waiting.
+    #[error("the pool is closed")]
+    Closed,
+    /// No connection could be had within `acquire_timeout`.
+    #[error(
+        "timed out after {waited:?} {phase}{}{}",
+        LastError(.last_error),
+        LastTimeout(.last_connect_timeout)
+    )]
+    Timeout {
+        /// What the caller was doing when the time ran out.
+        phase: TimeoutPhase,
+        /// How long the caller waited in total.
+        waited: Duration,
+        /// The last error from the manager's `connect` (or the server timeout
+        /// discovery) seen by this pool, if any connect failed recently.
+        #[source]
+        last_error: Option<Arc<E>>,
+        /// Set when the last connect attempt got no answer within
+        /// `connect_timeout` (an unreachable or black-holed host): how long it waited.
+        last_connect_timeout: Option<Duration>,
+    },
+    /// [`Builder::connect`](crate::Builder::connect) could not open its first connection.
+    #[error("could not open a connection: {0}")]
+    Connect(#[source] E),
+    /// `max_waiters` callers were already waiting: refused at once (load shedding).
+    #[error("the pool is busy: {max_waiters} callers are already waiting for a connection")]
+    Busy {
+        /// The `max_waiters` setting.
+        max_waiters: usize,
+    },
+    /// [`Pool::get_blocking`](crate::Pool::get_blocking) was called on a
+    /// thread inside a tokio runtime, where blocking would stall it.
+    #[error("Pool::get_blocking called inside a tokio runtime; use `pool.get().await` there")]
+    BlockingInRuntime,
+    /// [`Builder::connect`](crate::Builder::connect) was given invalid settings.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+}
+
+struct LastError<'a, E>(&'a Option<Arc<E>>);
+
+impl<E: fmt::Display> fmt::Display for LastError<'_, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(e) => write!(f, "; last connect error: {e}"),
+            None => Ok(()),
+        }
+    }
+}
+
+struct LastTimeout<'a>(&'a Option<Duration>);
+
+impl fmt::Display for LastTimeout<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "; the last connect attempt got no answer within {d:?}"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> Error<E> {
+    /// The last connect error carried by a timeout, if any.
+    pub fn last_connect_error(&self) -> Option<&E> {
+        match self {
+            Error::Timeout { last_error, .. } => last_error.as_deref(),
+            Error::Connect(e) => Some(e),
+            Error::Closed | Error::Build(_) | Error::Busy { .. } | Error::BlockingInRuntime => None,
+        }
+    }
+}
+
+/// What a caller of [`Pool::get`](crate::Pool::get) was doing when `acquire_timeout` ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TimeoutPhase {
+    /// Every connection was lent out and none came back in time.
+    WaitingForConnection,
+    /// The pool had room, but opening a new connection did not succeed in time.
+    Connecting,
+    /// Validating an idle connection did not finish in time.
+    Validating,
+}
+
+impl fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TimeoutPhase::WaitingForConnection => "waiting for a connection to be returned",
+            TimeoutPhase::Connecting => "opening a new connection",
+            TimeoutPhase::Validating => "validating an idle connection",
+        })
+    }
+}
+
+/// A setting given to [`Builder`](crate::Builder) is invalid; names the setting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid pool setting `{setting}`: {reason}")]
+pub struct ConfigError {
+    /// The name of the setting, as spelled by the builder method.
+    pub setting: &'static str,
+    /// What is wrong with the value.
+    pub reason: String,
+}
+
+/// Why [`Builder::build`](crate::Builder::build) failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A setting is out of range.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `build` was called outside a tokio runtime; the pool needs one for its
+    /// housekeeper and for cleaning up returned connections.
+    #[error("vigil::Pool must be built inside a tokio runtime (no runtime handle found)")]
+    NoRuntime,
+}

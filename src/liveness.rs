@@ -1,0 +1,198 @@
+//! The liveness policy: one pure function decides whether a connection may
+//! be kept or must be retired, and why.
+//!
+//! Checkout, return and the housekeeper all ask [`assess`]; none of them has
+//! a rule of its own. It does no I/O and reads no clock: the caller passes
+//! `now`, so the whole policy is table-testable.
+
+use std::fmt;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::{Config, Validation};
+
+/// Why a connection was closed. A closed set: logs and metrics use
+/// [`as_str`](Reason::as_str) as a bounded label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The driver reported the connection finished (`has_broken`).
+    Broken,
+    /// A validation round trip failed or timed out.
+    ValidationFailed,
+    /// The connection reached its (jittered) `max_lifetime`.
+    MaxLifetime,
+    /// Nobody borrowed the connection for `idle_timeout` and the pool is above `min_idle`.
+    IdleTimeout,
+    /// The connection was idle long enough that the server would soon close it.
+    ServerTimeout,
+    /// Cleaning the connection on return (rollback / session reset) failed.
+    ResetFailed,
+    /// The pool was closed, or the connection was retired by the caller.
+    Closed,
+}
+
+impl Reason {
+    /// Every reason, in a fixed order (index = `self as usize`).
+    pub const ALL: [Reason; 7] = [
+        Reason::Broken,
+        Reason::ValidationFailed,
+        Reason::MaxLifetime,
+        Reason::IdleTimeout,
+        Reason::ServerTimeout,
+        Reason::ResetFailed,
+        Reason::Closed,
+    ];
+
+    /// The label value used in logs and metrics.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Broken => "broken",
+            Reason::ValidationFailed => "validation_failed",
+            Reason::MaxLifetime => "max_lifetime",
+            Reason::IdleTimeout => "idle_timeout",
+            Reason::ServerTimeout => "server_timeout",
+            Reason::ResetFailed => "reset_failed",
+            Reason::Closed => "closed",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the pool knows about one connection, without asking it anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Facts {
+    /// When the connection was opened.
+    pub created: Instant,
+    /// This connection's own lifetime: `max_lifetime` minus its jitter.
+    pub lifetime: Option<Duration>,
+    /// Last time the server saw this session do anything (connect, a
+    /// borrower's return, a ping): the server's idle clock starts here.
+    pub last_io: Instant,
+    /// Last time a borrower gave the slot back (inherited by a replacement),
+    /// for `idle_timeout`.
+    pub last_borrowed: Instant,
+    /// The driver's cheap `has_broken` answer.
+    pub broken: bool,
+    /// The server's idle timeout for this session, if it has one.
+    pub server_idle_timeout: Option<Duration>,
+    /// Whether the pool may shrink by this connection (it is above `min_idle`).
+    pub may_shrink: bool,
+    /// The connection was opened before the last
+    /// [`Pool::retire_all`](crate::Pool::retire_all): never lend it again.
+    pub stale: bool,
+}
+
+/// The settings [`assess`] reads; a copy of the relevant part of [`Config`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// See [`Config::idle_timeout`].
+    pub idle_timeout: Option<Duration>,
+    /// See [`Config::server_timeout_margin`].
+    pub server_timeout_margin: Duration,
+    /// See [`Config::keepalive_interval`].
+    pub keepalive_interval: Option<Duration>,
+    /// See [`Config::validation`].
+    pub validation: Validation,
+}
+
+impl From<&Config> for Policy {
+    fn from(c: &Config) -> Self {
+        Policy {
+            idle_timeout: c.idle_timeout,
+            server_timeout_margin: c.server_timeout_margin,
+            keepalive_interval: c.keepalive_interval,
+            validation: c.validation,
+        }
+    }
+}
+
+/// The answer of [`assess`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The connection may be kept (or lent).
+    Keep,
+    /// The connection must be closed, for this reason.
+    Retire(Reason),
+}
+
+impl Policy {
+    /// How long a session may sit idle before the pool retires it for the
+    /// server's sake: the server's timeout minus the margin, but never less
+    /// than half the server's timeout (a margin larger than a short timeout
+    /// would otherwise retire connections the moment they go idle).
+    pub fn server_deadline(&self, server_idle_timeout: Duration) -> Duration {
+        let margin = self.server_timeout_margin.min(server_idle_timeout / 2);
+        server_idle_timeout - margin
+    }
+
+    /// When the verdict on an idle connection with these facts next changes
+    /// (it becomes obsolete, or a keepalive ping falls due), if ever.
+    pub fn next_deadline(&self, f: &Facts) -> Option<Instant> {
+        [
+            f.lifetime.map(|l| f.created + l),
+            f.server_idle_timeout
+                .map(|t| f.last_io + self.server_deadline(t)),
+            self.idle_timeout
+                .filter(|_| f.may_shrink)
+                .map(|t| f.last_borrowed + t),
+            self.keepalive_interval.map(|k| f.last_io + k),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Does a checkout of a connection silent since `last_io` need a
+    /// validation round trip at `now`?
+    pub fn needs_ping(&self, last_io: Instant, now: Instant) -> bool {
+        match self.validation {
+            Validation::Always => true,
+            Validation::Never => false,
+            Validation::IdleFor(window) => now.saturating_duration_since(last_io) > window,
+        }
+    }
+
+    /// Is a keepalive ping due for an idle connection silent since `last_io`?
+    pub fn keepalive_due(&self, last_io: Instant, now: Instant) -> bool {
+        self.keepalive_interval
+            .is_some_and(|k| now.saturating_duration_since(last_io) >= k)
+    }
+}
+
+/// Close-if-unusable-or-obsolete: keep the connection, or retire it with a
+/// reason. Checked in order of certainty: a broken connection is retired
+/// whatever its age; then lifetime; then whichever idle rule fires first.
+pub fn assess(f: &Facts, p: &Policy, now: Instant) -> Verdict {
+    if f.broken {
+        return Verdict::Retire(Reason::Broken);
+    }
+    if f.stale {
+        return Verdict::Retire(Reason::Closed);
+    }
+    if let Some(lifetime) = f.lifetime {
+        if now.saturating_duration_since(f.created) >= lifetime {
+            return Verdict::Retire(Reason::MaxLifetime);
+        }
+    }
+    let server = f
+        .server_idle_timeout
+        .map(|t| f.last_io + p.server_deadline(t));
+    let idle = p
+        .idle_timeout
+        .filter(|_| f.may_shrink)
+        .map(|t| f.last_borrowed + t);
+    // When both idle rules have fired, name the one that fired first: that
+    // is the rule that made the connection obsolete.
+    match (server.filter(|d| now >= *d), idle.filter(|d| now >= *d)) {
+        (Some(s), Some(i)) if i < s => Verdict::Retire(Reason::IdleTimeout),
+        (Some(_), _) => Verdict::Retire(Reason::ServerTimeout),
+        (None, Some(_)) => Verdict::Retire(Reason::IdleTimeout),
+        (None, None) => Verdict::Keep,
+    }
+}

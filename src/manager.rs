@@ -1,0 +1,87 @@
+//! The backend contract: how to open, check, clean and close one connection.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// The idle timeouts a server applies to one session, as read from that
+/// session right after it was opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerTimeouts {
+    /// The server closes the session after it has been idle (outside a
+    /// transaction) this long: MySQL/MariaDB session `wait_timeout`,
+    /// PostgreSQL `idle_session_timeout`. `None` when the server never does.
+    pub idle: Option<Duration>,
+    /// The server closes the session after it has been idle inside a
+    /// transaction this long (PostgreSQL `idle_in_transaction_session_timeout`,
+    /// MariaDB `idle_transaction_timeout`). The pool rolls back open
+    /// transactions on return, so this only bounds how long a borrower may
+    /// sit in a transaction; it is reported, not enforced.
+    pub idle_in_transaction: Option<Duration>,
+}
+
+/// Opens, checks, cleans and closes connections of one kind.
+///
+/// Two tiers of liveness: [`has_broken`](Manager::has_broken) is a cheap
+/// synchronous look at state the driver already has (run on every checkout
+/// and return); [`is_valid`](Manager::is_valid) is a round trip (run only
+/// when the [`Validation`](crate::Validation) mode asks for one).
+///
+/// The pool bounds every async method with a timeout and drops the future
+/// when it runs out, so implementations need not add their own.
+pub trait Manager: Send + Sync + 'static {
+    /// The connection type lent out by the pool.
+    type Connection: Send + 'static;
+    /// The error type of `connect`, `is_valid` and `reset`.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Opens a new connection.
+    fn connect(&self) -> impl Future<Output = Result<Self::Connection, Self::Error>> + Send;
+
+    /// Checks with a round trip that the connection still works.
+    fn is_valid(
+        &self,
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// Cheap, synchronous: does the driver already know this connection is
+    /// finished (closed socket, fatal error seen)? Never does I/O. Default `false`.
+    fn has_broken(&self, _conn: &mut Self::Connection) -> bool {
+        false
+    }
+
+    /// Cheap, synchronous: does the connection carry state the next borrower
+    /// must not see, such as an open transaction? When `true`, the pool calls
+    /// [`reset`](Manager::reset) with `full = false` before reusing it.
+    /// Default `false`.
+    fn needs_cleanup(&self, _conn: &mut Self::Connection) -> bool {
+        false
+    }
+
+    /// Cleans the connection before reuse: rolls back an open transaction and,
+    /// when `full` (the pool's `reset_on_return`), resets all session state.
+    /// An error retires the connection with reason `reset_failed`.
+    /// Default: nothing to do.
+    fn reset(
+        &self,
+        _conn: &mut Self::Connection,
+        _full: bool,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        async { Ok(()) }
+    }
+
+    /// Reads the server's idle timeouts from a freshly opened connection.
+    /// Called once per connection. Default: the server has none.
+    fn server_timeouts(
+        &self,
+        _conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<ServerTimeouts, Self::Error>> + Send {
+        async { Ok(ServerTimeouts::default()) }
+    }
+
+    /// Closes the connection politely (a goodbye message to the server).
+    /// Default: drop it.
+    fn close(&self, conn: Self::Connection) -> impl Future<Output = ()> + Send {
+        drop(conn);
+        async {}
+    }
+}

@@ -1,0 +1,114 @@
+//! [`Pooled`]: a lent connection that finds its own way back.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::inner::Shared;
+use super::slots::Conn;
+use crate::liveness::Reason;
+use crate::manager::Manager;
+
+/// A connection lent by a [`Pool`](crate::Pool). Derefs to the connection;
+/// dropping it hands the connection back (synchronously; when it needs
+/// cleaning, the round trip runs in a background task that keeps its slot).
+///
+/// The guard, not the connection, knows the way back: connection types stay
+/// plain driver types with no reference to the pool.
+#[must_use = "dropping the guard returns the connection at once"]
+pub struct Pooled<M: Manager> {
+    conn: Option<Conn<M::Connection>>,
+    shared: Arc<Shared<M>>,
+    lent_at: Instant,
+}
+
+impl<M: Manager> Pooled<M> {
+    pub(crate) fn new(shared: Arc<Shared<M>>, conn: Conn<M::Connection>, lent_at: Instant) -> Self {
+        Pooled {
+            conn: Some(conn),
+            shared,
+            lent_at,
+        }
+    }
+
+    fn conn(&self) -> &Conn<M::Connection> {
+        self.conn
+            .as_ref()
+            .expect("Pooled holds its connection until dropped")
+    }
+
+    fn conn_mut(&mut self) -> &mut Conn<M::Connection> {
+        self.conn
+            .as_mut()
+            .expect("Pooled holds its connection until dropped")
+    }
+
+    /// Takes the connection out of the pool for good. Its slot is freed; the
+    /// pool counts it as closed (reason `closed`).
+    pub fn detach(mut this: Self) -> M::Connection {
+        let conn = this
+            .conn
+            .take()
+            .expect("Pooled holds its connection until dropped");
+        this.shared.slots.lock().forget_active(&conn.meta);
+        this.shared.note_retired(&conn.meta, Reason::Closed);
+        this.shared.release_permit();
+        conn.raw
+    }
+
+    /// Closes the connection instead of returning it (say, after an error
+    /// that leaves the session in doubt). Its slot is freed.
+    pub fn retire(mut this: Self) {
+        let conn = this
+            .conn
+            .take()
+            .expect("Pooled holds its connection until dropped");
+        this.shared.retire_active(conn, Reason::Closed);
+        this.shared.release_permit();
+    }
+
+    /// How long this guard has been held.
+    pub fn held_for(this: &Self) -> Duration {
+        this.lent_at.elapsed()
+    }
+
+    /// The pool's id for this connection (as in its log lines).
+    pub fn id(this: &Self) -> u64 {
+        this.conn().meta.id
+    }
+}
+
+impl<M: Manager> Deref for Pooled<M> {
+    type Target = M::Connection;
+
+    fn deref(&self) -> &M::Connection {
+        &self.conn().raw
+    }
+}
+
+impl<M: Manager> DerefMut for Pooled<M> {
+    fn deref_mut(&mut self) -> &mut M::Connection {
+        &mut self.conn_mut().raw
+    }
+}
+
+impl<M: Manager> Drop for Pooled<M> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.shared.check_in(conn, self.lent_at);
+        }
+    }
+}
+
+impl<M: Manager> fmt::Debug for Pooled<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let meta = self.conn.as_ref().map(|c| c.meta);
+        f.debug_struct("Pooled")
+            .field("id", &meta.map(|m| m.id))
+            .field("held_for", &self.lent_at.elapsed())
+            .finish_non_exhaustive()
+    }
+}

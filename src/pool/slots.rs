@@ -1,0 +1,330 @@
+//! The pool's synchronous state, kept under one lock and free of `.await`.
+//!
+//! Capacity is not counted here: a semaphore with `max_size` permits bounds
+//! it (see `inner.rs`). This module owns the idle set and the counts of
+//! connections in each state, and the housekeeper's sweep decision.
+
+use std::collections::VecDeque;
+use std::mem;
+use std::panic::Location;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::liveness::{assess, Facts, Policy, Reason, Verdict};
+use crate::manager::ServerTimeouts;
+
+/// What the pool remembers about one connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meta {
+    pub(crate) id: u64,
+    pub(crate) created: Instant,
+    pub(crate) lifetime: Option<Duration>,
+    pub(crate) last_io: Instant,
+    pub(crate) last_borrowed: Instant,
+    pub(crate) server: ServerTimeouts,
+    pub(crate) uses: u64,
+    /// Index in the active registry while active; meaningless while idle.
+    pub(crate) slot: usize,
+    /// The pool's generation when this connection was opened.
+    pub(crate) generation: u64,
+}
+
+impl Meta {
+    pub(crate) fn facts(&self, broken: bool, may_shrink: bool, generation: u64) -> Facts {
+        Facts {
+            created: self.created,
+            lifetime: self.lifetime,
+            last_io: self.last_io,
+            last_borrowed: self.last_borrowed,
+            broken,
+            server_idle_timeout: self.server.idle,
+            may_shrink,
+            stale: self.generation < generation,
+        }
+    }
+}
+
+/// A connection with the pool's bookkeeping.
+pub(crate) struct Conn<C> {
+    pub(crate) raw: C,
+    pub(crate) meta: Meta,
+}
+
+/// The housekeeper's decision for one pass, taken under the lock.
+pub(crate) struct Sweep<C> {
+    /// Removed from the idle set (no longer counted anywhere): close them.
+    pub(crate) retired: Vec<(Conn<C>, Reason)>,
+    /// Removed from the idle set and counted active: ping them, then check them in.
+    pub(crate) keepalive: Vec<Conn<C>>,
+    /// `last_borrowed` of each obsolete connection that deserves a replacement.
+    pub(crate) replace: Vec<Instant>,
+    /// When the verdict on some idle connection next changes.
+    pub(crate) next_deadline: Option<Instant>,
+}
+
+/// Idle connections and the counts of the others.
+pub(crate) struct Slots<C> {
+    /// Back = most recently used. Checkout takes from the back, so a busy
+    /// pool keeps reusing warm connections (they skip the validation ping)
+    /// and the surplus at the front ages out.
+    idle: VecDeque<Conn<C>>,
+    /// Lent out, or held by the pool for I/O (validation, reset, keepalive).
+    active: Registry,
+    /// Connect attempts in flight.
+    connecting: usize,
+    closed: bool,
+}
+
+/// Counts read by `Pool::state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub(crate) idle: usize,
+    pub(crate) active: usize,
+    pub(crate) connecting: usize,
+}
+
+impl<C> Slots<C> {
+    pub(crate) fn new(max_size: usize) -> Self {
+        Slots {
+            idle: VecDeque::with_capacity(max_size),
+            active: Registry::default(),
+            connecting: 0,
+            closed: false,
+        }
+    }
+
+    pub(crate) fn counts(&self) -> Counts {
+        Counts {
+            idle: self.idle.len(),
+            active: self.active.len,
+            connecting: self.connecting,
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Marks the pool closed and hands back every idle connection to close.
+    pub(crate) fn close(&mut self) -> Vec<Conn<C>> {
+        self.closed = true;
+        self.drain_idle()
+    }
+
+    /// Empties the idle set; the connections are no longer counted anywhere.
+    pub(crate) fn drain_idle(&mut self) -> Vec<Conn<C>> {
+        self.idle.drain(..).collect()
+    }
+
+    /// Takes the most recently used idle connection if `lendable` says it may
+    /// be lent as it is (no retirement, no ping due); it now counts active.
+    /// Otherwise leaves the idle set alone for the slow path to deal with.
+    pub(crate) fn pop_if(
+        &mut self,
+        now: Instant,
+        site: &'static Location<'static>,
+        lendable: impl FnOnce(&mut Conn<C>) -> bool,
+    ) -> Option<Conn<C>> {
+        if !lendable(self.idle.back_mut()?) {
+            return None;
+        }
+        self.pop(now, site)
+    }
+
+    /// Takes the most recently used idle connection; it now counts active,
+    /// lent to the caller at `site`.
+    pub(crate) fn pop(
+        &mut self,
+        now: Instant,
+        site: &'static Location<'static>,
+    ) -> Option<Conn<C>> {
+        let mut conn = self.idle.pop_back()?;
+        self.active
+            .insert(&mut conn.meta, now, Activity::Lent(site));
+        Some(conn)
+    }
+
+    /// Puts an active connection back into the idle set. Hands it back
+    /// instead when the pool is closed, still counted active, for the caller
+    /// to retire.
+    pub(crate) fn push(&mut self, conn: Conn<C>) -> Option<Conn<C>> {
+        if self.closed {
+            return Some(conn);
+        }
+        self.active.remove(&conn.meta);
+        self.idle.push_back(conn);
+        None
+    }
+
+    /// An active connection left the pool (retired or detached).
+    pub(crate) fn forget_active(&mut self, meta: &Meta) {
+        self.active.remove(meta);
+    }
+
+    /// Notes what the pool is now doing with an active connection.
+    pub(crate) fn set_activity(&mut self, meta: &Meta, activity: Activity) {
+        self.active.set_activity(meta, activity);
+    }
+
+    pub(crate) fn start_connect(&mut self) {
+        self.connecting += 1;
+    }
+
+    /// A connect attempt ended; on success the new connection counts active,
+    /// doing `activity`.
+    pub(crate) fn finish_connect(&mut self, opened: Option<(&mut Meta, Activity)>, now: Instant) {
+        debug_assert!(self.connecting > 0, "a finished connect was counted");
+        self.connecting -= 1;
+        if let Some((meta, activity)) = opened {
+            self.active.insert(meta, now, activity);
+        }
+    }
+
+    /// Connections lent longer than `threshold` and not reported before;
+    /// each is reported once.
+    pub(crate) fn new_leaks(&mut self, now: Instant, threshold: Duration) -> Vec<ActiveInfo> {
+        let mut found = Vec::new();
+        for info in self.active.entries.iter_mut().flatten() {
+            if matches!(info.activity, Activity::Lent(_))
+                && !info.leak_reported
+                && now.saturating_duration_since(info.since) >= threshold
+            {
+                info.leak_reported = true;
+                found.push(*info);
+            }
+        }
+        found
+    }
+
+    /// Every connection the pool knows: idle ones, then active ones.
+    pub(crate) fn snapshot(&self) -> (Vec<Meta>, Vec<ActiveInfo>) {
+        let idle = self.idle.iter().map(|c| c.meta).collect();
+        let active = self.active.entries.iter().flatten().copied().collect();
+        (idle, active)
+    }
+
+    /// The housekeeper's pass: retires idle connections the policy calls
+    /// obsolete, takes out those due a keepalive ping (each needs a permit
+    /// from `take_permit`; without one it stays idle for now), and notes
+    /// which retirements deserve a replacement.
+    pub(crate) fn sweep(
+        &mut self,
+        now: Instant,
+        policy: &Policy,
+        min_idle: usize,
+        generation: u64,
+        mut has_broken: impl FnMut(&mut C) -> bool,
+        mut take_permit: impl FnMut() -> bool,
+    ) -> Sweep<C> {
+        let mut out = Sweep {
+            retired: Vec::new(),
+            keepalive: Vec::new(),
+            replace: Vec::new(),
+            next_deadline: None,
+        };
+        let mut open = self.idle.len() + self.active.len;
+        // Oldest first, so shrinking retires the connections idle longest.
+        for mut conn in mem::take(&mut self.idle) {
+            let broken = has_broken(&mut conn.raw);
+            let facts = conn.meta.facts(broken, open > min_idle, generation);
+            match assess(&facts, policy, now) {
+                Verdict::Retire(reason) => {
+                    open -= 1;
+                    if !matches!(reason, Reason::IdleTimeout | Reason::Closed) && !self.closed {
+                        out.replace.push(conn.meta.last_borrowed);
+                    }
+                    out.retired.push((conn, reason));
+                }
+                Verdict::Keep if policy.keepalive_due(conn.meta.last_io, now) && take_permit() => {
+                    self.active.insert(&mut conn.meta, now, Activity::Keepalive);
+                    out.keepalive.push(conn);
+                }
+                Verdict::Keep => {
+                    let next = policy.next_deadline(&facts);
+                    out.next_deadline = match (out.next_deadline, next) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    self.idle.push_back(conn);
+                }
+            }
+        }
+        out
+    }
+
+    /// Idle connections the pool lacks to reach `min_idle`, counting those
+    /// being opened.
+    pub(crate) fn idle_deficit(&self, min_idle: usize) -> usize {
+        if self.closed {
+            return 0;
+        }
+        min_idle.saturating_sub(self.idle.len() + self.connecting)
+    }
+}
+
+/// What the pool is doing with an active connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Activity {
+    /// Lent to the caller of `get()` at this source location (including
+    /// its checkout validation).
+    Lent(&'static Location<'static>),
+    /// Just opened by the housekeeper, on its way to the idle set.
+    Opening,
+    /// Being pinged by the housekeeper.
+    Keepalive,
+    /// Returned, being cleaned (rollback / session reset).
+    Returning,
+}
+
+/// One active connection, for leak detection and status pages.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ActiveInfo {
+    pub(crate) meta: Meta,
+    /// When the current activity began.
+    pub(crate) since: Instant,
+    pub(crate) activity: Activity,
+    pub(crate) leak_reported: bool,
+}
+
+/// The active connections, in a slab indexed by `Meta::slot`: insert and
+/// remove are O(1) and allocate only while the pool grows.
+#[derive(Default)]
+struct Registry {
+    entries: Vec<Option<ActiveInfo>>,
+    free: Vec<usize>,
+    len: usize,
+}
+
+impl Registry {
+    fn insert(&mut self, meta: &mut Meta, now: Instant, activity: Activity) {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.entries.push(None);
+            self.entries.len() - 1
+        });
+        meta.slot = slot;
+        self.entries[slot] = Some(ActiveInfo {
+            meta: *meta,
+            since: now,
+            activity,
+            leak_reported: false,
+        });
+        self.len += 1;
+    }
+
+    fn remove(&mut self, meta: &Meta) {
+        let entry = self.entries.get_mut(meta.slot).and_then(Option::take);
+        debug_assert!(
+            entry.is_some_and(|e| e.meta.id == meta.id),
+            "a connection leaving the active set was in it, at its own slot"
+        );
+        self.free.push(meta.slot);
+        self.len -= 1;
+    }
+
+    fn set_activity(&mut self, meta: &Meta, activity: Activity) {
+        if let Some(Some(info)) = self.entries.get_mut(meta.slot) {
+            info.activity = activity;
+        }
+    }
+}

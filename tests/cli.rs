@@ -1,0 +1,416 @@
+//! The `vigil` command-line tool, run as a process against the real servers:
+//! MariaDB at 127.0.0.1:3306 (root, no password, database `test`),
+//! PostgreSQL at 127.0.0.1:5432 (postgres, trust auth, database `test`),
+//! and in-memory SQLite.
+//!
+//! These tests fail (never skip) when a server is down. They change no
+//! global server setting: idle timeouts are set per session by the tool,
+//! and the tool kills only its own pool's sessions.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+use serde_json::Value;
+
+const MARIADB: &str = "mysql://root@127.0.0.1:3306/test";
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
+const SECRET: &str = "secret-pw-123";
+
+fn vigil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the vigil binary")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A report path no other test uses.
+fn report_path(name: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "vigil-cli-{name}-{}-{}.json",
+        std::process::id(),
+        NEXT.fetch_add(1, SeqCst)
+    ))
+}
+
+/// Runs `vigil load ARGS --json PATH`, expects exit 0, returns the JSON report.
+fn load(name: &str, args: &[&str]) -> Value {
+    let path = report_path(name);
+    let path_arg = path.to_str().expect("a UTF-8 temp path");
+    let mut all = vec!["load"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--json", path_arg]);
+    let out = vigil(&all);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "vigil {all:?} failed\nstdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("requests"),
+        "no human report on stdout: {}",
+        text(&out.stdout)
+    );
+    let json = std::fs::read_to_string(&path).expect("the JSON report was written");
+    let _ = std::fs::remove_file(&path);
+    serde_json::from_str(&json).unwrap_or_else(|e| panic!("invalid JSON ({e}): {json}"))
+}
+
+/// The fields the report promises, with plausible values.
+fn assert_report_shape(r: &Value, backend: &str) {
+    assert_eq!(r["backend"], backend, "{r:#}");
+    for key in [
+        "requests",
+        "errors",
+        "connections_created",
+        "killed_idle",
+        "pool_size",
+        "concurrency",
+    ] {
+        assert!(r[key].is_u64(), "`{key}` missing or not a count: {r:#}");
+    }
+    assert!(r["error_samples"].is_array(), "{r:#}");
+    assert!(
+        r["throughput_per_s"].as_f64().is_some_and(|t| t > 0.0),
+        "{r:#}"
+    );
+    for key in ["p50", "p90", "p99", "max"] {
+        assert!(r["latency_seconds"][key].is_f64(), "latency {key}: {r:#}");
+    }
+    for key in ["p50", "p99", "max"] {
+        assert!(r["acquire_seconds"][key].is_f64(), "acquire {key}: {r:#}");
+    }
+    let l = &r["latency_seconds"];
+    assert!(l["p50"].as_f64() <= l["p99"].as_f64() && l["p99"].as_f64() <= l["max"].as_f64());
+    let closed = r["connections_closed"]
+        .as_object()
+        .expect("connections_closed");
+    for reason in [
+        "broken",
+        "validation_failed",
+        "max_lifetime",
+        "idle_timeout",
+        "server_timeout",
+        "reset_failed",
+        "closed",
+    ] {
+        assert!(closed[reason].is_u64(), "closed.{reason}: {r:#}");
+    }
+}
+
+fn assert_clean(r: &Value) {
+    assert_eq!(r["errors"], 0, "requests failed: {:#}", r["error_samples"]);
+    assert_eq!(
+        r["error_samples"].as_array().map(Vec::len),
+        Some(0),
+        "{r:#}"
+    );
+}
+
+// ---------------------------------------------------------------- plain runs
+
+#[test]
+fn sqlite_without_url_needs_no_server_and_writes_the_report() {
+    let r = load("sqlite", &["--requests", "2000"]);
+    assert_report_shape(&r, "sqlite");
+    assert_clean(&r);
+    assert_eq!(r["requests"], 2000, "{r:#}");
+    assert_eq!(r["pool_size"], 8);
+    assert_eq!(r["concurrency"], 16);
+    assert!(r["connections_created"].as_u64() <= Some(8), "{r:#}");
+}
+
+#[test]
+fn mariadb_run_reports_every_request() {
+    let r = load("mariadb", &["--url", MARIADB, "--requests", "2000"]);
+    assert_report_shape(&r, "mysql");
+    assert_clean(&r);
+    assert_eq!(r["requests"], 2000, "{r:#}");
+    assert_eq!(r["server_idle_timeout_seconds"], 28800.0, "{r:#}");
+}
+
+#[test]
+fn postgres_run_reports_every_request() {
+    let r = load("postgres", &["--url", POSTGRES, "--requests", "2000"]);
+    assert_report_shape(&r, "postgres");
+    assert_clean(&r);
+    assert_eq!(r["requests"], 2000, "{r:#}");
+}
+
+// ---------------------------------------------------------------- idle sessions die
+
+/// Between bursts the sessions sit idle longer than their 2 s server
+/// timeout; the pool retires them first (reason `server_timeout`), so no
+/// request meets a closed session.
+fn session_timeout_is_dodged(name: &str, url: &str, backend: &str) {
+    let r = load(
+        name,
+        &[
+            "--url",
+            url,
+            "--requests",
+            "2000",
+            "--session-idle-timeout",
+            "2s",
+            "--bursts",
+            "3",
+            "--idle-gap",
+            "3s",
+        ],
+    );
+    assert_report_shape(&r, backend);
+    assert_clean(&r);
+    assert_eq!(r["requests"], 2000, "{r:#}");
+    assert_eq!(r["server_idle_timeout_seconds"], 2.0, "{r:#}");
+    assert!(
+        r["connections_closed"]["server_timeout"].as_u64() > Some(0),
+        "no connection was retired for the server's timeout: {r:#}"
+    );
+}
+
+#[test]
+fn mariadb_session_idle_timeout_across_bursts_causes_no_errors() {
+    session_timeout_is_dodged("maria-idle", MARIADB, "mysql");
+}
+
+#[test]
+fn postgres_session_idle_timeout_across_bursts_causes_no_errors() {
+    session_timeout_is_dodged("pg-idle", POSTGRES, "postgres");
+}
+
+/// A light load (4 workers, pool of 8) in two bursts: during the 3 s gap
+/// every session sits idle and the killer (a round per second) kills them;
+/// the second burst's checkouts ping them, find them dead and reconnect.
+fn killed_idle_sessions_are_caught(name: &str, url: &str, backend: &str) {
+    let r = load(
+        name,
+        &[
+            "--url",
+            url,
+            "--duration",
+            "4s",
+            "--concurrency",
+            "4",
+            "--pool-size",
+            "8",
+            "--bursts",
+            "2",
+            "--idle-gap",
+            "3s",
+            "--kill-idle-every",
+            "1s",
+        ],
+    );
+    assert_report_shape(&r, backend);
+    assert_clean(&r);
+    assert_eq!(r["kill_failures"], 0, "{r:#}");
+    assert!(
+        r["killed_idle"].as_u64() > Some(0),
+        "nothing was killed: {r:#}"
+    );
+    assert!(
+        r["validations"]["failed"].as_u64() > Some(0),
+        "no checkout found a killed session: {r:#}"
+    );
+}
+
+#[test]
+fn mariadb_killed_idle_sessions_cause_no_errors() {
+    killed_idle_sessions_are_caught("maria-kill", MARIADB, "mysql");
+}
+
+#[test]
+fn postgres_killed_idle_sessions_cause_no_errors() {
+    killed_idle_sessions_are_caught("pg-kill", POSTGRES, "postgres");
+}
+
+// ---------------------------------------------------------------- bad input
+
+/// Exit 2, one line on stderr naming the problem, no panic, no password.
+fn assert_bad_input(args: &[&str], mentions: &str) {
+    let out = vigil(args);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "vigil {args:?}\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
+    assert!(
+        stderr.contains(mentions),
+        "{stderr:?} does not mention {mentions:?}"
+    );
+    for bad in ["panicked", "backtrace", "RUST_BACKTRACE", SECRET] {
+        assert!(!stderr.contains(bad), "stderr contains {bad:?}: {stderr:?}");
+        assert!(!stdout.contains(bad), "stdout contains {bad:?}: {stdout:?}");
+    }
+}
+
+#[test]
+fn malformed_urls_exit_2_without_the_password() {
+    assert_bad_input(
+        &[
+            "load",
+            "--url",
+            "mysql://root:secret-pw-123@127.0.0.1:notaport/test",
+        ],
+        "invalid port",
+    );
+    assert_bad_input(
+        &[
+            "load",
+            "--url",
+            "postgres://u:secret-pw-123@127.0.0.1:notaport/test",
+        ],
+        "invalid port",
+    );
+    assert_bad_input(&["load", "--url", "redis://127.0.0.1/"], "redis");
+    assert_bad_input(
+        &[
+            "probe",
+            "--url",
+            "mysql://root:secret-pw-123@127.0.0.1:notaport/test",
+        ],
+        "invalid port",
+    );
+}
+
+#[test]
+fn unreachable_port_exits_2_naming_the_refusal() {
+    for url in [
+        "mysql://root:secret-pw-123@127.0.0.1:1/test",
+        "postgres://postgres:secret-pw-123@127.0.0.1:1/test",
+    ] {
+        assert_bad_input(
+            &["load", "--url", url, "--acquire-timeout", "2s"],
+            "refused",
+        );
+        assert_bad_input(
+            &["probe", "--url", url, "--connect-timeout", "2s"],
+            "refused",
+        );
+    }
+}
+
+#[test]
+fn wrong_password_exits_2_without_echoing_it() {
+    let url = "mysql://root:secret-pw-123@127.0.0.1:3306/test";
+    assert_bad_input(&["load", "--url", url], "Access denied");
+    assert_bad_input(&["probe", "--url", url], "Access denied");
+}
+
+#[test]
+fn invalid_flag_values_exit_2_in_one_line() {
+    assert_bad_input(&["load", "--pool-size", "0"], "--pool-size");
+    assert_bad_input(&["load", "--concurrency", "none"], "--concurrency");
+    assert_bad_input(&["load", "--duration", "soon"], "--duration");
+    assert_bad_input(
+        &["load", "--requests", "5", "--duration", "1s"],
+        "--duration",
+    );
+    assert_bad_input(&["load", "--kill-idle-every", "1s"], "--kill-idle-every");
+    assert_bad_input(
+        &["load", "--session-idle-timeout", "2s"],
+        "--session-idle-timeout",
+    );
+    assert_bad_input(&["load", "--query", "SELEC", "--requests", "5"], "SELEC");
+}
+
+// ---------------------------------------------------------------- metrics and probe
+
+#[test]
+fn metrics_endpoint_serves_the_load_pool_while_running() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "load",
+            "--duration",
+            "3s",
+            "--concurrency",
+            "2",
+            "--pool-size",
+            "2",
+        ])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the vigil binary");
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("read stderr");
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address announced: {line:?}"))
+        .to_owned();
+    let mut http = TcpStream::connect(&addr).expect("connect to the metrics server");
+    write!(
+        http,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut body = String::new();
+    http.read_to_string(&mut body).expect("read the response");
+    let out = child.wait_with_output().expect("vigil finishes");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains(r#"vigil_connections{pool="load""#), "{body}");
+}
+
+fn probe(url: &str) -> Value {
+    let out = vigil(&["probe", "--url", url, "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "vigil probe failed: {}",
+        text(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("invalid JSON ({e}): {}", text(&out.stdout)))
+}
+
+#[test]
+fn probe_reads_mariadb_timeouts() {
+    let p = probe(MARIADB);
+    assert_eq!(p["server"], "MariaDB", "{p:#}");
+    // The server's default; pool sessions are non-interactive and get it.
+    assert_eq!(p["timeouts"]["wait_timeout"], 28800, "{p:#}");
+    assert!(p["timeouts"]["interactive_timeout"].is_u64(), "{p:#}");
+    assert!(p["timeouts"]["idle_transaction_timeout"].is_u64(), "{p:#}");
+    assert!(p["max_connections"].as_u64() > Some(0), "{p:#}");
+    assert_eq!(p["session_idle_timeout_seconds"], 28800.0, "{p:#}");
+    assert_eq!(
+        p["recommended"]["retires_idle_after_seconds"], 28795.0,
+        "{p:#}"
+    );
+    assert!(p["recommended"]["keepalive_interval_seconds"].as_f64() <= Some(200.0));
+    assert!(!p["reasoning"].as_array().expect("reasoning").is_empty());
+}
+
+#[test]
+fn probe_reads_postgres_timeouts() {
+    let p = probe(POSTGRES);
+    assert_eq!(p["server"], "PostgreSQL", "{p:#}");
+    for key in [
+        "idle_session_timeout",
+        "idle_in_transaction_session_timeout",
+        "tcp_keepalives_idle",
+    ] {
+        assert!(p["timeouts"][key].is_number(), "timeouts.{key}: {p:#}");
+    }
+    assert!(p["max_connections"].as_u64() > Some(0), "{p:#}");
+    assert!(p["recommended"]["max_connections_budget"].is_u64(), "{p:#}");
+    assert!(!p["reasoning"].as_array().expect("reasoning").is_empty());
+}

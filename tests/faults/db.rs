@@ -1,0 +1,380 @@
+//! The two servers behind one trait: a manager that connects through the
+//! proxy, the queries the scenarios run, and an admin side that talks to
+//! the server directly. Each scenario's sessions are told apart from
+//! everyone else's on the shared servers: PostgreSQL by a unique
+//! `application_name`, MariaDB by a database of their own.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode, PgTransactionManager};
+use sqlx::{Connection, TransactionManager};
+use vigil::backend::mysql::MySqlManager;
+use vigil::backend::sqlx::PgManager;
+use vigil::Manager;
+
+/// A name no other test or run uses (PostgreSQL keeps 63 bytes of an
+/// `application_name`, MariaDB 64 of a database name).
+pub fn unique(tag: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .subsec_nanos();
+    format!(
+        "vf_{tag}_{}_{nanos}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, SeqCst)
+    )
+}
+
+pub type ConnOf<D> = <<D as Db>::M as Manager>::Connection;
+
+/// One database server as the scenarios use it: a manager that connects
+/// through the proxy, the queries the load runs, and an admin side that
+/// talks to the server directly (never through the proxy).
+pub trait Db: Send + Sync + Sized + 'static {
+    type M: Manager;
+    /// `mariadb` or `postgres`, for the report.
+    const SERVER: &'static str;
+    /// The real server's address.
+    fn server(&self) -> SocketAddr;
+    /// A manager whose connections go to `via` (the proxy).
+    fn manager(&self, via: SocketAddr) -> Self::M;
+    fn select_one(conn: &mut ConnOf<Self>) -> BoxFuture<'_, Result<(), String>>;
+    /// A query that runs for `secs` seconds on the server.
+    fn sleep(conn: &mut ConnOf<Self>, secs: u32) -> BoxFuture<'_, Result<(), String>>;
+    /// The server's id for the session (for killing it); asks the server.
+    fn session_id(conn: &mut ConnOf<Self>) -> BoxFuture<'_, Result<u64, String>>;
+    /// The client port the server sees for the session: the local port of
+    /// the proxy's upstream socket.
+    fn client_port(conn: &mut ConnOf<Self>) -> BoxFuture<'_, u16>;
+    /// Opens a transaction the pool can see (so it cleans it on return).
+    fn begin(conn: &mut ConnOf<Self>) -> BoxFuture<'_, ()>;
+    /// Ends a session from an admin connection.
+    fn kill(&self, id: u64) -> BoxFuture<'_, ()>;
+    /// How many sessions of this scenario's pools the server has.
+    fn sessions(&self) -> BoxFuture<'_, i64>;
+}
+
+// ---------------------------------------------------------------- PostgreSQL
+
+/// PostgreSQL: the shared server (database `test`) or a private one
+/// (database `postgres`); this scenario's sessions carry a unique
+/// `application_name`.
+pub struct Pg {
+    port: u16,
+    database: &'static str,
+    app: String,
+}
+
+impl Pg {
+    pub fn shared(tag: &str) -> Pg {
+        Pg {
+            port: 5432,
+            database: "test",
+            app: unique(tag),
+        }
+    }
+
+    pub fn private(port: u16, tag: &str) -> Pg {
+        Pg {
+            port,
+            database: "postgres",
+            app: unique(tag),
+        }
+    }
+
+    fn options(&self, port: u16, app: &str) -> PgConnectOptions {
+        PgConnectOptions::new_without_pgpass()
+            .host("127.0.0.1")
+            .port(port)
+            .username("postgres")
+            .database(self.database)
+            .ssl_mode(PgSslMode::Disable)
+            .application_name(app)
+    }
+
+    async fn admin(&self) -> PgConnection {
+        PgConnection::connect_with(&self.options(self.port, "vigil_faults_admin"))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the fault suite needs PostgreSQL at 127.0.0.1:{} (trust auth, user postgres, \
+                     database `{}`), and it is not usable: {e}",
+                    self.port, self.database
+                )
+            })
+    }
+}
+
+impl Db for Pg {
+    type M = PgManager;
+    const SERVER: &'static str = "postgres";
+
+    fn server(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn manager(&self, via: SocketAddr) -> PgManager {
+        PgManager::new(self.options(via.port(), &self.app))
+    }
+
+    fn select_one(conn: &mut PgConnection) -> BoxFuture<'_, Result<(), String>> {
+        async move {
+            let one: i32 = sqlx::query_scalar("SELECT 1")
+                .fetch_one(conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            assert_eq!(one, 1);
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn sleep(conn: &mut PgConnection, secs: u32) -> BoxFuture<'_, Result<(), String>> {
+        async move {
+            sqlx::query(&format!("SELECT pg_sleep({secs})"))
+                .execute(conn)
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        .boxed()
+    }
+
+    fn session_id(conn: &mut PgConnection) -> BoxFuture<'_, Result<u64, String>> {
+        async move {
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(pid as u64)
+        }
+        .boxed()
+    }
+
+    fn client_port(conn: &mut PgConnection) -> BoxFuture<'_, u16> {
+        async move {
+            let port: i32 = sqlx::query_scalar("SELECT inet_client_port()")
+                .fetch_one(conn)
+                .await
+                .expect("SELECT inet_client_port()");
+            port as u16
+        }
+        .boxed()
+    }
+
+    fn begin(conn: &mut PgConnection) -> BoxFuture<'_, ()> {
+        async move {
+            // Through sqlx's transaction manager, so `is_in_transaction`
+            // (what the pool's return path looks at) sees it.
+            PgTransactionManager::begin(conn, None)
+                .await
+                .expect("BEGIN");
+        }
+        .boxed()
+    }
+
+    fn kill(&self, id: u64) -> BoxFuture<'_, ()> {
+        async move {
+            let mut admin = self.admin().await;
+            let done: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+                .bind(id as i32)
+                .fetch_one(&mut admin)
+                .await
+                .expect("pg_terminate_backend");
+            assert!(done, "pg_terminate_backend({id}) found no such backend");
+        }
+        .boxed()
+    }
+
+    fn sessions(&self) -> BoxFuture<'_, i64> {
+        async move {
+            let mut admin = self.admin().await;
+            sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+                .bind(&self.app)
+                .fetch_one(&mut admin)
+                .await
+                .expect("read pg_stat_activity")
+        }
+        .boxed()
+    }
+}
+
+// ---------------------------------------------------------------- MariaDB
+
+/// MariaDB: the shared server or a private one; this scenario's sessions use
+/// a database of their own, which is how the process list tells them apart.
+pub struct Maria {
+    port: u16,
+    db: String,
+}
+
+impl Maria {
+    pub async fn shared(tag: &str) -> Maria {
+        Maria::on(3306, tag).await
+    }
+
+    pub async fn private(port: u16, tag: &str) -> Maria {
+        Maria::on(port, tag).await
+    }
+
+    async fn on(port: u16, tag: &str) -> Maria {
+        let maria = Maria {
+            port,
+            db: unique(tag),
+        };
+        let mut admin = maria.admin().await;
+        admin
+            .query_drop(format!("CREATE DATABASE `{}`", maria.db))
+            .await
+            .expect("create the scenario's database");
+        maria
+    }
+
+    fn opts(&self, port: u16, db: Option<&str>) -> Opts {
+        OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(port)
+            .user(Some("root"))
+            .db_name(db)
+            // Else mysql_async reconnects over the server's unix socket,
+            // around the proxy.
+            .prefer_socket(false)
+            .into()
+    }
+
+    async fn admin(&self) -> Conn {
+        Conn::new(self.opts(self.port, None))
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "the fault suite needs MariaDB at 127.0.0.1:{} (user root, no password), \
+                     and it is not usable: {e}",
+                    self.port
+                )
+            })
+    }
+}
+
+impl Drop for Maria {
+    /// Drops the scenario's database, also after a failed test (best effort,
+    /// through the `mariadb` client so it needs no runtime).
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("mariadb")
+            .args(["-h", "127.0.0.1", "-u", "root", "--connect-timeout=2"])
+            .arg(format!("-P{}", self.port))
+            .arg("-e")
+            .arg(format!("DROP DATABASE IF EXISTS `{}`", self.db))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+impl Db for Maria {
+    type M = MySqlManager;
+    const SERVER: &'static str = "mariadb";
+
+    fn server(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn manager(&self, via: SocketAddr) -> MySqlManager {
+        MySqlManager::new(self.opts(via.port(), Some(&self.db)))
+    }
+
+    fn select_one(conn: &mut Conn) -> BoxFuture<'_, Result<(), String>> {
+        async move {
+            let one: Option<u8> = conn
+                .query_first("SELECT 1")
+                .await
+                .map_err(|e| e.to_string())?;
+            assert_eq!(one, Some(1));
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn sleep(conn: &mut Conn, secs: u32) -> BoxFuture<'_, Result<(), String>> {
+        async move {
+            conn.query_drop(format!("SELECT SLEEP({secs})"))
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .boxed()
+    }
+
+    fn session_id(conn: &mut Conn) -> BoxFuture<'_, Result<u64, String>> {
+        async move {
+            let id: Option<u64> = conn
+                .query_first("SELECT CONNECTION_ID()")
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(id.expect("CONNECTION_ID() answers a row"))
+        }
+        .boxed()
+    }
+
+    fn client_port(conn: &mut Conn) -> BoxFuture<'_, u16> {
+        async move {
+            let host: Option<String> = conn
+                .query_first(
+                    "SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = CONNECTION_ID()",
+                )
+                .await
+                .expect("read the session's own HOST");
+            let host = host.expect("the session lists itself");
+            host.rsplit_once(':')
+                .and_then(|(_, p)| p.parse().ok())
+                .unwrap_or_else(|| panic!("no port in processlist HOST {host:?}"))
+        }
+        .boxed()
+    }
+
+    fn begin(conn: &mut Conn) -> BoxFuture<'_, ()> {
+        async move {
+            // The OK packet carries SERVER_STATUS_IN_TRANS, which the pool's
+            // return path reads.
+            conn.query_drop("START TRANSACTION")
+                .await
+                .expect("START TRANSACTION");
+        }
+        .boxed()
+    }
+
+    fn kill(&self, id: u64) -> BoxFuture<'_, ()> {
+        async move {
+            let mut admin = self.admin().await;
+            admin
+                .query_drop(format!("KILL CONNECTION {id}"))
+                .await
+                .expect("KILL CONNECTION");
+            let _ = admin.disconnect().await;
+        }
+        .boxed()
+    }
+
+    fn sessions(&self) -> BoxFuture<'_, i64> {
+        async move {
+            let mut admin = self.admin().await;
+            let n: Option<i64> = admin
+                .exec_first(
+                    "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = ? \
+                     AND COMMAND <> 'Killed'",
+                    (self.db.as_str(),),
+                )
+                .await
+                .expect("read the process list");
+            let _ = admin.disconnect().await;
+            n.unwrap_or(0)
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,306 @@
+//! Private PostgreSQL and MariaDB instances for the destructive scenarios
+//! (restarts), so the shared servers on 5432/3306 that other tests use are
+//! never touched.
+//!
+//! Each instance lives in a fresh directory under the system temp dir, on a
+//! free loopback port, and is stopped (hard) and deleted when its guard is
+//! dropped, also when the test panics. A missing binary fails the test with
+//! a message naming it: these scenarios never skip.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+const MARIADB_INSTALL: &str = "mariadb-install-db";
+const MARIADBD: &str = "/usr/sbin/mariadbd";
+
+/// A free loopback port (bound, then released: a small race we accept).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
+fn scratch_dir(tag: &str) -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .subsec_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "vigil-faults-{tag}-{}-{nanos}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}
+
+/// Runs `cmd`, failing the test with its output when it fails.
+fn run(cmd: &mut Command, what: &str) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_for_port(port: u16, within: Duration, what: &str, log: &Path) {
+    let deadline = Instant::now() + within;
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{what} did not listen on {port} within {within:?}; its log:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+// ---------------------------------------------------------------- PostgreSQL
+
+/// A private PostgreSQL 15 cluster: trust auth, user `postgres`, database
+/// `postgres`. initdb refuses to run as root, so the cluster belongs to the
+/// `postgres` OS user and every server command runs through `runuser`.
+pub struct PrivatePg {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl PrivatePg {
+    /// initdb + start; blocking (about a second).
+    pub fn start() -> PrivatePg {
+        let dir = scratch_dir("pg");
+        let pg = PrivatePg {
+            dir,
+            port: free_port(),
+        };
+        pg.chown_to_postgres();
+        run(
+            pg.as_postgres(&format!("{PG_BIN}/initdb"))
+                .args([
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                    "-D",
+                ])
+                .arg(pg.data()),
+            "initdb of the private PostgreSQL",
+        );
+        pg.start_again();
+        pg
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn chown_to_postgres(&self) {
+        let id = |flag: &str| -> u32 {
+            let out = Command::new("id")
+                .args([flag, "postgres"])
+                .output()
+                .expect("run `id`");
+            assert!(
+                out.status.success(),
+                "the private PostgreSQL needs the `postgres` OS user (initdb refuses root)"
+            );
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse()
+                .expect("a numeric id")
+        };
+        std::os::unix::fs::chown(&self.dir, Some(id("-u")), Some(id("-g")))
+            .expect("chown the private PostgreSQL directory to postgres");
+    }
+
+    fn as_postgres(&self, program: &str) -> Command {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", "postgres", "--", program]);
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Command {
+        let mut cmd = self.as_postgres(&format!("{PG_BIN}/pg_ctl"));
+        cmd.arg("-D").arg(self.data()).args(args);
+        cmd
+    }
+
+    /// Starts the (stopped) server and waits until it accepts connections.
+    pub fn start_again(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.display()
+        );
+        run(
+            self.pg_ctl(&["-w", "-t", "30", "-o", &options, "-l"])
+                .arg(self.dir.join("log"))
+                .arg("start"),
+            "starting the private PostgreSQL",
+        );
+        wait_for_port(
+            self.port,
+            Duration::from_secs(10),
+            "the private PostgreSQL",
+            &self.dir.join("log"),
+        );
+    }
+
+    /// `pg_ctl stop -m fast`: backends are told to end their sessions (clients
+    /// get FATAL 57P01), then the server exits. Blocks until it is down.
+    pub fn stop_fast(&self) {
+        run(
+            &mut self.pg_ctl(&["-w", "-m", "fast", "stop"]),
+            "stopping the private PostgreSQL",
+        );
+    }
+
+    /// `pg_ctl stop -m immediate`: every process quits at once, as in a crash.
+    pub fn stop_immediate(&self) {
+        run(
+            &mut self.pg_ctl(&["-w", "-m", "immediate", "stop"]),
+            "crashing the private PostgreSQL",
+        );
+    }
+}
+
+impl Drop for PrivatePg {
+    fn drop(&mut self) {
+        let stopped = self
+            .pg_ctl(&["-w", "-m", "immediate", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !stopped {
+            // Already down, or pg_ctl failed: kill what the pid file names.
+            if let Ok(pidfile) = std::fs::read_to_string(self.data().join("postmaster.pid")) {
+                if let Some(pid) = pidfile.lines().next() {
+                    let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------- MariaDB
+
+/// A private MariaDB: `root` with an empty password over TCP, no grant
+/// tables skipped, binary log off.
+pub struct PrivateMaria {
+    dir: PathBuf,
+    port: u16,
+    child: Mutex<Option<Child>>,
+}
+
+impl PrivateMaria {
+    /// mariadb-install-db + start; blocking (a few seconds).
+    pub fn start() -> PrivateMaria {
+        let dir = scratch_dir("maria");
+        run(
+            Command::new(MARIADB_INSTALL)
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", dir.join("data").display()))
+                .args([
+                    "--user=root",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                ])
+                .stdin(Stdio::null()),
+            "mariadb-install-db for the private MariaDB",
+        );
+        let maria = PrivateMaria {
+            dir,
+            port: free_port(),
+            child: Mutex::new(None),
+        };
+        maria.start_again();
+        maria
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Starts the (stopped) server and waits until it accepts connections.
+    pub fn start_again(&self) {
+        let d = &self.dir;
+        let child = Command::new(MARIADBD)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", d.join("data").display()))
+            .arg(format!("--port={}", self.port))
+            .arg(format!("--socket={}", d.join("sock").display()))
+            .arg(format!("--pid-file={}", d.join("pid").display()))
+            .arg(format!("--log-error={}", d.join("err.log").display()))
+            .args([
+                "--bind-address=127.0.0.1",
+                "--user=root",
+                "--skip-name-resolve",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=32M",
+                "--max-connections=300",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {MARIADBD}: {e}"));
+        *self.child.lock() = Some(child);
+        wait_for_port(
+            self.port,
+            Duration::from_secs(30),
+            "the private MariaDB",
+            &d.join("err.log"),
+        );
+    }
+
+    /// SIGTERM: a normal shutdown (client connections are closed). Blocks
+    /// until the process has exited.
+    pub fn stop(&self) {
+        let mut child = self.child.lock().take().expect("the private MariaDB runs");
+        run(
+            Command::new("kill").args(["-TERM", &child.id().to_string()]),
+            "stopping the private MariaDB",
+        );
+        child.wait().expect("wait for the private MariaDB to exit");
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(&self) {
+        let mut child = self.child.lock().take().expect("the private MariaDB runs");
+        child.kill().expect("kill the private MariaDB");
+        child.wait().expect("wait for the private MariaDB to exit");
+    }
+}
+
+impl Drop for PrivateMaria {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.lock().take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,169 @@
+//! The liveness policy is one pure function; these tables and properties pin it.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use tokio::time::Instant;
+use vigil::liveness::{assess, Facts, Policy, Verdict};
+use vigil::{Reason, Validation};
+
+const S: fn(u64) -> Duration = Duration::from_secs;
+
+fn policy() -> Policy {
+    Policy {
+        idle_timeout: Some(S(600)),
+        server_timeout_margin: S(5),
+        keepalive_interval: Some(S(120)),
+        validation: Validation::IdleFor(Duration::from_millis(500)),
+    }
+}
+
+/// Facts for a connection created at `t0`, last seen by the server `io`
+/// seconds later and last borrowed `borrowed` seconds later.
+fn facts(t0: Instant, io: u64, borrowed: u64) -> Facts {
+    Facts {
+        created: t0,
+        lifetime: Some(S(1800)),
+        last_io: t0 + S(io),
+        last_borrowed: t0 + S(borrowed),
+        broken: false,
+        server_idle_timeout: Some(S(28_800)),
+        may_shrink: true,
+        stale: false,
+    }
+}
+
+#[test]
+fn verdict_table() {
+    let t0 = Instant::now();
+    let p = policy();
+    let short_server = |f: Facts| Facts {
+        server_idle_timeout: Some(S(60)),
+        ..f
+    };
+    #[rustfmt::skip]
+    let table: Vec<(&str, Facts, u64, Verdict)> = vec![
+        ("fresh",                               facts(t0, 0, 0), 1, Verdict::Keep),
+        ("broken beats everything",             Facts { broken: true, ..facts(t0, 0, 0) }, 0, Verdict::Retire(Reason::Broken)),
+        ("made before retire_all",              Facts { stale: true, ..facts(t0, 0, 0) }, 1, Verdict::Retire(Reason::Closed)),
+        ("lifetime reached",                    facts(t0, 1799, 1799), 1800, Verdict::Retire(Reason::MaxLifetime)),
+        ("lifetime beats idle rules",           short_server(facts(t0, 0, 0)), 1800, Verdict::Retire(Reason::MaxLifetime)),
+        ("no lifetime: kept",                   Facts { lifetime: None, ..facts(t0, 3000, 3000) }, 3001, Verdict::Keep),
+        ("server deadline = 60 - 5",            short_server(facts(t0, 0, 0)), 54, Verdict::Keep),
+        ("server deadline reached",             short_server(facts(t0, 0, 0)), 55, Verdict::Retire(Reason::ServerTimeout)),
+        ("server timer runs from last io",      short_server(facts(t0, 30, 0)), 84, Verdict::Keep),
+        ("idle timeout from last borrow",       Facts { lifetime: None, ..facts(t0, 0, 0) }, 600, Verdict::Retire(Reason::IdleTimeout)),
+        ("idle timeout but at min_idle",        Facts { lifetime: None, may_shrink: false, ..facts(t0, 0, 0) }, 600, Verdict::Keep),
+        ("server first when it fired first",    Facts { lifetime: None, ..short_server(facts(t0, 0, 0)) }, 700, Verdict::Retire(Reason::ServerTimeout)),
+        ("idle first when it fired first",      Facts { lifetime: None, ..short_server(facts(t0, 590, 0)) }, 646, Verdict::Retire(Reason::IdleTimeout)),
+        ("no server timeout: never server",     Facts { server_idle_timeout: None, lifetime: None, may_shrink: false, ..facts(t0, 0, 0) }, 100_000, Verdict::Keep),
+    ];
+    for (name, f, at, want) in table {
+        assert_eq!(assess(&f, &p, t0 + S(at)), want, "{name}");
+    }
+}
+
+#[test]
+fn margin_is_capped_at_half_a_short_server_timeout() {
+    let p = policy();
+    assert_eq!(p.server_deadline(S(28_800)), S(28_795));
+    assert_eq!(p.server_deadline(S(2)), S(1), "5 s margin on a 2 s timeout");
+    assert_eq!(p.server_deadline(S(10)), S(5));
+}
+
+#[test]
+fn ping_is_skipped_inside_the_bypass_window_only() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let p = policy();
+    assert!(!p.needs_ping(t0, t0 + ms(500)));
+    assert!(p.needs_ping(t0, t0 + ms(501)));
+    let always = Policy {
+        validation: Validation::Always,
+        ..p
+    };
+    assert!(always.needs_ping(t0, t0));
+    let never = Policy {
+        validation: Validation::Never,
+        ..p
+    };
+    assert!(!never.needs_ping(t0, t0 + S(86_400)));
+}
+
+fn arb_facts(t0: Instant) -> impl Strategy<Value = (Facts, Policy, u64)> {
+    (
+        (0u64..5_000, 0u64..5_000, 0u64..5_000),
+        proptest::option::of(1u64..5_000),
+        proptest::option::of(1u64..5_000),
+        proptest::option::of(1u64..5_000),
+        0u64..100,
+        any::<(bool, bool)>(),
+        0u64..20_000,
+    )
+        .prop_map(
+            move |((io, borrowed, _), life, server, idle, margin, (broken, shrink), at)| {
+                let f = Facts {
+                    created: t0,
+                    lifetime: life.map(S),
+                    last_io: t0 + S(io),
+                    last_borrowed: t0 + S(borrowed.min(io)),
+                    broken,
+                    server_idle_timeout: server.map(S),
+                    may_shrink: shrink,
+                    stale: false,
+                };
+                let p = Policy {
+                    idle_timeout: idle.map(S),
+                    server_timeout_margin: S(margin),
+                    keepalive_interval: None,
+                    validation: Validation::default(),
+                };
+                (f, p, io + at)
+            },
+        )
+}
+
+proptest! {
+    /// The promise itself: a connection the policy keeps has been idle for
+    /// less than the server's timeout, with at least half of it to spare
+    /// or the full margin.
+    #[test]
+    fn kept_connection_is_never_past_the_server_deadline((f, p, at) in arb_facts(Instant::now())) {
+        let now = f.created + S(at);
+        if assess(&f, &p, now) == Verdict::Keep {
+            prop_assert!(!f.broken);
+            if let Some(t) = f.server_idle_timeout {
+                let idle = now - f.last_io;
+                prop_assert!(idle < t, "idle {idle:?} >= server timeout {t:?}");
+                prop_assert!(idle < t - p.server_timeout_margin.min(t / 2));
+            }
+            if let Some(l) = f.lifetime {
+                prop_assert!(now - f.created < l);
+            }
+        }
+    }
+
+    #[test]
+    fn idle_timeout_never_retires_below_min_idle((f, p, at) in arb_facts(Instant::now())) {
+        let f = Facts { may_shrink: false, ..f };
+        prop_assert_ne!(assess(&f, &p, f.created + S(at)), Verdict::Retire(Reason::IdleTimeout));
+    }
+
+    /// The housekeeper sleeps until `next_deadline`: the verdict must not
+    /// change before it, or an obsolete connection would sit unnoticed.
+    #[test]
+    fn verdict_does_not_change_before_next_deadline((f, p, at) in arb_facts(Instant::now())) {
+        let f = Facts { broken: false, ..f };
+        let now = f.last_io + S(at % 100);
+        if assess(&f, &p, now) == Verdict::Keep {
+            if let Some(d) = p.next_deadline(&f) {
+                prop_assert!(d > now);
+                let just_before = d - Duration::from_millis(1);
+                prop_assert_eq!(assess(&f, &p, just_before), Verdict::Keep);
+                prop_assert_ne!(assess(&f, &p, d), Verdict::Keep);
+            } else {
+                prop_assert_eq!(assess(&f, &p, now + S(1_000_000)), Verdict::Keep);
+            }
+        }
+    }
+}

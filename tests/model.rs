@@ -1,0 +1,168 @@
+//! Random operation sequences against the pool core (fake manager, paused
+//! time), checking after every step what must always hold: capacity is
+//! conserved, nobody waits while a connection is idle, counts add up, and
+//! close wakes everyone.
+
+mod support;
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use support::fake::Fake;
+use tokio::task::JoinHandle;
+use vigil::{Error, Pool, Pooled, Validation};
+
+const MAX: usize = 4;
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// A caller that holds what it gets for `hold` ms, giving up after `patience` ms.
+    Get { hold: u64, patience: u64 },
+    /// Drop the oldest guard held by the test itself.
+    Release,
+    /// Retire the oldest guard held by the test.
+    Retire,
+    /// Take a guard and keep it in the test.
+    Keep,
+    /// The next connects fail / succeed again.
+    Connects(bool),
+    /// Pings fail / succeed.
+    Pings(bool),
+    /// Let time pass.
+    Advance(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u64..30, 0u64..40).prop_map(|(hold, patience)| Op::Get { hold, patience }),
+        2 => Just(Op::Release),
+        1 => Just(Op::Retire),
+        2 => Just(Op::Keep),
+        1 => any::<bool>().prop_map(Op::Connects),
+        1 => any::<bool>().prop_map(Op::Pings),
+        3 => (0u64..1_500).prop_map(Op::Advance),
+    ]
+}
+
+/// What must hold whenever the pool is observed between steps.
+fn check_invariants(pool: &Pool<Fake>, kept: usize) {
+    let s = pool.state();
+    assert_eq!(s.idle + s.active, s.open, "{s:?}");
+    assert!(s.open + s.connecting <= MAX, "capacity exceeded: {s:?}");
+    assert!(
+        s.active >= kept,
+        "a guard the test holds is counted active: {s:?}"
+    );
+    assert!(
+        s.pending == 0 || s.idle == 0,
+        "a waiter sleeps while a connection is idle: {s:?}"
+    );
+}
+
+async fn run(ops: Vec<Op>) {
+    let fake = Fake::new();
+    fake.script.set_connect_delay(Duration::from_millis(5));
+    *fake.script.ping_delay.lock().unwrap() = Duration::from_millis(2);
+    let pool = Pool::builder(fake.clone())
+        .max_size(MAX)
+        .min_idle(1)
+        .validation(Validation::IdleFor(Duration::from_millis(100)))
+        .acquire_timeout(Duration::from_millis(200))
+        .max_lifetime(Some(Duration::from_secs(3)))
+        .keepalive_interval(Some(Duration::from_secs(1)))
+        .build()
+        .unwrap();
+    let mut kept: Vec<Pooled<Fake>> = Vec::new();
+    let mut callers: Vec<JoinHandle<()>> = Vec::new();
+    for op in ops {
+        match op {
+            Op::Get { hold, patience } => {
+                let pool = pool.clone();
+                callers.push(tokio::spawn(async move {
+                    let got =
+                        tokio::time::timeout(Duration::from_millis(patience), pool.get()).await;
+                    if let Ok(Ok(conn)) = got {
+                        tokio::time::sleep(Duration::from_millis(hold)).await;
+                        drop(conn);
+                    }
+                }));
+            }
+            Op::Release if !kept.is_empty() => drop(kept.remove(0)),
+            Op::Retire if !kept.is_empty() => Pooled::retire(kept.remove(0)),
+            Op::Keep => {
+                if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(50), pool.get()).await
+                {
+                    kept.push(c);
+                }
+            }
+            Op::Connects(ok) => {
+                if ok {
+                    fake.script.heal_connects()
+                } else {
+                    fake.script.fail_connects("refused")
+                }
+            }
+            Op::Pings(ok) => fake.script.ping_fails.store(!ok, SeqCst),
+            Op::Advance(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            Op::Release | Op::Retire => {}
+        }
+        tokio::task::yield_now().await;
+        check_invariants(&pool, kept.len());
+    }
+    // Quiesce: every caller finishes (they all have a patience), then the
+    // pool must hold no phantom activity and every slot must be available.
+    for c in callers {
+        c.await.unwrap();
+    }
+    fake.script.heal_connects();
+    fake.script.ping_fails.store(false, SeqCst);
+    drop(kept);
+    // The housekeeper may be replacing a retired connection at any instant;
+    // a connect takes 5 ms, so activity must drain well within a second.
+    let mut waited = 0;
+    let s = loop {
+        let s = pool.state();
+        if (s.active, s.connecting, s.pending) == (0, 0, 0) {
+            break s;
+        }
+        assert!(waited < 1_000, "activity never drained: {s:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        waited += 1;
+    };
+    assert_eq!(s.created - s.closed.total(), s.open as u64, "{s:?}");
+    let all: Vec<_> = futures::future::join_all((0..MAX).map(|_| pool.get())).await;
+    assert!(
+        all.iter().all(|r| r.is_ok()),
+        "a slot was lost: {:?}",
+        pool.state()
+    );
+    // Close wakes a waiter at once and closes everything once returned.
+    let waiter = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(drop) }
+    });
+    tokio::task::yield_now().await;
+    let closing = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.close().await }
+    });
+    assert!(matches!(waiter.await.unwrap(), Err(Error::Closed)));
+    drop(all);
+    closing.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(pool.state().open, 0, "{:?}", pool.state());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+    #[test]
+    fn pool_invariants_hold_for_any_operation_sequence(ops in proptest::collection::vec(op(), 1..60)) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap()
+            .block_on(run(ops));
+    }
+}

@@ -1,0 +1,165 @@
+//! A remote-controlled in-process manager: deterministic, instant unless told
+//! otherwise, and counting everything the pool asks of it.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use vigil::{Manager, ServerTimeouts};
+
+#[derive(Debug, thiserror::Error)]
+#[error("fake: {0}")]
+pub struct FakeError(pub String);
+
+/// What the fake "server" does; shared between the test and the manager.
+#[derive(Debug, Default)]
+pub struct Script {
+    pub connects: AtomicUsize,
+    pub connects_in_flight: AtomicUsize,
+    pub max_connects_in_flight: AtomicUsize,
+    pub pings: AtomicUsize,
+    pub resets: AtomicUsize,
+    pub closes: AtomicUsize,
+    /// `Some(message)`: connects fail with it.
+    pub connect_error: Mutex<Option<String>>,
+    pub connect_delay: Mutex<Duration>,
+    pub ping_delay: Mutex<Duration>,
+    /// Pings fail (the server closed the session).
+    pub ping_fails: AtomicBool,
+    /// Pings never answer (a black-holed socket).
+    pub ping_hangs: AtomicBool,
+    pub reset_fails: AtomicBool,
+    pub reset_hangs: AtomicBool,
+    /// Reported by `server_timeouts`.
+    pub server_idle_ms: AtomicU64,
+    next_id: AtomicU64,
+}
+
+impl Script {
+    pub fn fail_connects(&self, message: &str) {
+        *self.connect_error.lock().unwrap() = Some(message.to_owned());
+    }
+
+    pub fn heal_connects(&self) {
+        *self.connect_error.lock().unwrap() = None;
+    }
+
+    pub fn set_connect_delay(&self, d: Duration) {
+        *self.connect_delay.lock().unwrap() = d;
+    }
+}
+
+#[derive(Debug)]
+pub struct FakeConn {
+    pub id: u64,
+    /// Set by the test to simulate a session the driver knows is dead.
+    pub broken: bool,
+    /// Set by the test to simulate an open transaction.
+    pub in_transaction: bool,
+    /// Session state a borrower left behind; a full reset clears it.
+    pub session_var: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Fake {
+    pub script: Arc<Script>,
+}
+
+impl Fake {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn with_server_idle(ms: u64) -> Self {
+        let f = Self::default();
+        f.script.server_idle_ms.store(ms, SeqCst);
+        f
+    }
+}
+
+struct InFlight<'a>(&'a Script);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.connects_in_flight.fetch_sub(1, SeqCst);
+    }
+}
+
+impl Manager for Fake {
+    type Connection = FakeConn;
+    type Error = FakeError;
+
+    async fn connect(&self) -> Result<FakeConn, FakeError> {
+        let s = &self.script;
+        let now = s.connects_in_flight.fetch_add(1, SeqCst) + 1;
+        let _guard = InFlight(s);
+        s.max_connects_in_flight.fetch_max(now, SeqCst);
+        let delay = *s.connect_delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        s.connects.fetch_add(1, SeqCst);
+        if let Some(msg) = s.connect_error.lock().unwrap().clone() {
+            return Err(FakeError(msg));
+        }
+        Ok(FakeConn {
+            id: s.next_id.fetch_add(1, SeqCst) + 1,
+            broken: false,
+            in_transaction: false,
+            session_var: None,
+        })
+    }
+
+    async fn is_valid(&self, _conn: &mut FakeConn) -> Result<(), FakeError> {
+        let s = &self.script;
+        s.pings.fetch_add(1, SeqCst);
+        let delay = *s.ping_delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if s.ping_hangs.load(SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        if s.ping_fails.load(SeqCst) {
+            return Err(FakeError("server has gone away".into()));
+        }
+        Ok(())
+    }
+
+    fn has_broken(&self, conn: &mut FakeConn) -> bool {
+        conn.broken
+    }
+
+    fn needs_cleanup(&self, conn: &mut FakeConn) -> bool {
+        conn.in_transaction
+    }
+
+    async fn reset(&self, conn: &mut FakeConn, full: bool) -> Result<(), FakeError> {
+        let s = &self.script;
+        s.resets.fetch_add(1, SeqCst);
+        if s.reset_hangs.load(SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        if s.reset_fails.load(SeqCst) {
+            return Err(FakeError("reset failed".into()));
+        }
+        conn.in_transaction = false;
+        if full {
+            conn.session_var = None;
+        }
+        Ok(())
+    }
+
+    async fn server_timeouts(&self, _conn: &mut FakeConn) -> Result<ServerTimeouts, FakeError> {
+        let ms = self.script.server_idle_ms.load(SeqCst);
+        Ok(ServerTimeouts {
+            idle: (ms > 0).then(|| Duration::from_millis(ms)),
+            idle_in_transaction: None,
+        })
+    }
+
+    async fn close(&self, conn: FakeConn) {
+        drop(conn);
+        self.script.closes.fetch_add(1, SeqCst);
+    }
+}
