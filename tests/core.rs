@@ -865,8 +865,12 @@ fn get_blocking_serves_plain_threads_and_refuses_runtime_threads() {
         .unwrap_err();
     assert!(matches!(err, Error::BlockingInRuntime), "{err:?}");
     assert!(err.to_string().contains("get().await"), "{err}");
+    // Every connection came back from the plain threads. Whether the threads
+    // ever overlapped (and so opened the second slot) is up to the scheduler.
     let s = pool.state();
-    assert_eq!((s.active, s.open), (0, 2), "{s:?}");
+    assert_eq!(s.active, 0, "{s:?}");
+    assert!((1..=2).contains(&s.open), "{s:?}");
+    assert_eq!(s.created, s.open as u64, "nothing was closed: {s:?}");
 }
 
 /// A server that failed one session has often failed the others: after the
