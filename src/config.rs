@@ -79,7 +79,9 @@ pub struct Config {
     /// Default `false`.
     pub reset_on_return: bool,
     /// Most connects in flight at once, so a restart does not cause a storm.
-    /// Default 2.
+    /// After a failed connect the pool as a whole waits before the next
+    /// attempt (10 ms doubling to 500 ms, jittered), whatever the number of
+    /// waiting callers. Default 2.
     pub max_concurrent_connects: usize,
     /// How long [`Pool::close`](crate::Pool::close) waits for borrowed
     /// connections to come back before closing the rest. Default 30 s.

@@ -418,6 +418,43 @@ async fn eager_connect_keeps_its_connection_idle() {
     assert_eq!(fake.script.connects.load(SeqCst), 1);
 }
 
+/// Symptom: with the server down, every caller holding a slot retried on
+/// its own schedule (8 slots: ~60 attempts a second, in lockstep after a
+/// restart). Attempts are now paced pool-wide, and the first success wakes
+/// everyone who was waiting out the backoff.
+#[tokio::test(start_paused = true)]
+async fn server_down_sees_paced_connect_attempts_not_one_stream_per_caller() {
+    let fake = Fake::new();
+    fake.script.fail_connects("connection refused");
+    let pool = Pool::builder(fake.clone())
+        .max_size(8)
+        .acquire_timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let callers: Vec<_> = (0..64)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.get().await.map(drop) })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // 10 ms doubling to 500 ms, each pause drawn from its upper half: at
+    // most about 20 attempts in 5 s; one stream per slot would be ~100.
+    let attempts = fake.script.connects.load(SeqCst);
+    assert!((5..=25).contains(&attempts), "{attempts} attempts in 5 s");
+    assert!(fake.script.max_connects_in_flight.load(SeqCst) <= 2);
+    fake.script.heal_connects();
+    let healed = Instant::now();
+    for c in callers {
+        c.await.unwrap().expect("served once the server is back");
+    }
+    assert!(
+        healed.elapsed() <= Duration::from_millis(600),
+        "all 64 served {:?} after the server came back",
+        healed.elapsed()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn pool_recovers_when_the_server_comes_back() {
     let fake = Fake::new();
@@ -432,8 +469,8 @@ async fn pool_recovers_when_the_server_comes_back() {
     let started = Instant::now();
     assert!(waiter.await.unwrap().is_ok());
     assert!(
-        started.elapsed() <= Duration::from_secs(1),
-        "backoff is capped at 1 s"
+        started.elapsed() <= Duration::from_millis(500),
+        "backoff is capped at 500 ms"
     );
 }
 
@@ -485,6 +522,34 @@ async fn reset_on_return_clears_session_state() {
     drop(c);
     let c = pool.get().await.unwrap();
     assert_eq!(c.session_var, None);
+}
+
+/// One borrower changed session state and says so: only that borrow pays
+/// for a full reset; the others keep the cheap path.
+#[tokio::test(start_paused = true)]
+async fn borrower_marked_reset_is_reset_once_without_reset_on_return() {
+    let fake = Fake::new();
+    let pool = pool(&fake, 1);
+    let mut c = pool.get().await.unwrap();
+    c.session_var = Some("search_path=tenant_a".into());
+    vigil::Pooled::reset_on_return(&mut c);
+    drop(c);
+    let mut c = pool.get().await.unwrap();
+    assert_eq!(
+        c.session_var, None,
+        "the next borrower sees a clean session"
+    );
+    assert_eq!(fake.script.resets.load(SeqCst), 1);
+    c.session_var = Some("unmarked".into());
+    drop(c);
+    let c = pool.get().await.unwrap();
+    assert_eq!(
+        c.session_var.as_deref(),
+        Some("unmarked"),
+        "no reset unasked"
+    );
+    assert_eq!(fake.script.resets.load(SeqCst), 1);
+    assert_eq!(vigil::Pooled::id(&c), 1, "the same connection throughout");
 }
 
 #[tokio::test(start_paused = true)]

@@ -23,6 +23,8 @@ pub struct Pooled<M: Manager> {
     conn: Option<Conn<M::Connection>>,
     shared: Arc<Shared<M>>,
     lent_at: Instant,
+    /// Reset all session state on return, whatever `reset_on_return` says.
+    full_reset: bool,
 }
 
 impl<M: Manager> Pooled<M> {
@@ -31,6 +33,7 @@ impl<M: Manager> Pooled<M> {
             conn: Some(conn),
             shared,
             lent_at,
+            full_reset: false,
         }
     }
 
@@ -70,6 +73,15 @@ impl<M: Manager> Pooled<M> {
         this.shared.release_permit();
     }
 
+    /// Asks for a full session reset (as with `reset_on_return`) when this
+    /// connection comes back, for this one borrow: the borrower changed
+    /// session state (variables, temporary tables, `search_path`, a role)
+    /// that the next borrower must not inherit. A failed reset retires the
+    /// connection.
+    pub fn reset_on_return(this: &mut Self) {
+        this.full_reset = true;
+    }
+
     /// How long this guard has been held.
     pub fn held_for(this: &Self) -> Duration {
         this.lent_at.elapsed()
@@ -98,7 +110,7 @@ impl<M: Manager> DerefMut for Pooled<M> {
 impl<M: Manager> Drop for Pooled<M> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.shared.check_in(conn, self.lent_at);
+            self.shared.check_in(conn, self.lent_at, self.full_reset);
         }
     }
 }

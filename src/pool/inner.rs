@@ -36,9 +36,11 @@ pub(crate) const TARGET: &str = "vigil::pool";
 /// connection returned with a short server timeout is not overlooked for long.
 const HOUSEKEEPING_MAX_SLEEP: Duration = Duration::from_millis(500);
 
-/// First pause after a failed connect; doubles up to [`BACKOFF_MAX`].
+/// First pause after a failed connect; doubles per consecutive failure up
+/// to [`BACKOFF_MAX`], and each pause is drawn from its upper half at random.
 const BACKOFF_START: Duration = Duration::from_millis(10);
-const BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Bounds how long a recovered server waits for the pool's next attempt.
+const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 pub(crate) struct Shared<M: Manager> {
     pub(crate) manager: M,
@@ -52,6 +54,10 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) stats: Stats,
     /// Why the most recent connect attempt failed; cleared by a success.
     last_connect_failure: Mutex<Option<ConnectFailure<M::Error>>>,
+    /// Pool-wide pacing of connect attempts after failures.
+    backoff: Mutex<Backoff>,
+    /// Wakes callers waiting out the backoff when a connect succeeds.
+    recovered: Notify,
     runtime: Handle,
     next_id: AtomicU64,
     /// When the pool last saw a sign of trouble (a failed ping, reset or
@@ -74,6 +80,8 @@ impl<M: Manager> Shared<M> {
             connects: Semaphore::new(config.max_concurrent_connects),
             stats: Stats::new(),
             last_connect_failure: Mutex::new(None),
+            backoff: Mutex::new(Backoff::default()),
+            recovered: Notify::new(),
             runtime,
             next_id: AtomicU64::new(1),
             suspect_since: AtomicU64::new(0),
@@ -190,7 +198,6 @@ impl<M: Manager> Shared<M> {
         // From here until the connection is handed to `Pooled`, the permit is
         // ours to give back, on every path including cancellation.
         let mut permit = Permit::new(self);
-        let mut backoff = BACKOFF_START;
         loop {
             if let Some(conn) = self.checkout_idle(phase, site).await? {
                 return Ok(permit.lend(conn, Instant::now()));
@@ -199,14 +206,29 @@ impl<M: Manager> Shared<M> {
             match self.connect_detached(permit, site).await {
                 Connected::Lent(pooled) => return Ok(pooled),
                 Connected::Closed => return Err(Error::Closed),
-                // Backoff, then look at the idle set again: a connection may
-                // have come back while the server was unreachable.
-                Connected::Failed(p) => {
+                // The pool is backing off: wait for the next attempt's turn
+                // (or another caller's success), then look at the idle set
+                // again: a connection may have come back meanwhile.
+                Connected::Failed(p) | Connected::NotYet(p) => {
                     permit = p;
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                    self.backoff_wait().await;
                 }
             }
+        }
+    }
+
+    /// Sleeps until the pool may try to connect again, or until a connect
+    /// succeeds. Cancel safe: it holds nothing.
+    async fn backoff_wait(&self) {
+        // Registered before reading the deadline, so a success in between
+        // is not missed.
+        let recovered = self.recovered.notified();
+        let Some(at) = self.backoff.lock().retry_at else {
+            return;
+        };
+        tokio::select! {
+            () = tokio::time::sleep_until(at) => {}
+            () = recovered => {}
         }
     }
 
@@ -226,6 +248,7 @@ impl<M: Manager> Shared<M> {
             let outcome = match shared.open_one(Activity::Lent(site)).await {
                 Ok(conn) => Connected::Lent(permit.lend(conn, Instant::now())),
                 Err(OpenError::Failed) => Connected::Failed(permit),
+                Err(OpenError::NotYet) => Connected::NotYet(permit),
                 Err(OpenError::Closed) => Connected::Closed,
             };
             // If the caller is gone, `send` hands the outcome back and it is
@@ -352,6 +375,11 @@ impl<M: Manager> Shared<M> {
             .acquire()
             .await
             .map_err(|_| OpenError::Closed)?;
+        // Checked after the gate: callers queued behind a failing attempt
+        // must not all try again the moment it fails.
+        if !self.backoff.lock().take_turn(Instant::now()) {
+            return Err(OpenError::NotYet);
+        }
         let connecting = Connecting::new(self);
         let started = Instant::now();
         let result = timeout(self.config.connect_timeout, async {
@@ -373,6 +401,7 @@ impl<M: Manager> Shared<M> {
                 self.suspect();
                 tracing::warn!(target: TARGET, %error, "connect failed");
                 *self.last_connect_failure.lock() = Some(ConnectFailure::Error(Arc::new(error)));
+                self.backoff.lock().failed(Instant::now());
                 return Err(OpenError::Failed);
             }
             Err(_) => {
@@ -381,6 +410,7 @@ impl<M: Manager> Shared<M> {
                 tracing::warn!(target: TARGET, timeout = ?self.config.connect_timeout, "connect timed out");
                 *self.last_connect_failure.lock() =
                     Some(ConnectFailure::TimedOut(self.config.connect_timeout));
+                self.backoff.lock().failed(Instant::now());
                 return Err(OpenError::Failed);
             }
         };
@@ -401,6 +431,12 @@ impl<M: Manager> Shared<M> {
         let ms = server.idle.map_or(0, |d| d.as_millis() as u64);
         self.stats.server_idle_timeout_ms.store(ms, Relaxed);
         *self.last_connect_failure.lock() = None;
+        if self.backoff.lock().succeeded() {
+            // info, the one success that is: it closes an outage the
+            // operator saw as a run of warnings.
+            tracing::info!(target: TARGET, "connect succeeded again after failures");
+            self.recovered.notify_waiters();
+        }
         tracing::debug!(
             target: TARGET,
             conn_id = meta.id,
@@ -427,7 +463,12 @@ impl<M: Manager> Shared<M> {
     /// Synchronous: when the connection needs cleaning, the round trip runs
     /// in a task that keeps the permit until it is done, so the pool never
     /// exceeds `max_size` while a connection is being reset.
-    pub(crate) fn check_in(self: &Arc<Self>, mut conn: Conn<M::Connection>, lent_at: Instant) {
+    pub(crate) fn check_in(
+        self: &Arc<Self>,
+        mut conn: Conn<M::Connection>,
+        lent_at: Instant,
+        full_reset: bool,
+    ) {
         let now = Instant::now();
         self.stats.usage.observe(now - lent_at);
         conn.meta.last_io = now;
@@ -446,7 +487,7 @@ impl<M: Manager> Shared<M> {
             self.release_permit();
             return;
         }
-        let full = self.config.reset_on_return;
+        let full = full_reset || self.config.reset_on_return;
         if !full && !self.manager.needs_cleanup(&mut conn.raw) {
             self.make_idle(conn);
             return;
@@ -594,26 +635,28 @@ impl<M: Manager> Shared<M> {
                 Ok(())
             }
             Err(OpenError::Closed) => Err(Error::Closed),
-            Err(OpenError::Failed) => match self.last_connect_failure.lock().take() {
-                Some(ConnectFailure::Error(e)) => match Arc::try_unwrap(e) {
-                    Ok(e) => Err(Error::Connect(e)),
-                    Err(e) => Err(Error::Timeout {
+            Err(OpenError::Failed | OpenError::NotYet) => {
+                match self.last_connect_failure.lock().take() {
+                    Some(ConnectFailure::Error(e)) => match Arc::try_unwrap(e) {
+                        Ok(e) => Err(Error::Connect(e)),
+                        Err(e) => Err(Error::Timeout {
+                            phase: TimeoutPhase::Connecting,
+                            waited: started.elapsed(),
+                            last_error: Some(e),
+                            last_connect_timeout: None,
+                        }),
+                    },
+                    other => Err(Error::Timeout {
                         phase: TimeoutPhase::Connecting,
                         waited: started.elapsed(),
-                        last_error: Some(e),
-                        last_connect_timeout: None,
+                        last_error: None,
+                        last_connect_timeout: match other {
+                            Some(ConnectFailure::TimedOut(d)) => Some(d),
+                            _ => None,
+                        },
                     }),
-                },
-                other => Err(Error::Timeout {
-                    phase: TimeoutPhase::Connecting,
-                    waited: started.elapsed(),
-                    last_error: None,
-                    last_connect_timeout: match other {
-                        Some(ConnectFailure::TimedOut(d)) => Some(d),
-                        _ => None,
-                    },
-                }),
-            },
+                }
+            }
         }
     }
 
@@ -661,6 +704,58 @@ enum ConnectFailure<E> {
 pub(crate) enum OpenError {
     Closed,
     Failed,
+    /// Not attempted: the pool is backing off after failures.
+    NotYet,
+}
+
+/// Pool-wide pacing of connect attempts. While connects fail, attempts are
+/// spaced by a pause that doubles per consecutive failure (10 ms up to
+/// 500 ms), each drawn at random from the upper half of its range so pools
+/// restarted together do not retry in lockstep. Shared, not per caller: a
+/// server that is down sees about two attempts a second from the whole pool
+/// however many callers wait, and a recovered one is found within 500 ms.
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    /// No attempt starts before this; `None` while connects succeed.
+    retry_at: Option<Instant>,
+}
+
+impl Backoff {
+    fn pause(&self) -> Duration {
+        let doubled = BACKOFF_START.saturating_mul(1 << self.failures.min(16).saturating_sub(1));
+        doubled
+            .min(BACKOFF_MAX)
+            .mul_f64(0.5 + rand::random::<f64>() * 0.5)
+    }
+
+    /// May an attempt start now? While failing, one that may also books the
+    /// next turn, so attempts stay spaced even before this one ends.
+    fn take_turn(&mut self, now: Instant) -> bool {
+        if self.failures == 0 {
+            return true;
+        }
+        match self.retry_at {
+            Some(at) if at > now => false,
+            _ => {
+                self.retry_at = Some(now + self.pause());
+                true
+            }
+        }
+    }
+
+    fn failed(&mut self, now: Instant) {
+        self.failures = self.failures.saturating_add(1);
+        let next = now + self.pause();
+        self.retry_at = Some(self.retry_at.map_or(next, |at| at.max(next)));
+    }
+
+    /// Whether this success ended a run of failures.
+    fn succeeded(&mut self) -> bool {
+        let was_failing = self.failures > 0;
+        *self = Backoff::default();
+        was_failing
+    }
 }
 
 /// A capacity permit owned by a checkout in progress. Given back on drop
@@ -697,6 +792,7 @@ impl<M: Manager> Drop for Permit<M> {
 enum Connected<M: Manager> {
     Lent(Pooled<M>),
     Failed(Permit<M>),
+    NotYet(Permit<M>),
     Closed,
 }
 

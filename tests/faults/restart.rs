@@ -16,8 +16,9 @@ use crate::servers::{PrivateMaria, PrivatePg};
 const GRACE: Duration = Duration::from_millis(100);
 /// How long the server stays down between stop and start.
 const DOWN: Duration = Duration::from_millis(500);
-/// Most connect attempts the pool may make while the server is down.
-const ATTEMPTS_BOUND: u64 = 100;
+/// Most connect attempts the pool may make while the server is down (0.5 s,
+/// plus the time it takes to stop): pacing is pool-wide, so about 7.
+const ATTEMPTS_BOUND: u64 = 20;
 
 /// How a private server is stopped and started again (blocking calls).
 pub trait Restartable: Send + Sync + 'static {
