@@ -82,6 +82,14 @@ impl<M: Manager> Pooled<M> {
         this.full_reset = true;
     }
 
+    /// Puts a connection the caller never saw (it gave up first) back into
+    /// the idle set, without counting a use.
+    pub(crate) fn put_back_unused(mut this: Self) {
+        if let Some(conn) = this.conn.take() {
+            this.shared.make_idle(conn);
+        }
+    }
+
     /// How long this guard has been held.
     pub fn held_for(this: &Self) -> Duration {
         this.lent_at.elapsed()

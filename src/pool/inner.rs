@@ -199,9 +199,10 @@ impl<M: Manager> Shared<M> {
         // ours to give back, on every path including cancellation.
         let mut permit = Permit::new(self);
         loop {
-            if let Some(conn) = self.checkout_idle(phase, site).await? {
-                return Ok(permit.lend(conn, Instant::now()));
-            }
+            permit = match self.checkout_idle(permit, phase, site).await? {
+                Checkout::Lent(pooled) => return Ok(pooled),
+                Checkout::Empty(permit) => permit,
+            };
             *phase = TimeoutPhase::Connecting;
             match self.connect_detached(permit, site).await {
                 Connected::Lent(pooled) => return Ok(pooled),
@@ -251,11 +252,13 @@ impl<M: Manager> Shared<M> {
                 Err(OpenError::NotYet) => Connected::NotYet(permit),
                 Err(OpenError::Closed) => Connected::Closed,
             };
-            // If the caller is gone, `send` hands the outcome back and it is
-            // dropped here: a `Pooled` checks itself in, a `Permit` is released.
-            // If the caller drops the receiver after this succeeded, the same
-            // drops happen there.
-            let _ = tx.send(outcome);
+            // If the caller is gone, `send` hands the outcome back: a new
+            // connection goes to the idle set unused, a `Permit` is released
+            // on drop. If the caller drops the receiver after this succeeded,
+            // the `Pooled` is dropped there and checks itself in.
+            if let Err(Connected::Lent(pooled)) = tx.send(outcome) {
+                Pooled::put_back_unused(pooled);
+            }
         });
         // The task ends without sending only if the runtime is shutting down;
         // its permit was released when it was dropped.
@@ -283,12 +286,14 @@ impl<M: Manager> Shared<M> {
     }
 
     /// Takes idle connections until one passes the policy (and, when due, a
-    /// validation round trip). `None` when the idle set is empty.
+    /// validation round trip) and lends it on `permit`; hands the permit
+    /// back when the idle set is empty.
     async fn checkout_idle(
         self: &Arc<Self>,
+        mut permit: Permit<M>,
         phase: &mut TimeoutPhase,
         site: &'static Location<'static>,
-    ) -> Result<Option<Conn<M::Connection>>, Error<M::Error>> {
+    ) -> Result<Checkout<M>, Error<M::Error>> {
         loop {
             let popped = {
                 let mut slots = self.slots.lock();
@@ -298,7 +303,7 @@ impl<M: Manager> Shared<M> {
                 slots.pop(Instant::now(), site)
             };
             let Some(mut conn) = popped else {
-                return Ok(None);
+                return Ok(Checkout::Empty(permit));
             };
             let now = Instant::now();
             let broken = self.manager.has_broken(&mut conn.raw);
@@ -312,20 +317,50 @@ impl<M: Manager> Shared<M> {
             }
             if !self.must_ping(&conn.meta, now) {
                 Stats::bump(&self.stats.validations_skipped);
-                return Ok(Some(conn));
+                return Ok(Checkout::Lent(permit.lend(conn, now)));
             }
             *phase = TimeoutPhase::Validating;
-            // If this future is dropped mid-ping the session is in an unknown
-            // protocol state: `InFlight` closes it rather than lend it again.
-            let mut held = InFlight::new(self, conn);
-            let ok = self.ping(held.conn()).await;
-            let conn = held.take();
-            if ok {
-                Stats::bump(&self.stats.validations_ok);
-                return Ok(Some(conn));
-            }
-            self.retire_active(conn, Reason::ValidationFailed);
+            permit = match self.validate_detached(conn, permit).await {
+                Validated::Lent(pooled) => return Ok(Checkout::Lent(pooled)),
+                Validated::Failed(permit) => permit,
+                Validated::Gone => return Err(Error::Closed),
+            };
         }
+    }
+
+    /// Pings a connection in a task of its own, which owns the connection
+    /// and the permit. A caller that gives up mid-ping (cancelled, or out of
+    /// time) does not cost the pool the connection: a ping cut short leaves
+    /// the session mid-protocol, so it would have to be closed, while the
+    /// task lets the ping finish and puts a live connection back idle. Under
+    /// tight client timeouts this is the difference between reusing
+    /// connections and reconnecting on every cancelled checkout.
+    async fn validate_detached(
+        self: &Arc<Self>,
+        conn: Conn<M::Connection>,
+        permit: Permit<M>,
+    ) -> Validated<M> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let shared = Arc::clone(self);
+        // If the runtime drops the task unrun, `InFlight` retires the
+        // connection and the permit is released.
+        let mut held = InFlight::new(self, conn);
+        self.runtime.spawn(async move {
+            let ok = shared.ping(held.conn()).await;
+            let conn = held.take();
+            let outcome = if ok {
+                Stats::bump(&shared.stats.validations_ok);
+                Validated::Lent(permit.lend(conn, Instant::now()))
+            } else {
+                shared.retire_active(conn, Reason::ValidationFailed);
+                Validated::Failed(permit)
+            };
+            if let Err(Validated::Lent(pooled)) = tx.send(outcome) {
+                // The caller is gone; the connection just proved alive.
+                Pooled::put_back_unused(pooled);
+            }
+        });
+        rx.await.unwrap_or(Validated::Gone)
     }
 
     /// One validation round trip, bounded by `validation_timeout`.
@@ -788,6 +823,22 @@ impl<M: Manager> Drop for Permit<M> {
     }
 }
 
+/// What a look at the idle set gives a checkout.
+enum Checkout<M: Manager> {
+    Lent(Pooled<M>),
+    /// Nothing usable was idle; the permit comes back to connect with.
+    Empty(Permit<M>),
+}
+
+/// What a detached validation hands back to its caller.
+enum Validated<M: Manager> {
+    Lent(Pooled<M>),
+    /// The ping failed and the connection was retired; try the next one.
+    Failed(Permit<M>),
+    /// The task was dropped unfinished: the runtime is shutting down.
+    Gone,
+}
+
 /// What a detached connect hands back to its caller.
 enum Connected<M: Manager> {
     Lent(Pooled<M>),
@@ -846,17 +897,17 @@ impl<M: Manager> Drop for Connecting<'_, M> {
 }
 
 /// An active connection in the middle of pool-owned I/O during a checkout.
-/// Dropped before `take` (the checkout was cancelled) it retires the
+/// Dropped before `take` (its task was dropped unfinished) it retires the
 /// connection: its protocol state is unknown.
-struct InFlight<'a, M: Manager> {
-    shared: &'a Arc<Shared<M>>,
+struct InFlight<M: Manager> {
+    shared: Arc<Shared<M>>,
     conn: Option<Conn<M::Connection>>,
 }
 
-impl<'a, M: Manager> InFlight<'a, M> {
-    fn new(shared: &'a Arc<Shared<M>>, conn: Conn<M::Connection>) -> Self {
+impl<M: Manager> InFlight<M> {
+    fn new(shared: &Arc<Shared<M>>, conn: Conn<M::Connection>) -> Self {
         InFlight {
-            shared,
+            shared: Arc::clone(shared),
             conn: Some(conn),
         }
     }
@@ -872,7 +923,7 @@ impl<'a, M: Manager> InFlight<'a, M> {
     }
 }
 
-impl<M: Manager> Drop for InFlight<'_, M> {
+impl<M: Manager> Drop for InFlight<M> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             self.shared.retire_active(conn, Reason::Closed);
