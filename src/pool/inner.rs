@@ -56,8 +56,9 @@ pub(crate) struct Shared<M: Manager> {
     last_connect_failure: Mutex<Option<ConnectFailure<M::Error>>>,
     /// Pool-wide pacing of connect attempts after failures.
     backoff: Mutex<Backoff>,
-    /// Wakes callers waiting out the backoff when a connect succeeds.
-    recovered: Notify,
+    /// Wakes callers waiting out the backoff: a connect succeeded, or the
+    /// pool was closed.
+    pub(crate) backoff_over: Notify,
     runtime: Handle,
     next_id: AtomicU64,
     /// When the pool last saw a sign of trouble (a failed ping, reset or
@@ -68,6 +69,10 @@ pub(crate) struct Shared<M: Manager> {
     generation: AtomicU64,
     /// Wakes the housekeeper (on close) and `close()` (when a connection leaves).
     pub(crate) changed: Notify,
+    /// Goodbyes (`Manager::close`) running in their own tasks; `close()`
+    /// waits for them, so a process that exits after it leaves no session
+    /// to be cut off mid-goodbye.
+    goodbyes: AtomicU64,
 }
 
 impl<M: Manager> Shared<M> {
@@ -81,13 +86,14 @@ impl<M: Manager> Shared<M> {
             stats: Stats::new(),
             last_connect_failure: Mutex::new(None),
             backoff: Mutex::new(Backoff::default()),
-            recovered: Notify::new(),
+            backoff_over: Notify::new(),
             runtime,
             next_id: AtomicU64::new(1),
             suspect_since: AtomicU64::new(0),
             epoch: Instant::now(),
             generation: AtomicU64::new(0),
             changed: Notify::new(),
+            goodbyes: AtomicU64::new(0),
             config,
         }
     }
@@ -223,13 +229,13 @@ impl<M: Manager> Shared<M> {
     async fn backoff_wait(&self) {
         // Registered before reading the deadline, so a success in between
         // is not missed.
-        let recovered = self.recovered.notified();
+        let over = self.backoff_over.notified();
         let Some(at) = self.backoff.lock().retry_at else {
             return;
         };
         tokio::select! {
             () = tokio::time::sleep_until(at) => {}
-            () = recovered => {}
+            () = over => {}
         }
     }
 
@@ -470,7 +476,7 @@ impl<M: Manager> Shared<M> {
             // info, the one success that is: it closes an outage the
             // operator saw as a run of warnings.
             tracing::info!(target: TARGET, "connect succeeded again after failures");
-            self.recovered.notify_waiters();
+            self.backoff_over.notify_waiters();
         }
         tracing::debug!(
             target: TARGET,
@@ -551,9 +557,23 @@ impl<M: Manager> Shared<M> {
     /// Counts, logs and politely closes a connection no longer counted anywhere.
     pub(crate) fn retire(self: &Arc<Self>, conn: Conn<M::Connection>, reason: Reason) {
         self.note_retired(&conn.meta, reason);
+        self.say_goodbye(conn.raw);
+    }
+
+    /// Closes `raw` politely in a task of its own, counted in `goodbyes`.
+    fn say_goodbye(self: &Arc<Self>, raw: M::Connection) {
+        self.goodbyes.fetch_add(1, Relaxed);
         let shared = Arc::clone(self);
-        self.runtime
-            .spawn(async move { shared.close_raw(conn.raw).await });
+        self.runtime.spawn(async move {
+            shared.close_raw(raw).await;
+            shared.goodbyes.fetch_sub(1, Relaxed);
+            shared.changed.notify_waiters();
+        });
+    }
+
+    /// Goodbyes still running.
+    pub(crate) fn goodbyes(&self) -> u64 {
+        self.goodbyes.load(Relaxed)
     }
 
     pub(crate) fn note_retired(&self, meta: &Meta, reason: Reason) {
@@ -620,8 +640,7 @@ impl<M: Manager> Shared<M> {
         let spawner = &self.runtime;
         for (conn, reason) in sweep.retired {
             self.note_retired(&conn.meta, reason);
-            let shared = Arc::clone(self);
-            spawner.spawn(async move { shared.close_raw(conn.raw).await });
+            self.say_goodbye(conn.raw);
         }
         for mut conn in sweep.keepalive {
             let shared = Arc::clone(self);

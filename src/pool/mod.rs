@@ -72,6 +72,9 @@ fn shut_down<M: Manager>(shared: &Arc<Shared<M>>) {
         shared.retire(conn, Reason::Closed);
     }
     shared.changed.notify_waiters();
+    // Callers waiting out a connect backoff hold permits, not a place in the
+    // semaphore's queue: wake them to see the pool closed.
+    shared.backoff_over.notify_waiters();
 }
 
 impl<M: Manager> Pool<M> {
@@ -196,7 +199,7 @@ impl<M: Manager> Pool<M> {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let counts = shared.slots.lock().counts();
-            if counts.active == 0 && counts.connecting == 0 {
+            if counts.active == 0 && counts.connecting == 0 && shared.goodbyes() == 0 {
                 return;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
