@@ -52,6 +52,8 @@ mod manager;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 mod pool;
+#[cfg(feature = "tower")]
+pub mod scope;
 #[cfg(feature = "metrics-server")]
 pub mod server;
 mod stats;

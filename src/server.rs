@@ -67,19 +67,33 @@ pub async fn serve(metrics: Metrics, addr: SocketAddr) -> io::Result<MetricsServ
         .await
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
     let addr = listener.local_addr()?;
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-    let state = Arc::new(AppState { metrics, registry });
-    let app = Router::new()
-        .route("/metrics", get(scrape))
-        .route("/status", get(status))
-        .with_state(state);
+    let app = router(metrics);
     let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::warn!(target: "vigil::server", %error, "metrics server stopped");
         }
     });
     Ok(MetricsServer { addr, task })
+}
+
+/// The `/metrics` and `/status` routes for the pools added to `metrics`,
+/// for merging into your own axum app ([`Router::merge`]) instead of
+/// running [`serve`]'s separate listener. Registers the pools' metrics once,
+/// here.
+///
+/// ```
+/// let metrics = vigil::metrics::Metrics::new();
+/// let app: axum::Router = axum::Router::new().merge(vigil::server::router(metrics));
+/// # let _ = app;
+/// ```
+pub fn router(metrics: Metrics) -> Router {
+    let mut registry = Registry::default();
+    metrics.register(&mut registry);
+    let state = Arc::new(AppState { metrics, registry });
+    Router::new()
+        .route("/metrics", get(scrape))
+        .route("/status", get(status))
+        .with_state(state)
 }
 
 async fn scrape(
