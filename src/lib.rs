@@ -47,6 +47,7 @@ pub mod backend;
 pub mod bb8;
 mod config;
 mod error;
+pub mod keyed;
 pub mod liveness;
 mod manager;
 #[cfg(feature = "metrics")]

@@ -222,6 +222,37 @@ impl<M: Manager> Pool<M> {
         self.shared().retire_all();
     }
 
+    /// How long the least recently used idle connection has been idle;
+    /// `None` when no connection is idle. Takes the pool's lock briefly.
+    /// Lets a caller that manages several pools (such as
+    /// [`KeyedPool`](crate::keyed::KeyedPool)) pick which pool to shrink.
+    pub fn oldest_idle_for(&self) -> Option<Duration> {
+        let last_io = self.shared().slots.lock().oldest_idle()?;
+        Some(Instant::now().saturating_duration_since(last_io))
+    }
+
+    /// Closes the least recently used idle connection now (counted with
+    /// reason `closed`) and returns once it is closed, so that whatever it
+    /// held outside the pool (a slot under a global cap, a server session)
+    /// is free. Returns `false` when no connection was idle. Lent
+    /// connections and the pool's settings are untouched; the pool may open
+    /// a new connection later on demand.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: the connection leaves the idle set before the first
+    /// await; dropping the future mid-goodbye drops the connection without
+    /// the goodbye (it is still closed, never lent again).
+    pub async fn close_oldest_idle(&self) -> bool {
+        let shared = self.shared();
+        // Popped under the lock in one step: no checkout can take it after this.
+        let Some(conn) = shared.slots.lock().pop_oldest() else {
+            return false;
+        };
+        shared.note_retired(&conn.meta, Reason::Closed);
+        shared.close_raw(conn.raw).await;
+        true
+    }
+
     /// [`get`](Pool::get) for threads outside the async runtime (a blocking
     /// library, a thread pool): blocks the calling thread until a connection
     /// is lent. The returned guard may be dropped on any thread.

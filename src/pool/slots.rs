@@ -145,6 +145,18 @@ impl<C> Slots<C> {
         Some(conn)
     }
 
+    /// When the least recently used idle connection (the front of the idle
+    /// set) was last heard from; `None` when nothing is idle.
+    pub(crate) fn oldest_idle(&self) -> Option<Instant> {
+        self.idle.front().map(|c| c.meta.last_io)
+    }
+
+    /// Takes the least recently used idle connection out of the idle set;
+    /// it is no longer counted anywhere (the caller closes it).
+    pub(crate) fn pop_oldest(&mut self) -> Option<Conn<C>> {
+        self.idle.pop_front()
+    }
+
     /// Puts an active connection back into the idle set. Hands it back
     /// instead when the pool is closed, still counted active, for the caller
     /// to retire.
