@@ -93,6 +93,24 @@ pub struct Config {
     /// fails at once with [`Error::Busy`](crate::Error::Busy) instead of
     /// queueing. `None` queues without limit (each waiter still bounded by
     /// `acquire_timeout`). Default `None`.
+    ///
+    /// ```
+    /// # #[cfg(feature = "sqlite")]
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use vigil::{backend::sqlx::SqliteManager, Error, Pool};
+    ///
+    /// let pool = Pool::builder(SqliteManager::from_url("sqlite::memory:").unwrap())
+    ///     .max_size(1)
+    ///     .max_waiters(Some(0)) // nobody queues: busy means busy
+    ///     .build()
+    ///     .unwrap();
+    /// let held = pool.get().await.unwrap();
+    /// let refused = pool.get().await;
+    /// assert!(matches!(refused, Err(Error::Busy { max_waiters: 0 })));
+    /// assert_eq!(pool.state().rejected, 1);
+    /// drop(held);
+    /// # });
+    /// ```
     pub max_waiters: Option<usize>,
 }
 

@@ -218,6 +218,22 @@ impl<M: Manager> Pool<M> {
     /// after a failover or a credential rotation (give the manager the new
     /// settings first, if it reads them from shared state). The pool stays
     /// open; the housekeeper refills `min_idle` with fresh connections.
+    ///
+    /// ```
+    /// # #[cfg(feature = "sqlite")]
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use vigil::{backend::sqlx::SqliteManager, Pool, Pooled};
+    ///
+    /// let pool = Pool::builder(SqliteManager::from_url("sqlite::memory:").unwrap())
+    ///     .build()
+    ///     .unwrap();
+    /// let before = Pooled::id(&pool.get().await.unwrap());
+    /// // The primary failed over (or the password was rotated):
+    /// pool.retire_all();
+    /// let after = Pooled::id(&pool.get().await.unwrap());
+    /// assert_ne!(before, after, "nothing opened before retire_all is lent again");
+    /// # });
+    /// ```
     pub fn retire_all(&self) {
         self.shared().retire_all();
     }
@@ -262,6 +278,25 @@ impl<M: Manager> Pool<M> {
     /// on a thread inside a tokio runtime, where blocking would stall the
     /// runtime (from `spawn_blocking`, use
     /// `tokio::runtime::Handle::current().block_on(pool.get())`).
+    ///
+    /// ```
+    /// # #[cfg(feature = "sqlite")] {
+    /// use vigil::{backend::sqlx::SqliteManager, Error, Pool, Pooled};
+    ///
+    /// let rt = tokio::runtime::Runtime::new().unwrap();
+    /// let manager = SqliteManager::from_url("sqlite::memory:").unwrap();
+    /// let pool = rt.block_on(async { Pool::builder(manager).build() }).unwrap();
+    /// // A plain thread, such as a blocking library's worker:
+    /// let worker = std::thread::spawn({
+    ///     let pool = pool.clone();
+    ///     move || Pooled::id(&pool.get_blocking().expect("a connection"))
+    /// });
+    /// assert!(worker.join().unwrap() > 0);
+    /// // On a runtime thread it refuses instead of stalling the runtime:
+    /// let refused = rt.block_on(async { pool.get_blocking().map(drop) });
+    /// assert!(matches!(refused, Err(Error::BlockingInRuntime)));
+    /// # }
+    /// ```
     #[track_caller]
     pub fn get_blocking(&self) -> Result<Pooled<M>, Error<M::Error>> {
         if Handle::try_current().is_ok() {
