@@ -230,6 +230,11 @@ impl<M: Manager> Shared<M> {
         // Registered before reading the deadline, so a success in between
         // is not missed.
         let over = self.backoff_over.notified();
+        // `close()` may have run before `over` existed: its wake-up is lost,
+        // but the semaphore it closed tells.
+        if self.permits.is_closed() {
+            return;
+        }
         let Some(at) = self.backoff.lock().retry_at else {
             return;
         };
