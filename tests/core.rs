@@ -208,6 +208,47 @@ async fn idle_conn_is_retired_before_server_idle_timeout_and_replaced() {
     assert_eq!(pool.state().validations_failed, 0);
 }
 
+/// Symptom (liveness bench: 104 connects where the peers made 40): each
+/// replacement aged out unused and was replaced again, so a pool idle
+/// behind a 2 s server timeout reconnected every second until
+/// `idle_timeout` (10 min). A connection is now replaced only if it was
+/// lent since it opened: the pool stays warm for one server-timeout
+/// period after its last use, then shrinks to `min_idle`.
+#[tokio::test(start_paused = true)]
+async fn idle_pool_replaces_aged_out_connections_once_not_forever() {
+    let fake = Fake::with_server_idle(2_000);
+    let pool = pool(&fake, 4);
+    let held: Vec<_> = futures::future::join_all((0..4).map(|_| pool.get())).await;
+    drop(held);
+    tokio::time::sleep(Duration::from_secs(1) + 600 * MS).await;
+    let s = pool.state();
+    assert_eq!(
+        (s.idle, s.closed.get(Reason::ServerTimeout)),
+        (4, 4),
+        "replaced once: {s:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let s = pool.state();
+    assert_eq!(
+        fake.script.connects.load(SeqCst),
+        8,
+        "4 + 4 replacements: {s:?}"
+    );
+    assert_eq!(
+        s.open, 0,
+        "then the idle pool shrinks to min_idle (0): {s:?}"
+    );
+    // min_idle is still a floor the housekeeper keeps.
+    let fake = Fake::with_server_idle(2_000);
+    let pool = Pool::builder(fake.clone())
+        .max_size(4)
+        .min_idle(2)
+        .build()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(pool.state().idle, 2, "{:?}", pool.state());
+}
+
 #[tokio::test(start_paused = true)]
 async fn server_timeout_is_enforced_at_checkout_even_if_housekeeper_is_late() {
     let fake = Fake::with_server_idle(2_000);

@@ -243,7 +243,17 @@ impl<C> Slots<C> {
             match assess(&facts, policy, now) {
                 Verdict::Retire(reason) => {
                     open -= 1;
-                    if !matches!(reason, Reason::IdleTimeout | Reason::Closed) && !self.closed {
+                    // Replaced so the next caller finds it warm, but only if
+                    // it was lent since it opened: a replacement nobody used
+                    // before it, too, aged out is not replaced again (else a
+                    // short server timeout makes an idle pool reconnect every
+                    // few seconds until `idle_timeout`). `min_idle` still
+                    // keeps its floor.
+                    let used = conn.meta.uses > 0;
+                    if used
+                        && !matches!(reason, Reason::IdleTimeout | Reason::Closed)
+                        && !self.closed
+                    {
                         out.replace.push(conn.meta.last_borrowed);
                     }
                     out.retired.push((conn, reason));
