@@ -43,6 +43,16 @@ pub trait Manager: Send + Sync + 'static {
         conn: &mut Self::Connection,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
+    /// Was this `connect` error a refusal decided before any server was
+    /// asked (a quota or a cap, as [`KeyedPool`](crate::keyed::KeyedPool)'s
+    /// global cap declining a background connect)? Such an error is no sign
+    /// of trouble: the pool does not count it as a connect error, does not
+    /// back off, does not log it as a warning and keeps the last real
+    /// connect error for its timeout messages. Default `false`.
+    fn connect_declined(&self, _error: &Self::Error) -> bool {
+        false
+    }
+
     /// Cheap, synchronous: does the driver already know this connection is
     /// finished (closed socket, fatal error seen)? Never does I/O. Default `false`.
     fn has_broken(&self, _conn: &mut Self::Connection) -> bool {

@@ -496,6 +496,50 @@ async fn server_down_sees_paced_connect_attempts_not_one_stream_per_caller() {
     );
 }
 
+/// Symptom (keyed pools under a full global cap): each background connect
+/// the cap declined counted as a connect error, logged a warning and
+/// pushed the pool into backoff, so the key's next caller waited for
+/// nothing. A declined connect is now none of those.
+#[tokio::test(start_paused = true)]
+async fn connects_declined_by_the_manager_are_not_failures() {
+    let fake = Fake::new();
+    fake.script.fail_connects("access denied for user 'app'");
+    let pool = Pool::builder(fake.clone())
+        .max_size(2)
+        .min_idle(1)
+        .acquire_timeout(Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let err = pool.get().await.unwrap_err();
+    assert!(err.to_string().contains("access denied"), "{err}");
+    let errors = pool.state().connect_errors;
+    fake.script.heal_connects();
+    fake.script.connect_declined.store(true, SeqCst);
+    tokio::time::sleep(Duration::from_secs(5)).await; // min_idle keeps asking
+    let s = pool.state();
+    assert!(
+        fake.script.connects.load(SeqCst) > 5,
+        "the housekeeper tried: {s:?}"
+    );
+    assert_eq!(
+        s.connect_errors, errors,
+        "declines are not connect errors: {s:?}"
+    );
+    let err = pool.get().await.unwrap_err();
+    assert!(
+        err.to_string().contains("access denied"),
+        "the last real error is kept: {err}"
+    );
+    fake.script.connect_declined.store(false, SeqCst);
+    let asked = Instant::now();
+    drop(pool.get().await.unwrap());
+    assert!(
+        asked.elapsed() < Duration::from_millis(20),
+        "no backoff left over from declines: {:?}",
+        asked.elapsed()
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn pool_recovers_when_the_server_comes_back() {
     let fake = Fake::new();

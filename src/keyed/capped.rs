@@ -122,6 +122,13 @@ impl<M: Manager> Manager for Capped<M> {
         self.inner.is_valid(&mut conn.raw).await.map_err(backend)
     }
 
+    /// The cap's own refusals (a background connect under a full cap, a
+    /// connect whose callers all left, a closed keyed pool) are not connect
+    /// failures: no backoff, no warning, no `connect_errors`.
+    fn connect_declined(&self, error: &Self::Error) -> bool {
+        !matches!(error, CappedError::Backend(_) | CappedError::TimedOut(_))
+    }
+
     fn has_broken(&self, conn: &mut Self::Connection) -> bool {
         self.inner.has_broken(&mut conn.raw)
     }

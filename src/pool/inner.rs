@@ -220,6 +220,12 @@ impl<M: Manager> Shared<M> {
                     permit = p;
                     self.backoff_wait().await;
                 }
+                // Not the server's doing, so no backoff; a short pause
+                // keeps a manager that declines again from spinning us.
+                Connected::Declined(p) => {
+                    permit = p;
+                    tokio::time::sleep(BACKOFF_START).await;
+                }
             }
         }
     }
@@ -261,6 +267,7 @@ impl<M: Manager> Shared<M> {
                 Ok(conn) => Connected::Lent(permit.lend(conn, Instant::now())),
                 Err(OpenError::Failed) => Connected::Failed(permit),
                 Err(OpenError::NotYet) => Connected::NotYet(permit),
+                Err(OpenError::Declined) => Connected::Declined(permit),
                 Err(OpenError::Closed) => Connected::Closed,
             };
             // If the caller is gone, `send` hands the outcome back: a new
@@ -442,6 +449,14 @@ impl<M: Manager> Shared<M> {
         .await;
         let (raw, server) = match result {
             Ok(Ok(pair)) => pair,
+            Ok(Err(error)) if self.manager.connect_declined(&error) => {
+                // debug: nothing went wrong; the manager chose not to connect.
+                tracing::debug!(target: TARGET, %error, "connect declined by the manager");
+                // Says nothing about the server: the turn this attempt
+                // booked is given back.
+                self.backoff.lock().retry_at = None;
+                return Err(OpenError::Declined);
+            }
             Ok(Err(error)) => {
                 Stats::bump(&self.stats.connect_errors);
                 self.suspect();
@@ -694,7 +709,7 @@ impl<M: Manager> Shared<M> {
                 Ok(())
             }
             Err(OpenError::Closed) => Err(Error::Closed),
-            Err(OpenError::Failed | OpenError::NotYet) => {
+            Err(OpenError::Failed | OpenError::NotYet | OpenError::Declined) => {
                 match self.last_connect_failure.lock().take() {
                     Some(ConnectFailure::Error(e)) => match Arc::try_unwrap(e) {
                         Ok(e) => Err(Error::Connect(e)),
@@ -765,6 +780,8 @@ pub(crate) enum OpenError {
     Failed,
     /// Not attempted: the pool is backing off after failures.
     NotYet,
+    /// The manager declined to connect (`Manager::connect_declined`).
+    Declined,
 }
 
 /// Pool-wide pacing of connect attempts. While connects fail, attempts are
@@ -868,6 +885,7 @@ enum Connected<M: Manager> {
     Lent(Pooled<M>),
     Failed(Permit<M>),
     NotYet(Permit<M>),
+    Declined(Permit<M>),
     Closed,
 }
 

@@ -29,6 +29,8 @@ pub struct Script {
     /// Pings never answer (a black-holed socket).
     pub ping_hangs: AtomicBool,
     pub reset_fails: AtomicBool,
+    /// Connects are declined (`Manager::connect_declined`), not failed.
+    pub connect_declined: AtomicBool,
     pub reset_hangs: AtomicBool,
     /// Reported by `server_timeouts`.
     pub server_idle_ms: AtomicU64,
@@ -99,6 +101,9 @@ impl Manager for Fake {
             tokio::time::sleep(delay).await;
         }
         s.connects.fetch_add(1, SeqCst);
+        if s.connect_declined.load(SeqCst) {
+            return Err(FakeError("declined: quota".into()));
+        }
         if let Some(msg) = s.connect_error.lock().unwrap().clone() {
             return Err(FakeError(msg));
         }
@@ -124,6 +129,10 @@ impl Manager for Fake {
             return Err(FakeError("server has gone away".into()));
         }
         Ok(())
+    }
+
+    fn connect_declined(&self, error: &FakeError) -> bool {
+        error.0.starts_with("declined")
     }
 
     fn has_broken(&self, conn: &mut FakeConn) -> bool {
