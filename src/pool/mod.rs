@@ -103,8 +103,10 @@ impl<M: Manager> Pool<M> {
     ///
     /// # Cancel safety
     /// Cancel-safe at every await: dropping the future gives back its place
-    /// in line and its slot; a connection it was validating is closed, one it
-    /// was opening is abandoned. Capacity is never lost.
+    /// in line and its slot. A connect or a validation ping it started runs
+    /// to completion in its own task (each bounded by its timeout), and a
+    /// live connection goes to the idle set for the next caller; a
+    /// connection that failed is closed. Capacity is never lost.
     #[track_caller]
     pub fn get(&self) -> impl Future<Output = Result<Pooled<M>, Error<M::Error>>> + Send + '_ {
         // Taken here, outside the future: `#[track_caller]` does not reach
