@@ -1,0 +1,150 @@
+//! Round trips: a checkout within the bypass window costs no ping.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+use vigil::backend::mysql::MySqlManager;
+use vigil::{Manager, Pool, ServerTimeouts, Validation};
+
+use crate::{admin, manager, trace};
+
+/// This session's own count of `COM_PING` and other admin commands.
+async fn admin_commands(conn: &mut Conn) -> u64 {
+    let row: Option<(String, String)> = conn
+        .query_first("SHOW SESSION STATUS LIKE 'Com_admin_commands'")
+        .await
+        .expect("read session status");
+    row.expect("Com_admin_commands exists")
+        .1
+        .parse()
+        .expect("a counter is a number")
+}
+
+/// Wraps [`MySqlManager`] and counts validation pings.
+struct Counting {
+    inner: MySqlManager,
+    pings: Arc<AtomicUsize>,
+}
+
+impl Manager for Counting {
+    type Connection = Conn;
+    type Error = mysql_async::Error;
+
+    fn connect(&self) -> impl Future<Output = Result<Conn, mysql_async::Error>> + Send {
+        self.inner.connect()
+    }
+
+    async fn is_valid(&self, conn: &mut Conn) -> Result<(), mysql_async::Error> {
+        self.pings.fetch_add(1, SeqCst);
+        self.inner.is_valid(conn).await
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        self.inner.has_broken(conn)
+    }
+
+    fn needs_cleanup(&self, conn: &mut Conn) -> bool {
+        self.inner.needs_cleanup(conn)
+    }
+
+    fn reset(
+        &self,
+        conn: &mut Conn,
+        full: bool,
+    ) -> impl Future<Output = Result<(), mysql_async::Error>> + Send {
+        self.inner.reset(conn, full)
+    }
+
+    fn server_timeouts(
+        &self,
+        conn: &mut Conn,
+    ) -> impl Future<Output = Result<ServerTimeouts, mysql_async::Error>> + Send {
+        self.inner.server_timeouts(conn)
+    }
+
+    fn close(&self, conn: Conn) -> impl Future<Output = ()> + Send {
+        self.inner.close(conn)
+    }
+}
+
+fn counting_pool(validation: Validation) -> (Pool<Counting>, Arc<AtomicUsize>) {
+    let pings = Arc::new(AtomicUsize::new(0));
+    let manager = Counting {
+        inner: manager(),
+        pings: Arc::clone(&pings),
+    };
+    let pool = Pool::builder(manager)
+        .max_size(1)
+        .validation(validation)
+        .acquire_timeout(Duration::from_secs(5))
+        .build()
+        .expect("valid settings");
+    (pool, pings)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_within_bypass_window_adds_no_round_trip() {
+    trace();
+    // Pool of one: every checkout lends the same session, so the session's
+    // own `Com_admin_commands` (COM_PING counts there) is the server's
+    // witness, next to the wrapper's count.
+    let (pool, pings) = counting_pool(Validation::default());
+    let (id, server_before) = {
+        let mut conn = pool.get().await.expect("first get");
+        (conn.id(), admin_commands(&mut conn).await)
+    };
+    // Calibrate the witness: one COM_PING is one admin command.
+    {
+        let mut bare = admin().await;
+        let before = admin_commands(&mut bare).await;
+        bare.ping().await.expect("ping");
+        assert_eq!(
+            admin_commands(&mut bare).await,
+            before + 1,
+            "COM_PING is not counted"
+        );
+    }
+    let skipped_before = pool.state().validations_skipped;
+    for _ in 0..100 {
+        let mut conn = pool.get().await.expect("get");
+        conn.query_drop("SELECT 1").await.expect("query");
+    }
+    {
+        let mut conn = pool.get().await.expect("get");
+        assert_eq!(conn.id(), id, "the pool of one changed its connection");
+        assert_eq!(
+            admin_commands(&mut conn).await,
+            server_before,
+            "the server saw pings"
+        );
+    }
+    assert_eq!(pings.load(SeqCst), 0, "checkouts within the window pinged");
+    assert_eq!(pool.state().validations_skipped - skipped_before, 101);
+
+    // Silent longer than the window: exactly one ping.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    {
+        let mut conn = pool.get().await.expect("get after idling");
+        assert_eq!(pings.load(SeqCst), 1);
+        assert_eq!(admin_commands(&mut conn).await, server_before + 1);
+    }
+    assert_eq!(pool.state().validations_ok, 1);
+
+    // `Always`: one ping per checkout of an idle connection.
+    let (pool, pings) = counting_pool(Validation::Always);
+    let server_before = {
+        let mut conn = pool.get().await.expect("first get (opens, no ping)");
+        admin_commands(&mut conn).await
+    };
+    for _ in 0..20 {
+        let mut conn = pool.get().await.expect("get");
+        conn.query_drop("SELECT 1").await.expect("query");
+    }
+    let mut conn = pool.get().await.expect("get");
+    assert_eq!(pings.load(SeqCst), 21);
+    assert_eq!(admin_commands(&mut conn).await, server_before + 21);
+}

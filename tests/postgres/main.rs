@@ -1,0 +1,123 @@
+//! `PgManager` (sqlx) against the real PostgreSQL 15 at 127.0.0.1:5432
+//! (trust auth, user `postgres`, database `test`).
+//!
+//! These tests fail loudly when the server is missing. They change no global
+//! server setting (timeouts are set per session through the connect
+//! options), give every pool its own `application_name` so they count and
+//! kill only their own backends in `pg_stat_activity`, and name their tables
+//! uniquely, so they can run in parallel (one process per test under
+//! nextest). Run with `RUST_LOG=vigil=debug` to see the pool's events.
+
+mod bad_input;
+mod discovery;
+mod kills;
+mod load;
+mod round_trips;
+mod session_state;
+
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
+use sqlx::Connection;
+use vigil::backend::sqlx::PgManager;
+use vigil::Pool;
+
+const MS: Duration = Duration::from_millis(1);
+const SEC: Duration = Duration::from_secs(1);
+
+fn trace() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// An `application_name` no other test or run uses (PostgreSQL keeps 63 bytes).
+fn unique(tag: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .subsec_nanos();
+    format!(
+        "vigil_{tag}_{}_{nanos}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, SeqCst)
+    )
+}
+
+fn options(app: &str) -> PgConnectOptions {
+    PgConnectOptions::new_without_pgpass()
+        .host("127.0.0.1")
+        .port(5432)
+        .username("postgres")
+        .database("test")
+        .ssl_mode(PgSslMode::Disable)
+        .application_name(app)
+}
+
+/// A connection outside any pool, for looking at and acting on the server.
+async fn admin() -> PgConnection {
+    PgConnection::connect_with(&options("vigil_test_admin"))
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "these tests need PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres, \
+                 database `test`), and it is not usable: {e}"
+            )
+        })
+}
+
+/// How many server backends carry `app` as their application_name.
+async fn backends(admin: &mut PgConnection, app: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+        .bind(app)
+        .fetch_one(admin)
+        .await
+        .expect("pg_stat_activity is readable")
+}
+
+/// Polls `cond` (an expression that may `.await`) every 10 ms until it
+/// holds; fails the test after `within`.
+macro_rules! eventually {
+    ($what:expr, $within:expr, $cond:expr) => {{
+        let within: Duration = $within;
+        let deadline = Instant::now() + within;
+        loop {
+            if $cond {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {within:?} waiting for {}",
+                $what
+            );
+            tokio::time::sleep(10 * MS).await;
+        }
+    }};
+}
+
+pub(crate) use eventually;
+
+/// A checkout and one query, the error as text (the two error types differ).
+async fn select_one(pool: &Pool<PgManager>) -> Result<i32, String> {
+    let mut conn = pool.get().await.map_err(|e| format!("get: {e}"))?;
+    sqlx::query_scalar("SELECT 1")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| format!("query: {e}"))
+}
+
+async fn backend_pid(conn: &mut PgConnection) -> i32 {
+    sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(conn)
+        .await
+        .expect("SELECT pg_backend_pid()")
+}
+
+fn builder(app: &str) -> vigil::Builder<PgManager> {
+    Pool::builder(PgManager::new(options(app)))
+        .max_size(8)
+        .acquire_timeout(10 * SEC)
+}
