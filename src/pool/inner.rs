@@ -1,4 +1,5 @@
-//! The pool's async flow: checkout, connect, check-in, retirement, housekeeping.
+//! The pool's async flow: checkout, connect, check-in and retirement (the
+//! housekeeper is in `housekeeping.rs`, the RAII owners in `owners.rs`).
 //!
 //! Capacity is a semaphore with `max_size` permits. A permit is held by every
 //! connection that is lent out or held by the pool for I/O, and by every
@@ -21,7 +22,9 @@ use tokio::runtime::Handle;
 use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio::time::timeout;
 
+use super::backoff::{Backoff, BACKOFF_START};
 use super::guard::Pooled;
+use super::owners::{Connecting, InFlight, Pending, Permit, Returning};
 use super::slots::{Activity, Conn, Meta, Slots};
 use crate::config::Config;
 use crate::error::{Error, TimeoutPhase};
@@ -31,16 +34,6 @@ use crate::stats::Stats;
 
 /// Tracing target for every event of the pool.
 pub(crate) const TARGET: &str = "vigil::pool";
-
-/// The housekeeper looks at the idle set at least this often, so a
-/// connection returned with a short server timeout is not overlooked for long.
-const HOUSEKEEPING_MAX_SLEEP: Duration = Duration::from_millis(500);
-
-/// First pause after a failed connect; doubles per consecutive failure up
-/// to [`BACKOFF_MAX`], and each pause is drawn from its upper half at random.
-const BACKOFF_START: Duration = Duration::from_millis(10);
-/// Bounds how long a recovered server waits for the pool's next attempt.
-const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 pub(crate) struct Shared<M: Manager> {
     pub(crate) manager: M,
@@ -53,7 +46,7 @@ pub(crate) struct Shared<M: Manager> {
     connects: Semaphore,
     pub(crate) stats: Stats,
     /// Why the most recent connect attempt failed; cleared by a success.
-    last_connect_failure: Mutex<Option<ConnectFailure<M::Error>>>,
+    pub(super) last_connect_failure: Mutex<Option<ConnectFailure<M::Error>>>,
     /// Pool-wide pacing of connect attempts after failures.
     backoff: Mutex<Backoff>,
     /// Wakes callers waiting out the backoff: a connect succeeded, or the
@@ -382,7 +375,7 @@ impl<M: Manager> Shared<M> {
     }
 
     /// One validation round trip, bounded by `validation_timeout`.
-    async fn ping(&self, conn: &mut Conn<M::Connection>) -> bool {
+    pub(super) async fn ping(&self, conn: &mut Conn<M::Connection>) -> bool {
         let result = timeout(
             self.config.validation_timeout,
             self.manager.is_valid(&mut conn.raw),
@@ -581,7 +574,7 @@ impl<M: Manager> Shared<M> {
     }
 
     /// Closes `raw` politely in a task of its own, counted in `goodbyes`.
-    fn say_goodbye(self: &Arc<Self>, raw: M::Connection) {
+    pub(super) fn say_goodbye(self: &Arc<Self>, raw: M::Connection) {
         self.goodbyes.fetch_add(1, Relaxed);
         let shared = Arc::clone(self);
         self.runtime.spawn(async move {
@@ -614,150 +607,6 @@ impl<M: Manager> Shared<M> {
     pub(crate) async fn close_raw(&self, raw: M::Connection) {
         let _ = timeout(self.config.validation_timeout, self.manager.close(raw)).await;
     }
-
-    // ---------------------------------------------------------------- housekeeping
-
-    /// One housekeeping pass; returns when the next one is due.
-    /// Synchronous: the decision is taken under the lock, and the I/O it
-    /// calls for is spawned, not awaited.
-    pub(crate) fn housekeep(self: &Arc<Self>) -> Instant {
-        let now = Instant::now();
-        let (sweep, deficit, leaks) = {
-            let mut slots = self.slots.lock();
-            let sweep = slots.sweep(
-                now,
-                &self.policy,
-                self.config.min_idle,
-                self.generation(),
-                |c| self.manager.has_broken(c),
-                || self.try_take_permit(),
-            );
-            let leaks = match self.config.leak_threshold {
-                Some(threshold) => slots.new_leaks(now, threshold),
-                None => Vec::new(),
-            };
-            (sweep, slots.idle_deficit(self.config.min_idle), leaks)
-        };
-        for leak in leaks {
-            Stats::bump(&self.stats.leaks_suspected);
-            if let Activity::Lent(site) = leak.activity {
-                // warn: a guard held this long is almost always a bug in the caller.
-                tracing::warn!(
-                    target: TARGET,
-                    conn_id = leak.meta.id,
-                    held_for = ?now.saturating_duration_since(leak.since),
-                    borrowed_at = %site,
-                    "connection held longer than leak_threshold; possible leak"
-                );
-            }
-        }
-        // Every piece of I/O runs in a task of its own, and the sweep does
-        // not wait for them: a black-holed ping must not delay the next
-        // sweep (and with it the detection of the others) by a whole
-        // `validation_timeout`. Each task owns what it works on (removed from
-        // the idle set, holding a permit), so no two sweeps touch the same
-        // connection.
-        let spawner = &self.runtime;
-        for (conn, reason) in sweep.retired {
-            self.note_retired(&conn.meta, reason);
-            self.say_goodbye(conn.raw);
-        }
-        for mut conn in sweep.keepalive {
-            let shared = Arc::clone(self);
-            spawner.spawn(async move {
-                if shared.ping(&mut conn).await {
-                    shared.make_idle(conn);
-                } else {
-                    shared.retire_active(conn, Reason::ValidationFailed);
-                    shared.release_permit();
-                }
-            });
-        }
-        // Replace what was retired as obsolete, so callers do not pay for
-        // the reconnect after an idle period; and top up to `min_idle`.
-        let mut inherit = sweep.replace;
-        let wanted = inherit.len().max(deficit);
-        for i in 0..wanted {
-            if !self.try_take_permit() {
-                break;
-            }
-            let last_borrowed = inherit.get(i).copied();
-            let shared = Arc::clone(self);
-            spawner.spawn(async move { shared.open_idle(last_borrowed).await });
-        }
-        inherit.clear();
-        let cap = Instant::now() + HOUSEKEEPING_MAX_SLEEP;
-        sweep.next_deadline.map_or(cap, |d| d.min(cap))
-    }
-
-    /// `Builder::connect`'s single attempt: one connect into the idle set,
-    /// or the driver's own error (taken, not copied: nobody else has seen it).
-    pub(crate) async fn open_first(
-        self: &Arc<Self>,
-        started: Instant,
-    ) -> Result<(), Error<M::Error>> {
-        let Some(permit) = self.permits.try_acquire().ok() else {
-            // Only if a caller got in first: it will report any failure itself.
-            return Ok(());
-        };
-        permit.forget();
-        let permit = Permit::new(self);
-        match self.open_one(Activity::Opening).await {
-            Ok(conn) => {
-                permit.hand_over(); // make_idle gives the permit back
-                self.make_idle(conn);
-                Ok(())
-            }
-            Err(OpenError::Closed) => Err(Error::Closed),
-            Err(OpenError::Failed | OpenError::NotYet | OpenError::Declined) => {
-                match self.last_connect_failure.lock().take() {
-                    Some(ConnectFailure::Error(e)) => match Arc::try_unwrap(e) {
-                        Ok(e) => Err(Error::Connect(e)),
-                        Err(e) => Err(Error::Timeout {
-                            phase: TimeoutPhase::Connecting,
-                            waited: started.elapsed(),
-                            last_error: Some(e),
-                            last_connect_timeout: None,
-                        }),
-                    },
-                    other => Err(Error::Timeout {
-                        phase: TimeoutPhase::Connecting,
-                        waited: started.elapsed(),
-                        last_error: None,
-                        last_connect_timeout: match other {
-                            Some(ConnectFailure::TimedOut(d)) => Some(d),
-                            _ => None,
-                        },
-                    }),
-                }
-            }
-        }
-    }
-
-    /// Opens a connection straight into the idle set (the caller took a permit).
-    /// A replacement inherits its predecessor's `last_borrowed`, so
-    /// `idle_timeout` still shrinks a pool nobody uses.
-    async fn open_idle(self: &Arc<Self>, last_borrowed: Option<Instant>) {
-        match self.open_one(Activity::Opening).await {
-            Ok(mut conn) => {
-                if let Some(t) = last_borrowed {
-                    conn.meta.last_borrowed = t;
-                }
-                self.make_idle(conn);
-            }
-            Err(_) => self.release_permit(),
-        }
-    }
-
-    fn try_take_permit(&self) -> bool {
-        match self.permits.try_acquire() {
-            Ok(p) => {
-                p.forget();
-                true
-            }
-            Err(_) => false,
-        }
-    }
 }
 
 /// `max_lifetime` minus a random 0–2.5 %, so connections opened together do
@@ -767,7 +616,7 @@ fn jitter(lifetime: Duration) -> Duration {
 }
 
 /// Why the last connect attempt failed.
-enum ConnectFailure<E> {
+pub(super) enum ConnectFailure<E> {
     Error(Arc<E>),
     TimedOut(Duration),
 }
@@ -782,86 +631,6 @@ pub(crate) enum OpenError {
     NotYet,
     /// The manager declined to connect (`Manager::connect_declined`).
     Declined,
-}
-
-/// Pool-wide pacing of connect attempts. While connects fail, attempts are
-/// spaced by a pause that doubles per consecutive failure (10 ms up to
-/// 500 ms), each drawn at random from the upper half of its range so pools
-/// restarted together do not retry in lockstep. Shared, not per caller: a
-/// server that is down sees about two attempts a second from the whole pool
-/// however many callers wait, and a recovered one is found within 500 ms.
-#[derive(Debug, Default)]
-struct Backoff {
-    failures: u32,
-    /// No attempt starts before this; `None` while connects succeed.
-    retry_at: Option<Instant>,
-}
-
-impl Backoff {
-    fn pause(&self) -> Duration {
-        let doubled = BACKOFF_START.saturating_mul(1 << self.failures.min(16).saturating_sub(1));
-        doubled
-            .min(BACKOFF_MAX)
-            .mul_f64(0.5 + rand::random::<f64>() * 0.5)
-    }
-
-    /// May an attempt start now? While failing, one that may also books the
-    /// next turn, so attempts stay spaced even before this one ends.
-    fn take_turn(&mut self, now: Instant) -> bool {
-        if self.failures == 0 {
-            return true;
-        }
-        match self.retry_at {
-            Some(at) if at > now => false,
-            _ => {
-                self.retry_at = Some(now + self.pause());
-                true
-            }
-        }
-    }
-
-    fn failed(&mut self, now: Instant) {
-        self.failures = self.failures.saturating_add(1);
-        let next = now + self.pause();
-        self.retry_at = Some(self.retry_at.map_or(next, |at| at.max(next)));
-    }
-
-    /// Whether this success ended a run of failures.
-    fn succeeded(&mut self) -> bool {
-        let was_failing = self.failures > 0;
-        *self = Backoff::default();
-        was_failing
-    }
-}
-
-/// A capacity permit owned by a checkout in progress. Given back on drop
-/// (the checkout failed or was cancelled) unless it becomes a [`Pooled`].
-pub(crate) struct Permit<M: Manager>(Option<Arc<Shared<M>>>);
-
-impl<M: Manager> Permit<M> {
-    /// Takes ownership of a permit already acquired (and `forget`-ed).
-    fn new(shared: &Arc<Shared<M>>) -> Self {
-        Permit(Some(Arc::clone(shared)))
-    }
-
-    /// Someone else now gives the permit back (the idle set's `make_idle`).
-    fn hand_over(mut self) {
-        self.0 = None;
-    }
-
-    /// The permit moves to the connection being lent.
-    fn lend(mut self, conn: Conn<M::Connection>, now: Instant) -> Pooled<M> {
-        let shared = self.0.take().expect("a Permit is lent once");
-        Pooled::new(shared, conn, now)
-    }
-}
-
-impl<M: Manager> Drop for Permit<M> {
-    fn drop(&mut self) {
-        if let Some(shared) = self.0.take() {
-            shared.release_permit();
-        }
-    }
 }
 
 /// What a look at the idle set gives a checkout.
@@ -887,152 +656,4 @@ enum Connected<M: Manager> {
     NotYet(Permit<M>),
     Declined(Permit<M>),
     Closed,
-}
-
-/// Counts a caller waiting for a permit, for `State::pending`.
-struct Pending<'a>(&'a Stats);
-
-impl<'a> Pending<'a> {
-    /// Joins the waiters, unless `limit` are already waiting. Compare and
-    /// swap, so concurrent callers can never exceed the limit together.
-    fn enter(stats: &'a Stats, limit: Option<usize>) -> Option<Self> {
-        let limit = limit.unwrap_or(usize::MAX);
-        stats
-            .pending
-            .fetch_update(Relaxed, Relaxed, |n| (n < limit).then_some(n + 1))
-            .ok()?;
-        Some(Pending(stats))
-    }
-}
-
-impl Drop for Pending<'_> {
-    fn drop(&mut self) {
-        self.0.pending.fetch_sub(1, Relaxed);
-    }
-}
-
-/// Counts a connect in flight; on drop without `succeeded` (failure or
-/// cancellation) the count is undone without adding an active connection.
-struct Connecting<'a, M: Manager>(&'a Shared<M>);
-
-impl<'a, M: Manager> Connecting<'a, M> {
-    fn new(shared: &'a Shared<M>) -> Self {
-        shared.slots.lock().start_connect();
-        Connecting(shared)
-    }
-
-    /// The connect succeeded: the connection counts active, in one step
-    /// under the lock, so no snapshot sees it in neither state.
-    fn opened(self, meta: &mut Meta, activity: Activity) {
-        self.0
-            .slots
-            .lock()
-            .finish_connect(Some((meta, activity)), Instant::now());
-        std::mem::forget(self);
-    }
-}
-
-impl<M: Manager> Drop for Connecting<'_, M> {
-    fn drop(&mut self) {
-        self.0.slots.lock().finish_connect(None, Instant::now());
-    }
-}
-
-/// An active connection in the middle of pool-owned I/O during a checkout.
-/// Dropped before `take` (its task was dropped unfinished) it retires the
-/// connection: its protocol state is unknown.
-struct InFlight<M: Manager> {
-    shared: Arc<Shared<M>>,
-    conn: Option<Conn<M::Connection>>,
-}
-
-impl<M: Manager> InFlight<M> {
-    fn new(shared: &Arc<Shared<M>>, conn: Conn<M::Connection>) -> Self {
-        InFlight {
-            shared: Arc::clone(shared),
-            conn: Some(conn),
-        }
-    }
-
-    fn conn(&mut self) -> &mut Conn<M::Connection> {
-        self.conn
-            .as_mut()
-            .expect("InFlight holds its connection until take")
-    }
-
-    fn take(&mut self) -> Conn<M::Connection> {
-        self.conn.take().expect("InFlight::take is called once")
-    }
-}
-
-impl<M: Manager> Drop for InFlight<M> {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.shared.retire_active(conn, Reason::Closed);
-        }
-    }
-}
-
-/// A returned connection being cleaned in its own task. Owns the permit:
-/// however the task ends (done, failed, or dropped with the runtime), the
-/// connection ends up idle or retired and the permit comes back.
-struct Returning<M: Manager> {
-    shared: Arc<Shared<M>>,
-    conn: Option<Conn<M::Connection>>,
-}
-
-impl<M: Manager> Returning<M> {
-    fn new(shared: &Arc<Shared<M>>, conn: Conn<M::Connection>) -> Self {
-        shared
-            .slots
-            .lock()
-            .set_activity(&conn.meta, Activity::Returning);
-        Returning {
-            shared: Arc::clone(shared),
-            conn: Some(conn),
-        }
-    }
-
-    async fn reset(mut self, full: bool) {
-        let conn = self.conn.as_mut().expect("Returning holds its connection");
-        let shared = &self.shared;
-        let result = timeout(
-            shared.config.validation_timeout,
-            shared.manager.reset(&mut conn.raw, full),
-        )
-        .await;
-        let conn = self.conn.take().expect("Returning holds its connection");
-        match result {
-            Ok(Ok(())) => {
-                let mut conn = conn;
-                conn.meta.last_io = Instant::now();
-                self.shared.make_idle(conn);
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(target: TARGET, conn_id = conn.meta.id, %error, "reset on return failed");
-                self.shared.suspect();
-                self.shared.retire_active(conn, Reason::ResetFailed);
-                self.shared.release_permit();
-            }
-            Err(_) => {
-                tracing::warn!(target: TARGET, conn_id = conn.meta.id, "reset on return timed out");
-                self.shared.suspect();
-                self.shared.retire_active(conn, Reason::ResetFailed);
-                self.shared.release_permit();
-            }
-        }
-    }
-}
-
-impl<M: Manager> Drop for Returning<M> {
-    fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            // The task was dropped unfinished (runtime shutting down): the
-            // connection may be mid-reset, so it is closed, never reused.
-            self.shared.slots.lock().forget_active(&conn.meta);
-            self.shared.note_retired(&conn.meta, Reason::ResetFailed);
-            drop(conn);
-            self.shared.release_permit();
-        }
-    }
 }

@@ -1,7 +1,10 @@
 //! The public pool handle and its builder.
 
+mod backoff;
 mod guard;
+mod housekeeping;
 mod inner;
+mod owners;
 mod slots;
 
 use std::fmt;

@@ -1,0 +1,166 @@
+//! The housekeeper's pass and the connects it makes: retiring obsolete idle
+//! connections before the server would, keepalive pings, replacements and
+//! `min_idle`, plus `Builder::connect`'s eager first connect. The decisions
+//! are taken under the lock (`Slots::sweep`); every piece of I/O runs in a
+//! task of its own.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::inner::{ConnectFailure, OpenError, Shared, TARGET};
+use super::owners::Permit;
+use super::slots::Activity;
+use crate::error::{Error, TimeoutPhase};
+use crate::liveness::Reason;
+use crate::manager::Manager;
+use crate::stats::Stats;
+
+/// The housekeeper looks at the idle set at least this often, so a
+/// connection returned with a short server timeout is not overlooked for long.
+const HOUSEKEEPING_MAX_SLEEP: Duration = Duration::from_millis(500);
+
+impl<M: Manager> Shared<M> {
+    /// One housekeeping pass; returns when the next one is due.
+    /// Synchronous: the decision is taken under the lock, and the I/O it
+    /// calls for is spawned, not awaited.
+    pub(crate) fn housekeep(self: &Arc<Self>) -> Instant {
+        let now = Instant::now();
+        let (sweep, deficit, leaks) = {
+            let mut slots = self.slots.lock();
+            let sweep = slots.sweep(
+                now,
+                &self.policy,
+                self.config.min_idle,
+                self.generation(),
+                |c| self.manager.has_broken(c),
+                || self.try_take_permit(),
+            );
+            let leaks = match self.config.leak_threshold {
+                Some(threshold) => slots.new_leaks(now, threshold),
+                None => Vec::new(),
+            };
+            (sweep, slots.idle_deficit(self.config.min_idle), leaks)
+        };
+        for leak in leaks {
+            Stats::bump(&self.stats.leaks_suspected);
+            if let Activity::Lent(site) = leak.activity {
+                // warn: a guard held this long is almost always a bug in the caller.
+                tracing::warn!(
+                    target: TARGET,
+                    conn_id = leak.meta.id,
+                    held_for = ?now.saturating_duration_since(leak.since),
+                    borrowed_at = %site,
+                    "connection held longer than leak_threshold; possible leak"
+                );
+            }
+        }
+        // Every piece of I/O runs in a task of its own, and the sweep does
+        // not wait for them: a black-holed ping must not delay the next
+        // sweep (and with it the detection of the others) by a whole
+        // `validation_timeout`. Each task owns what it works on (removed from
+        // the idle set, holding a permit), so no two sweeps touch the same
+        // connection.
+        let spawner = self.runtime();
+        for (conn, reason) in sweep.retired {
+            self.note_retired(&conn.meta, reason);
+            self.say_goodbye(conn.raw);
+        }
+        for mut conn in sweep.keepalive {
+            let shared = Arc::clone(self);
+            spawner.spawn(async move {
+                if shared.ping(&mut conn).await {
+                    shared.make_idle(conn);
+                } else {
+                    shared.retire_active(conn, Reason::ValidationFailed);
+                    shared.release_permit();
+                }
+            });
+        }
+        // Replace what was retired as obsolete, so callers do not pay for
+        // the reconnect after an idle period; and top up to `min_idle`.
+        let mut inherit = sweep.replace;
+        let wanted = inherit.len().max(deficit);
+        for i in 0..wanted {
+            if !self.try_take_permit() {
+                break;
+            }
+            let last_borrowed = inherit.get(i).copied();
+            let shared = Arc::clone(self);
+            spawner.spawn(async move { shared.open_idle(last_borrowed).await });
+        }
+        inherit.clear();
+        let cap = Instant::now() + HOUSEKEEPING_MAX_SLEEP;
+        sweep.next_deadline.map_or(cap, |d| d.min(cap))
+    }
+
+    /// `Builder::connect`'s single attempt: one connect into the idle set,
+    /// or the driver's own error (taken, not copied: nobody else has seen it).
+    pub(crate) async fn open_first(
+        self: &Arc<Self>,
+        started: Instant,
+    ) -> Result<(), Error<M::Error>> {
+        let Some(permit) = self.permits.try_acquire().ok() else {
+            // Only if a caller got in first: it will report any failure itself.
+            return Ok(());
+        };
+        permit.forget();
+        let permit = Permit::new(self);
+        match self.open_one(Activity::Opening).await {
+            Ok(conn) => {
+                permit.hand_over(); // make_idle gives the permit back
+                self.make_idle(conn);
+                Ok(())
+            }
+            Err(OpenError::Closed) => Err(Error::Closed),
+            Err(OpenError::Failed | OpenError::NotYet | OpenError::Declined) => {
+                match self.last_connect_failure.lock().take() {
+                    Some(ConnectFailure::Error(e)) => match Arc::try_unwrap(e) {
+                        Ok(e) => Err(Error::Connect(e)),
+                        Err(e) => Err(Error::Timeout {
+                            phase: TimeoutPhase::Connecting,
+                            waited: started.elapsed(),
+                            last_error: Some(e),
+                            last_connect_timeout: None,
+                        }),
+                    },
+                    other => Err(Error::Timeout {
+                        phase: TimeoutPhase::Connecting,
+                        waited: started.elapsed(),
+                        last_error: None,
+                        last_connect_timeout: match other {
+                            Some(ConnectFailure::TimedOut(d)) => Some(d),
+                            _ => None,
+                        },
+                    }),
+                }
+            }
+        }
+    }
+
+    /// Opens a connection straight into the idle set (the caller took a permit).
+    /// A replacement inherits its predecessor's `last_borrowed`, so
+    /// `idle_timeout` still shrinks a pool nobody uses.
+    async fn open_idle(self: &Arc<Self>, last_borrowed: Option<Instant>) {
+        match self.open_one(Activity::Opening).await {
+            Ok(mut conn) => {
+                if let Some(t) = last_borrowed {
+                    conn.meta.last_borrowed = t;
+                }
+                self.make_idle(conn);
+            }
+            Err(_) => self.release_permit(),
+        }
+    }
+
+    pub(super) fn try_take_permit(&self) -> bool {
+        match self.permits.try_acquire() {
+            Ok(p) => {
+                p.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}

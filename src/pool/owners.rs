@@ -1,0 +1,194 @@
+//! The RAII owners of the pool's undo work: each is made before the first
+//! `.await` of what it guards and gives back a permit, a count or a
+//! connection however the future or task ends (done, failed, cancelled,
+//! dropped with the runtime). Named for what their `Drop` does.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use tokio::time::{timeout, Instant};
+
+use super::guard::Pooled;
+use super::inner::{Shared, TARGET};
+use super::slots::{Activity, Conn, Meta};
+use crate::liveness::Reason;
+use crate::manager::Manager;
+use crate::stats::Stats;
+
+/// A capacity permit owned by a checkout in progress. Given back on drop
+/// (the checkout failed or was cancelled) unless it becomes a [`Pooled`].
+pub(crate) struct Permit<M: Manager>(Option<Arc<Shared<M>>>);
+
+impl<M: Manager> Permit<M> {
+    /// Takes ownership of a permit already acquired (and `forget`-ed).
+    pub(super) fn new(shared: &Arc<Shared<M>>) -> Self {
+        Permit(Some(Arc::clone(shared)))
+    }
+
+    /// Someone else now gives the permit back (the idle set's `make_idle`).
+    pub(super) fn hand_over(mut self) {
+        self.0 = None;
+    }
+
+    /// The permit moves to the connection being lent.
+    pub(super) fn lend(mut self, conn: Conn<M::Connection>, now: Instant) -> Pooled<M> {
+        let shared = self.0.take().expect("a Permit is lent once");
+        Pooled::new(shared, conn, now)
+    }
+}
+
+impl<M: Manager> Drop for Permit<M> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.take() {
+            shared.release_permit();
+        }
+    }
+}
+
+/// Counts a caller waiting for a permit, for `State::pending`.
+pub(super) struct Pending<'a>(&'a Stats);
+
+impl<'a> Pending<'a> {
+    /// Joins the waiters, unless `limit` are already waiting. Compare and
+    /// swap, so concurrent callers can never exceed the limit together.
+    pub(super) fn enter(stats: &'a Stats, limit: Option<usize>) -> Option<Self> {
+        let limit = limit.unwrap_or(usize::MAX);
+        stats
+            .pending
+            .fetch_update(Relaxed, Relaxed, |n| (n < limit).then_some(n + 1))
+            .ok()?;
+        Some(Pending(stats))
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Counts a connect in flight; on drop without `succeeded` (failure or
+/// cancellation) the count is undone without adding an active connection.
+pub(super) struct Connecting<'a, M: Manager>(&'a Shared<M>);
+
+impl<'a, M: Manager> Connecting<'a, M> {
+    pub(super) fn new(shared: &'a Shared<M>) -> Self {
+        shared.slots.lock().start_connect();
+        Connecting(shared)
+    }
+
+    /// The connect succeeded: the connection counts active, in one step
+    /// under the lock, so no snapshot sees it in neither state.
+    pub(super) fn opened(self, meta: &mut Meta, activity: Activity) {
+        self.0
+            .slots
+            .lock()
+            .finish_connect(Some((meta, activity)), Instant::now());
+        std::mem::forget(self);
+    }
+}
+
+impl<M: Manager> Drop for Connecting<'_, M> {
+    fn drop(&mut self) {
+        self.0.slots.lock().finish_connect(None, Instant::now());
+    }
+}
+
+/// An active connection in the middle of pool-owned I/O during a checkout.
+/// Dropped before `take` (its task was dropped unfinished) it retires the
+/// connection: its protocol state is unknown.
+pub(super) struct InFlight<M: Manager> {
+    shared: Arc<Shared<M>>,
+    conn: Option<Conn<M::Connection>>,
+}
+
+impl<M: Manager> InFlight<M> {
+    pub(super) fn new(shared: &Arc<Shared<M>>, conn: Conn<M::Connection>) -> Self {
+        InFlight {
+            shared: Arc::clone(shared),
+            conn: Some(conn),
+        }
+    }
+
+    pub(super) fn conn(&mut self) -> &mut Conn<M::Connection> {
+        self.conn
+            .as_mut()
+            .expect("InFlight holds its connection until take")
+    }
+
+    pub(super) fn take(&mut self) -> Conn<M::Connection> {
+        self.conn.take().expect("InFlight::take is called once")
+    }
+}
+
+impl<M: Manager> Drop for InFlight<M> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.shared.retire_active(conn, Reason::Closed);
+        }
+    }
+}
+
+/// A returned connection being cleaned in its own task. Owns the permit:
+/// however the task ends (done, failed, or dropped with the runtime), the
+/// connection ends up idle or retired and the permit comes back.
+pub(super) struct Returning<M: Manager> {
+    shared: Arc<Shared<M>>,
+    conn: Option<Conn<M::Connection>>,
+}
+
+impl<M: Manager> Returning<M> {
+    pub(super) fn new(shared: &Arc<Shared<M>>, conn: Conn<M::Connection>) -> Self {
+        shared
+            .slots
+            .lock()
+            .set_activity(&conn.meta, Activity::Returning);
+        Returning {
+            shared: Arc::clone(shared),
+            conn: Some(conn),
+        }
+    }
+
+    pub(super) async fn reset(mut self, full: bool) {
+        let conn = self.conn.as_mut().expect("Returning holds its connection");
+        let shared = &self.shared;
+        let result = timeout(
+            shared.config.validation_timeout,
+            shared.manager.reset(&mut conn.raw, full),
+        )
+        .await;
+        let conn = self.conn.take().expect("Returning holds its connection");
+        match result {
+            Ok(Ok(())) => {
+                let mut conn = conn;
+                conn.meta.last_io = Instant::now();
+                self.shared.make_idle(conn);
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(target: TARGET, conn_id = conn.meta.id, %error, "reset on return failed");
+                self.shared.suspect();
+                self.shared.retire_active(conn, Reason::ResetFailed);
+                self.shared.release_permit();
+            }
+            Err(_) => {
+                tracing::warn!(target: TARGET, conn_id = conn.meta.id, "reset on return timed out");
+                self.shared.suspect();
+                self.shared.retire_active(conn, Reason::ResetFailed);
+                self.shared.release_permit();
+            }
+        }
+    }
+}
+
+impl<M: Manager> Drop for Returning<M> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            // The task was dropped unfinished (runtime shutting down): the
+            // connection may be mid-reset, so it is closed, never reused.
+            self.shared.slots.lock().forget_active(&conn.meta);
+            self.shared.note_retired(&conn.meta, Reason::ResetFailed);
+            drop(conn);
+            self.shared.release_permit();
+        }
+    }
+}
