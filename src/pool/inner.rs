@@ -10,9 +10,11 @@
 //! during a checkout, the [`Pooled`] guard while lent, a `Returning` task
 //! while a returned connection is cleaned.
 
+use std::future::Future;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -23,6 +25,7 @@ use tokio::sync::{Notify, Semaphore, TryAcquireError};
 use tokio::time::timeout;
 
 use super::backoff::{Backoff, BACKOFF_START};
+use super::deadlines::Deadlines;
 use super::guard::Pooled;
 use super::owners::{Connecting, InFlight, Pending, Permit, Returning};
 use super::slots::{Activity, Conn, Meta, Slots};
@@ -60,6 +63,9 @@ pub(crate) struct Shared<M: Manager> {
     epoch: Instant,
     /// Bumped by `retire_all`; connections from older generations are never lent.
     generation: AtomicU64,
+    /// `acquire_timeout` for callers queued for a slot; its watchdog task
+    /// is spawned with the housekeeper.
+    pub(crate) deadlines: Arc<Deadlines>,
     /// Wakes the housekeeper (on close) and `close()` (when a connection leaves).
     pub(crate) changed: Notify,
     /// Goodbyes (`Manager::close`) running in their own tasks; `close()`
@@ -85,6 +91,7 @@ impl<M: Manager> Shared<M> {
             suspect_since: AtomicU64::new(0),
             epoch: Instant::now(),
             generation: AtomicU64::new(0),
+            deadlines: Arc::default(),
             changed: Notify::new(),
             goodbyes: AtomicU64::new(0),
             config,
@@ -188,15 +195,35 @@ impl<M: Manager> Shared<M> {
 
     /// The body of `Pool::get`, run under `acquire_timeout` by the caller,
     /// which reads `phase` if the time runs out.
+    /// `Ok(None)`: `deadline` passed.
     pub(crate) async fn acquire(
         self: &Arc<Self>,
         phase: &mut TimeoutPhase,
         site: &'static Location<'static>,
-    ) -> Result<Pooled<M>, Error<M::Error>> {
-        self.acquire_permit().await?;
+        deadline: Instant,
+    ) -> Result<Option<Pooled<M>>, Error<M::Error>> {
+        if !self.acquire_permit(deadline).await? {
+            return Ok(None);
+        }
         // From here until the connection is handed to `Pooled`, the permit is
-        // ours to give back, on every path including cancellation.
-        let mut permit = Permit::new(self);
+        // ours to give back, on every path including cancellation (the
+        // timeout drops the future that owns it).
+        let permit = Permit::new(self);
+        // A tokio timer, registered only if this phase waits (a ping, a
+        // connect, a backoff): a warm idle connection is lent without one.
+        match tokio::time::timeout_at(deadline, self.lend_on(permit, phase, site)).await {
+            Ok(lent) => lent.map(Some),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// With a slot in hand: an idle connection that passes, or a new one.
+    async fn lend_on(
+        self: &Arc<Self>,
+        mut permit: Permit<M>,
+        phase: &mut TimeoutPhase,
+        site: &'static Location<'static>,
+    ) -> Result<Pooled<M>, Error<M::Error>> {
         loop {
             permit = match self.checkout_idle(permit, phase, site).await? {
                 Checkout::Lent(pooled) => return Ok(pooled),
@@ -276,11 +303,12 @@ impl<M: Manager> Shared<M> {
         rx.await.unwrap_or(Connected::Closed)
     }
 
-    async fn acquire_permit(&self) -> Result<(), Error<M::Error>> {
+    /// A slot, waiting in line until `deadline`; `Ok(false)` when it passed.
+    async fn acquire_permit(&self, deadline: Instant) -> Result<bool, Error<M::Error>> {
         match self.permits.try_acquire() {
             Ok(p) => {
                 p.forget();
-                return Ok(());
+                return Ok(true);
             }
             Err(TryAcquireError::Closed) => return Err(Error::Closed),
             Err(TryAcquireError::NoPermits) => {}
@@ -291,9 +319,28 @@ impl<M: Manager> Shared<M> {
                 max_waiters: self.config.max_waiters.unwrap_or_default(),
             });
         };
-        let p = self.permits.acquire().await.map_err(|_| Error::Closed)?;
-        p.forget();
-        Ok(())
+        // The deadline is kept by the pool's watchdog, not a timer of our
+        // own (see `deadlines.rs`). The permit is polled first: one granted
+        // at the deadline is taken, not thrown away.
+        let ticket = self.deadlines.enter(deadline);
+        let acquire = self.permits.acquire();
+        tokio::pin!(acquire);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(granted) = acquire.as_mut().poll(cx) {
+                return Poll::Ready(match granted {
+                    Ok(p) => {
+                        p.forget();
+                        Ok(true)
+                    }
+                    Err(_) => Err(Error::Closed),
+                });
+            }
+            if ticket.expired(cx) {
+                return Poll::Ready(Ok(false));
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Takes idle connections until one passes the policy (and, when due, a

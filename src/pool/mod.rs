@@ -1,6 +1,7 @@
 //! The public pool handle and its builder.
 
 mod backoff;
+mod deadlines;
 mod guard;
 mod housekeeping;
 mod inner;
@@ -71,6 +72,7 @@ fn shut_down<M: Manager>(shared: &Arc<Shared<M>>) {
     let idle = shared.slots.lock().close();
     // Closing the semaphore fails every queued and future `acquire` at once.
     shared.permits.close();
+    shared.deadlines.close();
     for conn in idle {
         shared.retire(conn, Reason::Closed);
     }
@@ -129,11 +131,12 @@ impl<M: Manager> Pool<M> {
         }
         let mut phase = TimeoutPhase::WaitingForConnection;
         let deadline = started + shared.config.acquire_timeout;
-        let result = tokio::time::timeout_at(deadline, shared.acquire(&mut phase, site)).await;
+        let result = shared.acquire(&mut phase, site, deadline).await;
         shared.stats.acquire.observe(started.elapsed());
         match result {
-            Ok(result) => result,
-            Err(_) => {
+            Ok(Some(conn)) => Ok(conn),
+            Err(error) => Err(error),
+            Ok(None) => {
                 shared.stats.acquire_timeouts.fetch_add(1, Relaxed);
                 let (last_error, last_connect_timeout) = shared.last_connect_failure();
                 let waited = started.elapsed();
@@ -477,6 +480,7 @@ impl<M: Manager> Builder<M> {
         let runtime = Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let shared = Arc::new(Shared::new(self.manager, self.config, runtime.clone()));
         runtime.spawn(housekeeper(Arc::clone(&shared)));
+        runtime.spawn(Arc::clone(&shared.deadlines).watch());
         Ok(Pool {
             handle: Arc::new(Owner { shared }),
         })

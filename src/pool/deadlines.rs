@@ -1,0 +1,231 @@
+//! `acquire_timeout` for callers queued for a slot: one pool-wide watchdog
+//! timer instead of a tokio timer per waiter.
+//!
+//! Why: a tokio `Sleep` registered and cancelled by every waiter cost most
+//! of the contended checkout path (measured with the core bench: 0.5 M vs
+//! 1.8 M cycles/s at 256 tasks on a pool of 8). Every waiter of a pool has
+//! the same timeout, so deadlines come in arrival order: the watchdog only
+//! ever sleeps until the oldest waiter's deadline, marks whoever is due as
+//! expired and wakes exactly those. A waiter's cost is a place in a queue
+//! (two short lock holds) and a waker kept up to date.
+//!
+//! Timeouts after the slot is taken (connect, validation, backoff) still use
+//! a tokio timer, registered only if that phase actually waits.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::task::{Context, Waker};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The queue of waiters' deadlines and the watchdog's wake-up.
+#[derive(Default)]
+pub(crate) struct Deadlines {
+    queue: Mutex<Queue>,
+    /// A waiter joined an empty queue, or the pool closed.
+    changed: Notify,
+    closed: AtomicBool,
+}
+
+/// Waiters in arrival order; entry `i` has id `base + i`. A waiter that left
+/// is `None` until everything before it has left too.
+#[derive(Default)]
+struct Queue {
+    base: u64,
+    entries: VecDeque<Option<Arc<Cell>>>,
+}
+
+/// One waiter's deadline, as shared with the watchdog.
+struct Cell {
+    deadline: Instant,
+    expired: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+}
+
+/// A waiter's place in the queue; leaves it on drop, however the wait ends.
+pub(crate) struct Ticket<'a> {
+    deadlines: &'a Deadlines,
+    id: u64,
+    cell: Arc<Cell>,
+}
+
+impl Deadlines {
+    /// Joins the queue with `deadline`.
+    pub(crate) fn enter(&self, deadline: Instant) -> Ticket<'_> {
+        let cell = Arc::new(Cell {
+            deadline,
+            expired: AtomicBool::new(false),
+            waker: Mutex::new(None),
+        });
+        let (id, first) = {
+            let mut q = self.queue.lock();
+            q.entries.push_back(Some(Arc::clone(&cell)));
+            (q.base + q.entries.len() as u64 - 1, q.entries.len() == 1)
+        };
+        if first {
+            // The watchdog may be waiting for an empty queue to fill.
+            self.changed.notify_one();
+        }
+        Ticket {
+            deadlines: self,
+            id,
+            cell,
+        }
+    }
+
+    fn leave(&self, id: u64) {
+        let mut q = self.queue.lock();
+        let Some(i) = id.checked_sub(q.base) else {
+            return;
+        };
+        if let Some(slot) = q.entries.get_mut(i as usize) {
+            *slot = None;
+        }
+        while matches!(q.entries.front(), Some(None)) {
+            q.entries.pop_front();
+            q.base += 1;
+        }
+    }
+
+    /// Stops the watchdog (the pool is closed; its waiters get `Closed`
+    /// from the semaphore).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, SeqCst);
+        self.changed.notify_one();
+    }
+
+    /// Expires every waiter due at `now`; returns the next deadline to wait
+    /// for, if anyone is still waiting.
+    fn expire_due(&self, now: Instant) -> Option<Instant> {
+        let mut due = Vec::new();
+        let next = {
+            let q = self.queue.lock();
+            let mut next = None;
+            for cell in q.entries.iter().flatten() {
+                if cell.expired.load(SeqCst) {
+                    continue;
+                }
+                if cell.deadline <= now {
+                    cell.expired.store(true, SeqCst);
+                    due.push(Arc::clone(cell));
+                } else {
+                    // Deadlines come in arrival order (give or take the
+                    // moments between a caller's clock read and its entry):
+                    // the first one not due is the next to wait for.
+                    next = Some(cell.deadline);
+                    break;
+                }
+            }
+            next
+        };
+        // Woken outside the lock: a waker may run code of its own.
+        for cell in due {
+            if let Some(waker) = cell.waker.lock().take() {
+                waker.wake();
+            }
+        }
+        next
+    }
+
+    /// The watchdog: sleeps until the oldest waiter's deadline, expires who
+    /// is due, repeats; parks while nobody waits. Ends when the pool closes.
+    pub(crate) async fn watch(self: Arc<Self>) {
+        loop {
+            // Registered before looking, so a waiter joining an empty queue
+            // in between is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.closed.load(SeqCst) {
+                return;
+            }
+            match self.expire_due(Instant::now()) {
+                // Later joiners have later deadlines: only a close needs
+                // an earlier wake-up.
+                Some(next) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(next) => {}
+                        () = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+}
+
+impl Ticket<'_> {
+    /// Whether this waiter's deadline has passed; if not, `cx`'s waker is
+    /// kept to be woken when it does.
+    pub(crate) fn expired(&self, cx: &mut Context<'_>) -> bool {
+        if self.cell.expired.load(SeqCst) {
+            return true;
+        }
+        {
+            let mut waker = self.cell.waker.lock();
+            match &*waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => *waker = Some(cx.waker().clone()),
+            }
+        }
+        // Checked again after the waker is in place: the watchdog sets the
+        // flag before it takes the waker, so one of the two sees the other.
+        self.cell.expired.load(SeqCst)
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.deadlines.leave(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn leaving_in_any_order_empties_the_queue() {
+        let d = Deadlines::default();
+        let now = Instant::now();
+        let a = d.enter(now);
+        let b = d.enter(now);
+        let c = d.enter(now);
+        drop(b);
+        assert_eq!(d.queue.lock().entries.len(), 3, "b waits behind a");
+        drop(a);
+        assert_eq!(d.queue.lock().entries.len(), 1, "a and b gone, c left");
+        drop(c);
+        let q = d.queue.lock();
+        assert!(q.entries.is_empty());
+        assert_eq!(q.base, 3);
+    }
+
+    #[test]
+    fn only_due_waiters_expire_and_the_next_deadline_is_reported() {
+        let d = Deadlines::default();
+        let now = Instant::now();
+        let early = d.enter(now);
+        let late = d.enter(now + Duration::from_secs(1));
+        let waker = futures_noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(!early.expired(&mut cx) && !late.expired(&mut cx));
+        assert_eq!(d.expire_due(now), Some(now + Duration::from_secs(1)));
+        assert!(early.expired(&mut cx));
+        assert!(!late.expired(&mut cx));
+        assert_eq!(d.expire_due(now + Duration::from_secs(1)), None);
+        assert!(late.expired(&mut cx));
+    }
+
+    fn futures_noop_waker() -> Waker {
+        struct Noop;
+        impl std::task::Wake for Noop {
+            fn wake(self: Arc<Self>) {}
+        }
+        Waker::from(Arc::new(Noop))
+    }
+}
