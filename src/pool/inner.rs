@@ -165,32 +165,42 @@ impl<M: Manager> Shared<M> {
         site: &'static Location<'static>,
     ) -> Option<Pooled<M>> {
         self.permits.try_acquire().ok()?.forget();
-        let popped = {
-            let mut slots = self.slots.lock();
-            if slots.is_closed() {
-                None
-            } else {
-                slots.pop_if(now, site, |conn| {
-                    let broken = self.manager.has_broken(&mut conn.raw);
-                    assess(
-                        &conn.meta.facts(broken, false, self.generation()),
-                        &self.policy,
-                        now,
-                    ) == Verdict::Keep
-                        && !self.must_ping(&conn.meta, now)
-                })
-            }
-        };
-        match popped {
-            Some(conn) => {
-                Stats::bump(&self.stats.validations_skipped);
-                Some(Pooled::new(Arc::clone(self), conn, now))
-            }
+        match self.pop_warm(now, site) {
+            Some(conn) => Some(Pooled::new(Arc::clone(self), conn, now)),
             None => {
                 self.release_permit();
                 None
             }
         }
+    }
+
+    /// The most recently used idle connection, if it needs neither
+    /// retirement nor a ping (counted as a skipped validation); `None`
+    /// leaves the idle set as it was. The caller holds a permit.
+    fn pop_warm(
+        &self,
+        now: Instant,
+        site: &'static Location<'static>,
+    ) -> Option<Conn<M::Connection>> {
+        let popped = {
+            let mut slots = self.slots.lock();
+            if slots.is_closed() {
+                return None;
+            }
+            slots.pop_if(now, site, |conn| {
+                let broken = self.manager.has_broken(&mut conn.raw);
+                assess(
+                    &conn.meta.facts(broken, false, self.generation()),
+                    &self.policy,
+                    now,
+                ) == Verdict::Keep
+                    && !self.must_ping(&conn.meta, now)
+            })
+        };
+        if popped.is_some() {
+            Stats::bump(&self.stats.validations_skipped);
+        }
+        popped
     }
 
     /// The body of `Pool::get`, run under `acquire_timeout` by the caller,
@@ -209,8 +219,13 @@ impl<M: Manager> Shared<M> {
         // ours to give back, on every path including cancellation (the
         // timeout drops the future that owns it).
         let permit = Permit::new(self);
-        // A tokio timer, registered only if this phase waits (a ping, a
-        // connect, a backoff): a warm idle connection is lent without one.
+        // What a woken waiter usually finds: the connection just returned.
+        let now = Instant::now();
+        if let Some(conn) = self.pop_warm(now, site) {
+            return Ok(Some(permit.lend(conn, now)));
+        }
+        // Otherwise a tokio timer, registered only if this phase waits (a
+        // ping, a connect, a backoff).
         match tokio::time::timeout_at(deadline, self.lend_on(permit, phase, site)).await {
             Ok(lent) => lent.map(Some),
             Err(_) => Ok(None),
