@@ -131,6 +131,64 @@ async fn timeout_while_all_lent_names_the_phase() {
     assert_eq!(pool.state().acquire_timeouts, 1);
 }
 
+/// Queued waiters' deadlines are kept by one pool-wide watchdog, not a
+/// timer each: every waiter still times out at exactly its own
+/// `acquire_timeout`, a waiter that gives up early delays nobody, and one
+/// served just before its deadline is served, not timed out.
+#[tokio::test(start_paused = true)]
+async fn queued_waiters_time_out_each_at_its_own_deadline() {
+    let fake = Fake::new();
+    let pool = Pool::builder(fake.clone())
+        .max_size(1)
+        .acquire_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let held = pool.get().await.unwrap();
+    let start = Instant::now();
+    let mut waiters = Vec::new();
+    for i in 0..5u64 {
+        let pool = pool.clone();
+        waiters.push(tokio::spawn(async move {
+            let asked = Instant::now();
+            let got = pool.get().await;
+            (i, asked, Instant::now(), got.map(drop))
+        }));
+        tokio::time::sleep(100 * MS).await;
+    }
+    // The third waiter gives up early; the others are not held up by it.
+    waiters.remove(2).abort();
+    for w in waiters {
+        let (i, asked, ended, got) = w.await.unwrap();
+        let err = got.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Timeout {
+                    phase: TimeoutPhase::WaitingForConnection,
+                    ..
+                }
+            ),
+            "waiter {i}: {err:?}"
+        );
+        assert_eq!(
+            ended - asked,
+            Duration::from_secs(1),
+            "waiter {i} timed out on time"
+        );
+        assert_eq!(asked - start, Duration::from_millis(100 * i));
+    }
+    // A waiter served 1 ms before its deadline is served.
+    let late = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(|c| vigil::Pooled::id(&c)) }
+    });
+    tokio::time::sleep(999 * MS).await;
+    drop(held);
+    assert_eq!(late.await.unwrap().unwrap(), 1);
+    let s = pool.state();
+    assert_eq!((s.pending, s.acquire_timeouts), (0, 4), "{s:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn beyond_max_waiters_get_fails_at_once_with_busy() {
     let fake = Fake::new();
