@@ -36,6 +36,11 @@ pub(crate) struct Deadlines {
 struct Queue {
     base: u64,
     entries: VecDeque<Option<Arc<Cell>>>,
+    /// The watchdog found no deadline to wait for and waits for `changed`.
+    /// Kept under the lock with the entries: a waiter that joins while
+    /// expired ones are still queued (so the queue is not empty) must still
+    /// wake it.
+    watchdog_idle: bool,
 }
 
 /// One waiter's deadline, as shared with the watchdog.
@@ -60,13 +65,13 @@ impl Deadlines {
             expired: AtomicBool::new(false),
             waker: Mutex::new(None),
         });
-        let (id, first) = {
+        let (id, wake) = {
             let mut q = self.queue.lock();
             q.entries.push_back(Some(Arc::clone(&cell)));
-            (q.base + q.entries.len() as u64 - 1, q.entries.len() == 1)
+            let wake = std::mem::take(&mut q.watchdog_idle);
+            (q.base + q.entries.len() as u64 - 1, wake)
         };
-        if first {
-            // The watchdog may be waiting for an empty queue to fill.
+        if wake {
             self.changed.notify_one();
         }
         Ticket {
@@ -102,7 +107,7 @@ impl Deadlines {
     fn expire_due(&self, now: Instant) -> Option<Instant> {
         let mut due = Vec::new();
         let next = {
-            let q = self.queue.lock();
+            let mut q = self.queue.lock();
             let mut next = None;
             for cell in q.entries.iter().flatten() {
                 if cell.expired.load(SeqCst) {
@@ -119,6 +124,7 @@ impl Deadlines {
                     break;
                 }
             }
+            q.watchdog_idle = next.is_none();
             next
         };
         // Woken outside the lock: a waker may run code of its own.
@@ -186,7 +192,32 @@ impl Drop for Ticket<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future;
     use std::time::Duration;
+
+    #[test]
+    fn a_waiter_joining_behind_expired_ones_wakes_an_idle_watchdog() {
+        let d = Deadlines::default();
+        let now = Instant::now();
+        let waker = futures_noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        d.expire_due(now); // the watchdog found the queue empty: idle
+        let expired = d.enter(now);
+        // The watchdog takes the wake-up for the first waiter.
+        let first = d.changed.notified();
+        assert!(std::pin::pin!(first).poll(&mut cx).is_ready());
+        assert_eq!(d.expire_due(now), None, "nothing left to wait for");
+        let changed = d.changed.notified();
+        let mut changed = std::pin::pin!(changed);
+        changed.as_mut().enable();
+        // The expired waiter has not left yet: the queue is not empty.
+        let _late = d.enter(now + Duration::from_secs(1));
+        assert!(
+            changed.as_mut().poll(&mut cx).is_ready(),
+            "the watchdog is woken to wait for the newcomer's deadline"
+        );
+        drop(expired);
+    }
 
     #[test]
     fn leaving_in_any_order_empties_the_queue() {

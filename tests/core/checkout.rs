@@ -189,6 +189,43 @@ async fn queued_waiters_time_out_each_at_its_own_deadline() {
     assert_eq!((s.pending, s.acquire_timeouts), (0, 4), "{s:?}");
 }
 
+/// A waiter that joins the queue just as the one before it expires (so the
+/// queue never looks empty) still gets its own timeout: the watchdog must
+/// not go to sleep for an empty queue while the newcomer waits.
+#[tokio::test(start_paused = true)]
+async fn a_waiter_joining_as_the_last_one_expires_still_times_out() {
+    let fake = Fake::new();
+    let pool = Pool::builder(fake.clone())
+        .max_size(1)
+        .acquire_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let _held = pool.get().await.unwrap();
+    for round in 0..20u64 {
+        let first = tokio::spawn({
+            let pool = pool.clone();
+            async move { pool.get().await.map(drop) }
+        });
+        // Joins at the very instant the first one's deadline passes.
+        let second = tokio::spawn({
+            let pool = pool.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs(1) + Duration::from_micros(round)).await;
+                let asked = Instant::now();
+                let got = pool.get().await.map(drop);
+                (asked.elapsed(), got)
+            }
+        });
+        assert!(first.await.unwrap().is_err());
+        let (waited, got) = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the second waiter never timed out"))
+            .unwrap();
+        assert!(got.is_err(), "round {round}");
+        assert_eq!(waited, Duration::from_secs(1), "round {round}");
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn beyond_max_waiters_get_fails_at_once_with_busy() {
     let fake = Fake::new();
