@@ -379,8 +379,27 @@ async fn main() {
     let maria_db = Maria::private(maria.port(), "soak").await;
     let pg_run = tokio::spawn(soak(pg_db, Arc::clone(&pg), until));
     let maria_run = tokio::spawn(soak(maria_db, Arc::clone(&maria), until));
-    let (pg_tallies, pg_end) = pg_run.await.expect("the PostgreSQL soak panicked");
-    let (maria_tallies, maria_end) = maria_run.await.expect("the MariaDB soak panicked");
+    // Ctrl-C: end both soaks, so that their handles on the private
+    // servers drop, then stop the servers and remove their temp dirs.
+    let aborts = [pg_run.abort_handle(), maria_run.abort_handle()];
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("soak: interrupted; stopping the private servers");
+            for a in &aborts {
+                a.abort();
+            }
+        }
+    });
+    let (pg_run, maria_run) = (pg_run.await, maria_run.await);
+    if [&pg_run, &maria_run]
+        .iter()
+        .any(|r| r.as_ref().is_err_and(|e| e.is_cancelled()))
+    {
+        drop((pg, maria));
+        std::process::exit(130);
+    }
+    let (pg_tallies, pg_end) = pg_run.expect("the PostgreSQL soak panicked");
+    let (maria_tallies, maria_end) = maria_run.expect("the MariaDB soak panicked");
     print_table(&[("mariadb", maria_tallies), ("postgres", pg_tallies)]);
     println!();
     for line in maria_end.iter().chain(&pg_end) {
