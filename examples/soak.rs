@@ -39,6 +39,9 @@ mod proxy;
 #[allow(dead_code)]
 #[path = "../tests/faults/servers.rs"]
 mod servers;
+// Its own `#![allow(dead_code, …)]` covers what the soak does not use.
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -6,20 +6,25 @@
 //! Fails loudly when a server is missing; changes no server setting; looks
 //! only at sessions its own pools opened (by session id).
 
+mod support;
+
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use mysql_async::prelude::Queryable;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
+use sqlx::postgres::PgConnection;
 use sqlx::Connection;
 use vigil::backend::mysql::MySqlManager;
 use vigil::backend::sqlx::PgManager;
 use vigil::{Error, Manager, Pool, Reason};
 
+use support::db::{maria_connect, maria_opts, pg_connect, pg_options, MARIA_URL};
+
 const MS: Duration = Duration::from_millis(1);
-const MARIA_URL: &str = "mysql://root@127.0.0.1:3306/test";
+/// The `application_name` of every PostgreSQL session these tests open.
+const APP: &str = "vigil_patterns";
 
 /// What the tests need from a server.
 trait Server: Manager {
@@ -30,19 +35,9 @@ trait Server: Manager {
     fn alive(ids: Vec<u64>) -> BoxFuture<'static, HashSet<u64>>;
 }
 
-fn pg_options() -> PgConnectOptions {
-    PgConnectOptions::new_without_pgpass()
-        .host("127.0.0.1")
-        .port(5432)
-        .username("postgres")
-        .database("test")
-        .ssl_mode(PgSslMode::Disable)
-        .application_name("vigil_patterns")
-}
-
 impl Server for PgManager {
     fn make() -> Self {
-        PgManager::new(pg_options())
+        PgManager::new(pg_options(APP))
     }
 
     fn session_id(conn: &mut PgConnection) -> BoxFuture<'_, u64> {
@@ -58,11 +53,11 @@ impl Server for PgManager {
 
     fn alive(ids: Vec<u64>) -> BoxFuture<'static, HashSet<u64>> {
         async move {
-            let mut admin = PgConnection::connect_with(&pg_options())
-                .await
-                .unwrap_or_else(|e| {
-                    panic!("these tests need PostgreSQL at 127.0.0.1:5432 (user postgres, database test): {e}")
-                });
+            let mut admin = pg_connect(
+                &pg_options(APP),
+                "these tests need PostgreSQL at 127.0.0.1:5432 (user postgres, database test)",
+            )
+            .await;
             let pids: Vec<i32> = sqlx::query_scalar("SELECT pid FROM pg_stat_activity")
                 .fetch_all(&mut admin)
                 .await
@@ -94,10 +89,11 @@ impl Server for MySqlManager {
 
     fn alive(ids: Vec<u64>) -> BoxFuture<'static, HashSet<u64>> {
         async move {
-            let opts = mysql_async::Opts::from_url(MARIA_URL).expect("the test URL parses");
-            let mut admin = mysql_async::Conn::new(opts).await.unwrap_or_else(|e| {
-                panic!("these tests need MariaDB at 127.0.0.1:3306 (user root, no password): {e}")
-            });
+            let mut admin = maria_connect(
+                maria_opts(),
+                "these tests need MariaDB at 127.0.0.1:3306 (user root, no password)",
+            )
+            .await;
             let listed: Vec<u64> = admin
                 .query("SELECT ID FROM information_schema.PROCESSLIST")
                 .await

@@ -5,31 +5,23 @@
 //! `application_name`, MariaDB by a database of their own.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder};
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode, PgTransactionManager};
-use sqlx::{Connection, TransactionManager};
+use mysql_async::{Conn, Opts};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgTransactionManager};
+use sqlx::TransactionManager;
 use vigil::backend::mysql::MySqlManager;
 use vigil::backend::sqlx::PgManager;
 use vigil::Manager;
 
+use crate::support::db::{maria_connect, maria_tcp, pg_connect, pg_options};
+
 /// A name no other test or run uses (PostgreSQL keeps 63 bytes of an
 /// `application_name`, MariaDB 64 of a database name).
 pub fn unique(tag: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .subsec_nanos();
-    format!(
-        "vf_{tag}_{}_{nanos}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, SeqCst)
-    )
+    crate::support::db::unique(&format!("vf_{tag}"))
 }
 
 pub type ConnOf<D> = <<D as Db>::M as Manager>::Connection;
@@ -90,25 +82,16 @@ impl Pg {
     }
 
     fn options(&self, port: u16, app: &str) -> PgConnectOptions {
-        PgConnectOptions::new_without_pgpass()
-            .host("127.0.0.1")
-            .port(port)
-            .username("postgres")
-            .database(self.database)
-            .ssl_mode(PgSslMode::Disable)
-            .application_name(app)
+        pg_options(app).port(port).database(self.database)
     }
 
     async fn admin(&self) -> PgConnection {
-        PgConnection::connect_with(&self.options(self.port, "vigil_faults_admin"))
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "the fault suite needs PostgreSQL at 127.0.0.1:{} (trust auth, user postgres, \
-                     database `{}`), and it is not usable: {e}",
-                    self.port, self.database
-                )
-            })
+        let needed = format!(
+            "the fault suite needs PostgreSQL at 127.0.0.1:{} (trust auth, user postgres, \
+             database `{}`), and it is not usable",
+            self.port, self.database
+        );
+        pg_connect(&self.options(self.port, "vigil_faults_admin"), &needed).await
     }
 }
 
@@ -237,28 +220,19 @@ impl Maria {
         maria
     }
 
+    /// Over TCP only: else mysql_async reconnects over the server's unix
+    /// socket, around the proxy.
     fn opts(&self, port: u16, db: Option<&str>) -> Opts {
-        OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(port)
-            .user(Some("root"))
-            .db_name(db)
-            // Else mysql_async reconnects over the server's unix socket,
-            // around the proxy.
-            .prefer_socket(false)
-            .into()
+        maria_tcp(port).db_name(db).into()
     }
 
     async fn admin(&self) -> Conn {
-        Conn::new(self.opts(self.port, None))
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "the fault suite needs MariaDB at 127.0.0.1:{} (user root, no password), \
-                     and it is not usable: {e}",
-                    self.port
-                )
-            })
+        let needed = format!(
+            "the fault suite needs MariaDB at 127.0.0.1:{} (user root, no password), \
+             and it is not usable",
+            self.port
+        );
+        maria_connect(self.opts(self.port, None), &needed).await
     }
 }
 

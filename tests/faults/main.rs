@@ -37,3 +37,5 @@ mod killed;
 mod proxy;
 mod restart;
 mod servers;
+#[path = "../support/mod.rs"]
+mod support;

@@ -13,25 +13,19 @@ mod discovery;
 mod kills;
 mod round_trips;
 mod session_state;
+#[path = "../support/mod.rs"]
+mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder};
+use mysql_async::{Conn, OptsBuilder};
 use vigil::backend::mysql::MySqlManager;
 
-const URL: &str = "mysql://root@127.0.0.1:3306/test";
-
-fn trace() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
+use support::db::{maria_admin as admin, maria_opts, trace, unique};
 
 fn base() -> OptsBuilder {
-    OptsBuilder::from_opts(Opts::from_url(URL).expect("the test URL parses"))
+    OptsBuilder::from_opts(maria_opts())
 }
 
 fn manager() -> MySqlManager {
@@ -41,32 +35,6 @@ fn manager() -> MySqlManager {
 /// A manager whose connections run `init` once when opened.
 fn manager_with_init(init: &[&str]) -> MySqlManager {
     MySqlManager::new(base().init(init.to_vec()).into())
-}
-
-/// A connection outside any pool, for looking at and acting on the server.
-async fn admin() -> Conn {
-    Conn::new(Opts::from_url(URL).expect("the test URL parses"))
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "these tests need MariaDB at 127.0.0.1:3306 (user root, no password, \
-                 database `test`), and it is not usable: {e}"
-            )
-        })
-}
-
-/// A name no other test run uses.
-fn unique(prefix: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .subsec_nanos();
-    format!(
-        "{prefix}_{}_{nanos}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, SeqCst)
-    )
 }
 
 /// Which of `ids` the server still lists as sessions.

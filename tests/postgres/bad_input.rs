@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use vigil::backend::sqlx::PgManager;
 use vigil::{BuildError, Error, Pool};
 
-use crate::{builder, options, trace, unique, SEC};
+use crate::{builder, pg_options, trace, unique, SEC};
 
 const SECRET: &str = "secret-pw-123";
 
@@ -59,7 +59,7 @@ async fn bad_url_port_database_or_user_fail_clearly_without_leaking_the_password
     };
     let app = unique("bad");
     let no_user = PgManager::new(
-        options(&app)
+        pg_options(&app)
             .username("vigil_no_such_user")
             .password(SECRET),
     );
@@ -69,11 +69,11 @@ async fn bad_url_port_database_or_user_fail_clearly_without_leaking_the_password
     );
     tokio::join!(
         fails_clearly(
-            PgManager::new(options(&app).port(free_port)),
+            PgManager::new(pg_options(&app).port(free_port)),
             "connection refused"
         ),
         fails_clearly(
-            PgManager::new(options(&app).database("no_such_db_vigil")),
+            PgManager::new(pg_options(&app).database("no_such_db_vigil")),
             "database \"no_such_db_vigil\" does not exist"
         ),
         fails_clearly(no_user, "role \"vigil_no_such_user\" does not exist"),

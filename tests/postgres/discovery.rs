@@ -5,7 +5,7 @@ use sqlx::postgres::PgConnectOptions;
 use vigil::backend::sqlx::PgManager;
 use vigil::{Manager, Pool, ServerTimeouts};
 
-use crate::{options, trace, unique, MS, SEC};
+use crate::{pg_options, trace, unique, MS, SEC};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_idle_timeouts_are_read_from_the_session() {
@@ -17,7 +17,7 @@ async fn server_idle_timeouts_are_read_from_the_session() {
         m.server_timeouts(&mut conn).await.expect("server_timeouts")
     };
     assert_eq!(
-        read(options(&app).options([
+        read(pg_options(&app).options([
             ("idle_session_timeout", "7s"),
             ("idle_in_transaction_session_timeout", "3500ms"),
         ]))
@@ -28,7 +28,7 @@ async fn server_idle_timeouts_are_read_from_the_session() {
         }
     );
     assert_eq!(
-        read(options(&app).options([("idle_session_timeout", "1min")])).await,
+        read(pg_options(&app).options([("idle_session_timeout", "1min")])).await,
         ServerTimeouts {
             idle: Some(60 * SEC),
             idle_in_transaction: None,
@@ -36,19 +36,19 @@ async fn server_idle_timeouts_are_read_from_the_session() {
         "units other than ms"
     );
     assert_eq!(
-        read(options(&app)).await,
+        read(pg_options(&app)).await,
         ServerTimeouts::default(),
         "the server's defaults are 0 (disabled)"
     );
 
     let pool = Pool::builder(PgManager::new(
-        options(&app).options([("idle_session_timeout", "7s")]),
+        pg_options(&app).options([("idle_session_timeout", "7s")]),
     ))
     .connect()
     .await
     .expect("connect");
     assert_eq!(pool.state().server_idle_timeout, Some(Some(7 * SEC)));
-    let pool = Pool::builder(PgManager::new(options(&app)))
+    let pool = Pool::builder(PgManager::new(pg_options(&app)))
         .connect()
         .await
         .expect("connect");

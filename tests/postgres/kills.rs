@@ -2,7 +2,7 @@
 //! `pg_terminate_backend`, are never lent.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use sqlx::postgres::PgConnection;
 use sqlx::Connection;
@@ -11,7 +11,8 @@ use vigil::backend::sqlx::PgManager;
 use vigil::{Pool, Reason};
 
 use crate::{
-    admin, backend_pid, backends, builder, eventually, options, select_one, trace, unique, MS, SEC,
+    admin, backend_pid, backends, builder, eventually, pg_options, select_one, trace, unique, MS,
+    SEC,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -22,7 +23,7 @@ async fn idle_conn_killed_by_idle_session_timeout_is_never_lent() {
     // Control: the server really ends a session idle for longer than its
     // session timeout, so the pool below has something to dodge.
     let control = tokio::spawn({
-        let opts = options(&unique("idlectl")).options(session);
+        let opts = pg_options(&unique("idlectl")).options(session);
         async move {
             let mut conn = PgConnection::connect_with(&opts).await.expect("connect");
             tokio::time::sleep(3 * SEC).await;
@@ -30,7 +31,7 @@ async fn idle_conn_killed_by_idle_session_timeout_is_never_lent() {
         }
     });
 
-    let pool = Pool::builder(PgManager::new(options(&app).options(session)))
+    let pool = Pool::builder(PgManager::new(pg_options(&app).options(session)))
         .max_size(8)
         .acquire_timeout(10 * SEC)
         .build()

@@ -14,59 +14,29 @@ mod kills;
 mod load;
 mod round_trips;
 mod session_state;
+#[path = "../support/mod.rs"]
+mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
-use sqlx::Connection;
+use sqlx::postgres::PgConnection;
 use vigil::backend::sqlx::PgManager;
 use vigil::Pool;
+
+use support::db::{pg_admin, pg_options, trace};
+use support::eventually;
 
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
 
-fn trace() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
 /// An `application_name` no other test or run uses (PostgreSQL keeps 63 bytes).
 fn unique(tag: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .subsec_nanos();
-    format!(
-        "vigil_{tag}_{}_{nanos}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, SeqCst)
-    )
-}
-
-fn options(app: &str) -> PgConnectOptions {
-    PgConnectOptions::new_without_pgpass()
-        .host("127.0.0.1")
-        .port(5432)
-        .username("postgres")
-        .database("test")
-        .ssl_mode(PgSslMode::Disable)
-        .application_name(app)
+    support::db::unique(&format!("vigil_{tag}"))
 }
 
 /// A connection outside any pool, for looking at and acting on the server.
 async fn admin() -> PgConnection {
-    PgConnection::connect_with(&options("vigil_test_admin"))
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "these tests need PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres, \
-                 database `test`), and it is not usable: {e}"
-            )
-        })
+    pg_admin("vigil_test_admin").await
 }
 
 /// How many server backends carry `app` as their application_name.
@@ -77,28 +47,6 @@ async fn backends(admin: &mut PgConnection, app: &str) -> i64 {
         .await
         .expect("pg_stat_activity is readable")
 }
-
-/// Polls `cond` (an expression that may `.await`) every 10 ms until it
-/// holds; fails the test after `within`.
-macro_rules! eventually {
-    ($what:expr, $within:expr, $cond:expr) => {{
-        let within: Duration = $within;
-        let deadline = Instant::now() + within;
-        loop {
-            if $cond {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {within:?} waiting for {}",
-                $what
-            );
-            tokio::time::sleep(10 * MS).await;
-        }
-    }};
-}
-
-pub(crate) use eventually;
 
 /// A checkout and one query, the error as text (the two error types differ).
 async fn select_one(pool: &Pool<PgManager>) -> Result<i32, String> {
@@ -117,7 +65,7 @@ async fn backend_pid(conn: &mut PgConnection) -> i32 {
 }
 
 fn builder(app: &str) -> vigil::Builder<PgManager> {
-    Pool::builder(PgManager::new(options(app)))
+    Pool::builder(PgManager::new(pg_options(app)))
         .max_size(8)
         .acquire_timeout(10 * SEC)
 }

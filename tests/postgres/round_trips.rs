@@ -9,7 +9,7 @@ use sqlx::postgres::PgConnection;
 use vigil::backend::sqlx::PgManager;
 use vigil::{Manager, Pool, ServerTimeouts, Validation};
 
-use crate::{options, trace, unique, MS};
+use crate::{pg_options, trace, unique, MS};
 
 /// Wraps [`PgManager`] and counts validation round trips.
 #[derive(Debug, Clone)]
@@ -78,7 +78,7 @@ async fn checkout_within_bypass_window_adds_no_round_trip() {
     trace();
     let pings = Arc::new(AtomicUsize::new(0));
     let manager = Counting {
-        inner: PgManager::new(options(&unique("bypass"))),
+        inner: PgManager::new(pg_options(&unique("bypass"))),
         pings: Arc::clone(&pings),
     };
     let pool = Pool::builder(manager.clone())

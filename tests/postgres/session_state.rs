@@ -1,13 +1,11 @@
 //! Session state: what one borrower leaves in its session is gone for the
 //! next.
 
-use std::time::{Duration, Instant};
-
 use sqlx::postgres::PgConnection;
 use sqlx::{Connection, Executor};
 use vigil::Reason;
 
-use crate::{admin, backend_pid, builder, eventually, trace, unique, MS, SEC};
+use crate::{admin, backend_pid, builder, eventually, trace, unique, SEC};
 
 /// Whether the session is inside a transaction block, asked of the server
 /// (not of sqlx's bookkeeping): SAVEPOINT fails with 25P01 outside one.

@@ -4,16 +4,18 @@ use std::future::Future;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
-use sqlx::{Connection, Executor};
+use sqlx::postgres::PgConnection;
+use sqlx::Executor;
 use vigil::backend::mysql::MySqlManager;
 use vigil::backend::sqlx::PgManager;
 use vigil::{Manager, Pool};
 
 use super::unique;
+use crate::support::db::{maria_admin, pg_admin, pg_options, MARIA_URL};
 
 const SEC: Duration = Duration::from_secs(1);
-pub(crate) const MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
+/// The `application_name` of the PostgreSQL admin connections.
+const ADMIN_APP: &str = "vigil_test_admin";
 
 /// What the generic tests need from a server. Every method panics with a
 /// clear message when the server misbehaves or is missing.
@@ -43,27 +45,6 @@ pub(crate) trait Backend: Manager + Sized {
     fn slow_query(conn: &mut Self::Connection) -> impl Future<Output = ()> + Send;
 }
 
-fn pg_options(app: &str) -> PgConnectOptions {
-    PgConnectOptions::new_without_pgpass()
-        .host("127.0.0.1")
-        .port(5432)
-        .username("postgres")
-        .database("test")
-        .ssl_mode(PgSslMode::Disable)
-        .application_name(app)
-}
-
-async fn pg_admin() -> PgConnection {
-    PgConnection::connect_with(&pg_options("vigil_test_admin"))
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "these tests need PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres, \
-                 database `test`), and it is not usable: {e}"
-            )
-        })
-}
-
 impl Backend for PgManager {
     fn pool(max_size: usize) -> Pool<Self> {
         Pool::builder(PgManager::new(pg_options(&unique("scope"))))
@@ -75,7 +56,7 @@ impl Backend for PgManager {
 
     async fn create_table() -> String {
         let table = unique("scope");
-        pg_admin()
+        pg_admin(ADMIN_APP)
             .await
             .execute(sqlx::raw_sql(&format!("CREATE TABLE {table} (x int)")))
             .await
@@ -85,13 +66,13 @@ impl Backend for PgManager {
 
     async fn committed_rows(table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
-            .fetch_one(&mut pg_admin().await)
+            .fetch_one(&mut pg_admin(ADMIN_APP).await)
             .await
             .expect("count rows")
     }
 
     async fn drop_table(table: &str) {
-        pg_admin()
+        pg_admin(ADMIN_APP)
             .await
             .execute(sqlx::raw_sql(&format!("DROP TABLE {table}")))
             .await
@@ -164,20 +145,9 @@ impl Backend for PgManager {
     }
 }
 
-pub(crate) async fn mysql_admin() -> mysql_async::Conn {
-    mysql_async::Conn::from_url(MYSQL_URL)
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "these tests need MariaDB at 127.0.0.1:3306 (user root, no password, \
-                 database `test`), and it is not usable: {e}"
-            )
-        })
-}
-
 impl Backend for MySqlManager {
     fn pool(max_size: usize) -> Pool<Self> {
-        Pool::builder(MySqlManager::from_url(MYSQL_URL).expect("the test URL parses"))
+        Pool::builder(MySqlManager::from_url(MARIA_URL).expect("the test URL parses"))
             .max_size(max_size)
             .acquire_timeout(10 * SEC)
             .build()
@@ -186,7 +156,7 @@ impl Backend for MySqlManager {
 
     async fn create_table() -> String {
         let table = unique("scope");
-        let mut admin = mysql_admin().await;
+        let mut admin = maria_admin().await;
         admin
             .query_drop(format!("CREATE TABLE {table} (x INT) ENGINE=InnoDB"))
             .await
@@ -196,7 +166,7 @@ impl Backend for MySqlManager {
     }
 
     async fn committed_rows(table: &str) -> i64 {
-        let mut admin = mysql_admin().await;
+        let mut admin = maria_admin().await;
         let n: Option<i64> = admin
             .query_first(format!("SELECT COUNT(*) FROM {table}"))
             .await
@@ -206,7 +176,7 @@ impl Backend for MySqlManager {
     }
 
     async fn drop_table(table: &str) {
-        let mut admin = mysql_admin().await;
+        let mut admin = maria_admin().await;
         admin
             .query_drop(format!("DROP TABLE {table}"))
             .await

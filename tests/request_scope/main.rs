@@ -23,51 +23,15 @@ mod stragglers;
 mod support;
 mod wiring;
 
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
+
+use support::db::trace;
+use support::eventually;
 
 const MS: Duration = Duration::from_millis(1);
 const SEC: Duration = Duration::from_secs(1);
 
-fn trace() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
-}
-
 /// A name no other test or run uses (PostgreSQL keeps 63 bytes).
 fn unique(tag: &str) -> String {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .subsec_nanos();
-    format!(
-        "vigil_{tag}_{}_{nanos}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, SeqCst)
-    )
+    support::db::unique(&format!("vigil_{tag}"))
 }
-
-/// Polls `cond` (an expression that may `.await`) every 10 ms until it
-/// holds; fails the test after `within`.
-macro_rules! eventually {
-    ($what:expr, $within:expr, $cond:expr) => {{
-        let within: Duration = $within;
-        let deadline = Instant::now() + within;
-        loop {
-            if $cond {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {within:?} waiting for {}",
-                $what
-            );
-            tokio::time::sleep(10 * MS).await;
-        }
-    }};
-}
-
-pub(crate) use eventually;

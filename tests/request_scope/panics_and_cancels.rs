@@ -4,7 +4,6 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::SeqCst;
-use std::time::{Duration, Instant};
 
 use axum::middleware::from_fn;
 use mysql_async::prelude::Queryable;
@@ -14,11 +13,12 @@ use vigil::backend::mysql::MySqlManager;
 use vigil::backend::sqlx::PgManager;
 use vigil::Reason;
 
-use crate::backends::{mysql_admin, Backend};
+use crate::backends::Backend;
 use crate::http::{catch_panic, get_ok, request_bytes, serve, try_get};
 use crate::routes::{
     app, assert_next_request_clean, assert_one_reused_connection, parse_ids, settled, Probe,
 };
+use crate::support::db::maria_admin;
 use crate::{eventually, trace, MS, SEC};
 
 async fn a_panicking_handler_gives_back_a_clean_connection<B: Backend>() {
@@ -133,7 +133,7 @@ async fn a_cancelled_request_gives_back_a_clean_connection_mariadb() {
     );
     // The server ends that session (and its open transaction) once the
     // slow statement notices the closed socket.
-    let mut admin = mysql_admin().await;
+    let mut admin = maria_admin().await;
     eventually!("the server to end the cancelled session", 10 * SEC, {
         let listed: Option<u64> = admin
             .exec_first(

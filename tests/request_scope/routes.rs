@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use axum::extract::Request;
 use axum::middleware::{from_fn, Next};
@@ -17,7 +16,7 @@ use vigil::{Manager, Pool, State};
 
 use crate::backends::Backend;
 use crate::http::get_ok;
-use crate::{eventually, MS, SEC};
+use crate::{eventually, SEC};
 
 /// Flags the slow route sets, so the cancellation test knows the handler
 /// really was dropped mid-query rather than finishing.
