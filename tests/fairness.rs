@@ -2,6 +2,8 @@
 //! waiters are served in arrival order, and a storm of cancelled `get()`s
 //! leaves no leaked slot and no stray server session.
 
+mod support;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
@@ -9,28 +11,16 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder};
-use sqlx::postgres::{PgConnectOptions, PgSslMode};
 use sqlx::Connection;
+use support::db::pg_options;
 use tokio::time::Instant;
 use vigil::backend::mysql::MySqlManager;
 use vigil::backend::sqlx::PgManager;
 use vigil::{Manager, Pool, Pooled};
 
+/// A name no other run uses.
 fn unique(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("vigil_fair_{tag}_{}_{nanos}", std::process::id())
-}
-
-fn pg_options(app: &str) -> PgConnectOptions {
-    PgConnectOptions::new_without_pgpass()
-        .host("127.0.0.1")
-        .username("postgres")
-        .database("test")
-        .ssl_mode(PgSslMode::Disable)
-        .application_name(app)
+    support::db::unique(&format!("vigil_fair_{tag}"))
 }
 
 fn maria_options(db: Option<&str>) -> OptsBuilder {

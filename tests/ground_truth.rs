@@ -3,6 +3,8 @@
 //! the sessions the real server sees for the pool, and created − closed
 //! equals open.
 
+mod support;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -16,12 +18,9 @@ use vigil::backend::sqlx::PgManager;
 use vigil::metrics::Metrics;
 use vigil::{Manager, Pool, Reason};
 
+/// A name no other run uses.
 fn unique(tag: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!("vigil_gt_{tag}_{}_{nanos}", std::process::id())
+    support::db::unique(&format!("vigil_gt_{tag}"))
 }
 
 /// The exported `vigil_connections{pool=..,state=..}` value, read from the

@@ -131,18 +131,22 @@ async fn timeout_while_all_lent_names_the_phase() {
     assert_eq!(pool.state().acquire_timeouts, 1);
 }
 
+/// A pool of one connection whose callers wait at most 1 s.
+fn one_slot_waiting_1s(fake: &Fake) -> Pool<Fake> {
+    Pool::builder(fake.clone())
+        .max_size(1)
+        .acquire_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap()
+}
+
 /// Queued waiters' deadlines are kept by one pool-wide watchdog, not a
 /// timer each: every waiter still times out at exactly its own
 /// `acquire_timeout`, a waiter that gives up early delays nobody, and one
 /// served just before its deadline is served, not timed out.
 #[tokio::test(start_paused = true)]
 async fn queued_waiters_time_out_each_at_its_own_deadline() {
-    let fake = Fake::new();
-    let pool = Pool::builder(fake.clone())
-        .max_size(1)
-        .acquire_timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let pool = one_slot_waiting_1s(&Fake::new());
     let held = pool.get().await.unwrap();
     let start = Instant::now();
     let mut waiters = Vec::new();
@@ -194,12 +198,7 @@ async fn queued_waiters_time_out_each_at_its_own_deadline() {
 /// not go to sleep for an empty queue while the newcomer waits.
 #[tokio::test(start_paused = true)]
 async fn a_waiter_joining_as_the_last_one_expires_still_times_out() {
-    let fake = Fake::new();
-    let pool = Pool::builder(fake.clone())
-        .max_size(1)
-        .acquire_timeout(Duration::from_secs(1))
-        .build()
-        .unwrap();
+    let pool = one_slot_waiting_1s(&Fake::new());
     let _held = pool.get().await.unwrap();
     for round in 0..20u64 {
         let first = tokio::spawn({
