@@ -50,7 +50,7 @@ use std::time::{Duration, Instant};
 use harness::{builder, check_settled, Db, Load, Maria, Pg, Records, Report, MS, SEC, THINK};
 use proxy::Proxy;
 use rand::Rng;
-use servers::{PrivateMaria, PrivatePg};
+use servers::{blocking, PrivateMaria, PrivatePg, Restartable};
 use vigil::Pool;
 
 /// Failed queries on connections lent this long after a fault count as dead lends.
@@ -89,44 +89,6 @@ impl Fault {
             Fault::Crash => "crash",
         }
     }
-}
-
-/// A private server that can be stopped, killed and started (blocking calls).
-trait Server: Send + Sync + 'static {
-    fn stop(&self);
-    fn crash(&self);
-    fn start(&self);
-}
-
-impl Server for PrivatePg {
-    fn stop(&self) {
-        self.stop_fast();
-    }
-    fn crash(&self) {
-        self.stop_immediate();
-    }
-    fn start(&self) {
-        self.start_again();
-    }
-}
-
-impl Server for PrivateMaria {
-    fn stop(&self) {
-        PrivateMaria::stop(self);
-    }
-    fn crash(&self) {
-        self.kill();
-    }
-    fn start(&self) {
-        self.start_again();
-    }
-}
-
-async fn blocking<S: Server>(server: &Arc<S>, f: fn(&S)) {
-    let server = Arc::clone(server);
-    tokio::task::spawn_blocking(move || f(&server))
-        .await
-        .expect("the server command panicked");
 }
 
 /// What one fault kind did to one server over the run.
@@ -181,7 +143,7 @@ impl Tally {
 }
 
 /// Runs episodes against one server until `until`; returns the tally per fault.
-async fn soak<D: Db, S: Server>(
+async fn soak<D: Db, S: Restartable>(
     db: D,
     server: Arc<S>,
     until: Instant,
@@ -271,7 +233,7 @@ async fn soak<D: Db, S: Server>(
     (tallies, end)
 }
 
-async fn inject<S: Server>(fault: Fault, proxy: &Proxy, server: &Arc<S>) {
+async fn inject<S: Restartable>(fault: Fault, proxy: &Proxy, server: &Arc<S>) {
     match fault {
         Fault::Reset => {
             proxy.reset_all().await;

@@ -191,7 +191,12 @@ async fn close_racing_a_get_at_each_await_point_ends_it_and_closes_everything() 
             // returns into a closed pool; either way the task must end.
             Point::Connecting | Point::Validating => {
                 tokio::time::sleep(100 * MS).await;
-                if !task.is_finished() {
+                if task.is_finished() {
+                    let err = task.await.unwrap().unwrap_err();
+                    assert!(err.contains("closed"), "{point:?}: {err}");
+                } else {
+                    // Lent after all: the caller holds it, close() waits.
+                    assert_eq!(pool.state().active, 1, "{point:?}: {:?}", pool.state());
                     task.abort();
                 }
             }

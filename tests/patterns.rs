@@ -258,9 +258,11 @@ async fn beyond_max_waiters_get_is_refused_at_once<S: Server>() {
             })
         })
         .collect();
-    while pool.state().pending < 2 {
-        tokio::time::sleep(MS).await;
-    }
+    support::eventually!(
+        "both callers queued",
+        Duration::from_secs(5),
+        pool.state().pending == 2
+    );
     let asked = Instant::now();
     let err = pool.get().await.unwrap_err();
     assert!(

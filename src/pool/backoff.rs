@@ -20,7 +20,7 @@ pub(super) const BACKOFF_MAX: Duration = Duration::from_millis(500);
 pub(super) struct Backoff {
     failures: u32,
     /// No attempt starts before this; `None` while connects succeed.
-    pub(super) retry_at: Option<Instant>,
+    retry_at: Option<Instant>,
 }
 
 impl Backoff {
@@ -46,10 +46,22 @@ impl Backoff {
         }
     }
 
+    /// When the next attempt may start; `None` while connects succeed.
+    pub(super) fn retry_at(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
     pub(super) fn failed(&mut self, now: Instant) {
         self.failures = self.failures.saturating_add(1);
         let next = now + self.pause();
         self.retry_at = Some(self.retry_at.map_or(next, |at| at.max(next)));
+    }
+
+    /// The attempt that took the last turn was declined by the manager
+    /// before any server was asked: it says nothing about the server, so the
+    /// turn it booked is given back.
+    pub(super) fn declined(&mut self) {
+        self.retry_at = None;
     }
 
     /// Whether this success ended a run of failures.

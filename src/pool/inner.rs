@@ -276,7 +276,7 @@ impl<M: Manager> Shared<M> {
         if self.permits.is_closed() {
             return;
         }
-        let Some(at) = self.backoff.lock().retry_at else {
+        let Some(at) = self.backoff.lock().retry_at() else {
             return;
         };
         tokio::select! {
@@ -507,9 +507,7 @@ impl<M: Manager> Shared<M> {
             Ok(Err(error)) if self.manager.connect_declined(&error) => {
                 // debug: nothing went wrong; the manager chose not to connect.
                 tracing::debug!(target: TARGET, %error, "connect declined by the manager");
-                // Says nothing about the server: the turn this attempt
-                // booked is given back.
-                self.backoff.lock().retry_at = None;
+                self.backoff.lock().declined();
                 return Err(OpenError::Declined);
             }
             Ok(Err(error)) => {

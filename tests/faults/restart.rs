@@ -9,7 +9,7 @@ use crate::harness::{
     builder, check_settled, conclude, trace, Db, Load, Maria, Pg, Report, MAX, SEC, THINK,
 };
 use crate::proxy::Proxy;
-use crate::servers::{PrivateMaria, PrivatePg};
+use crate::servers::{blocking, PrivateMaria, PrivatePg, Restartable};
 
 /// A query on a connection lent this soon after the stop began counts as in
 /// flight at the restart (the server takes a moment to end its sessions).
@@ -20,48 +20,10 @@ const DOWN: Duration = Duration::from_millis(500);
 /// plus the time it takes to stop): pacing is pool-wide, so about 7.
 const ATTEMPTS_BOUND: u64 = 20;
 
-/// How a private server is stopped and started again (blocking calls).
-pub trait Restartable: Send + Sync + 'static {
-    fn stop(&self);
-    fn crash(&self);
-    fn start(&self);
-}
-
-impl Restartable for PrivatePg {
-    fn stop(&self) {
-        self.stop_fast();
-    }
-    fn crash(&self) {
-        self.stop_immediate();
-    }
-    fn start(&self) {
-        self.start_again();
-    }
-}
-
-impl Restartable for PrivateMaria {
-    fn stop(&self) {
-        PrivateMaria::stop(self);
-    }
-    fn crash(&self) {
-        self.kill();
-    }
-    fn start(&self) {
-        self.start_again();
-    }
-}
-
 #[derive(Clone, Copy)]
 enum How {
     Restart,
     Crash,
-}
-
-async fn blocking<S: Restartable>(server: &Arc<S>, f: fn(&S)) {
-    let server = Arc::clone(server);
-    tokio::task::spawn_blocking(move || f(&server))
-        .await
-        .expect("the server command panicked");
 }
 
 /// 64 tasks load a pool of 8; the server is stopped (or crashes), stays down

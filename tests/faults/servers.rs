@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -303,4 +304,46 @@ impl Drop for PrivateMaria {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+// ---------------------------------------------------------------- restarts
+
+/// How a private server is stopped and started again (blocking calls).
+pub trait Restartable: Send + Sync + 'static {
+    fn stop(&self);
+    fn crash(&self);
+    fn start(&self);
+}
+
+impl Restartable for PrivatePg {
+    fn stop(&self) {
+        self.stop_fast();
+    }
+    fn crash(&self) {
+        self.stop_immediate();
+    }
+    fn start(&self) {
+        self.start_again();
+    }
+}
+
+impl Restartable for PrivateMaria {
+    fn stop(&self) {
+        PrivateMaria::stop(self);
+    }
+    fn crash(&self) {
+        self.kill();
+    }
+    fn start(&self) {
+        self.start_again();
+    }
+}
+
+/// Runs a blocking server command (`Restartable::stop` and the like) off
+/// the runtime's threads.
+pub async fn blocking<S: Restartable>(server: &Arc<S>, f: fn(&S)) {
+    let server = Arc::clone(server);
+    tokio::task::spawn_blocking(move || f(&server))
+        .await
+        .expect("the server command panicked");
 }
