@@ -54,7 +54,7 @@ pub struct Config {
     pub validation_timeout: Duration,
     /// Retire a connection this long after it was opened, minus a random
     /// 0–2.5 % per connection so they do not expire together. `None` keeps
-    /// connections forever. Default 30 min.
+    /// connections forever. At least 1 s. Default 30 min.
     pub max_lifetime: Option<Duration>,
     /// Retire a connection nobody borrowed for this long, down to `min_idle`.
     /// `None` never shrinks. Default 10 min.
@@ -62,7 +62,7 @@ pub struct Config {
     /// Ping idle connections that have been silent this long, so a silent
     /// drop by a NAT or load balancer is found by the pool, not a caller.
     /// Keep it under ~200 s to beat AWS NLB (350 s) and Azure LB (240 s).
-    /// `None` disables it. Default 120 s.
+    /// `None` disables it. At least 1 s. Default 120 s.
     pub keepalive_interval: Option<Duration>,
     /// When a checkout pings; see [`Validation`]. Default `IdleFor(500 ms)`.
     pub validation: Validation,
@@ -71,7 +71,7 @@ pub struct Config {
     pub server_timeout_margin: Duration,
     /// Use this as the server's idle timeout instead of asking the server.
     /// `Some(None)` means "the server never times out"; `None` discovers it
-    /// on each new connection. Default `None`.
+    /// on each new connection. At least 1 s (MySQL's own minimum). Default `None`.
     pub server_idle_timeout_override: Option<Option<Duration>>,
     /// Reset session state (MySQL `COM_RESET_CONNECTION`, PostgreSQL
     /// `DISCARD ALL`) on every return. Costs a round trip per checkout; an
@@ -138,26 +138,93 @@ impl Default for Config {
     }
 }
 
-fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(setting: &'static str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         setting,
         reason: reason.into(),
     }
 }
 
-fn positive(setting: &'static str, d: Duration) -> Result<(), ConfigError> {
+/// `d` is greater than zero and at most [`Config::MAX_DURATION`].
+pub(crate) fn positive(setting: &'static str, d: Duration) -> Result<(), ConfigError> {
     if d.is_zero() {
         return Err(invalid(setting, "must be greater than zero"));
+    }
+    at_most_max_duration(setting, d)
+}
+
+/// `d` is at most [`Config::MAX_DURATION`].
+pub(crate) fn at_most_max_duration(setting: &'static str, d: Duration) -> Result<(), ConfigError> {
+    if d > Config::MAX_DURATION {
+        return Err(invalid(
+            setting,
+            format!(
+                "{d:?} is longer than the limit of 100 years ({} s)",
+                Config::MAX_DURATION.as_secs()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An optional duration: when set, [`positive`]; the error says `None` means never.
+fn optional(setting: &'static str, d: Option<Duration>) -> Result<(), ConfigError> {
+    match d {
+        None => Ok(()),
+        Some(d) => positive(setting, d).map_err(|mut e| {
+            e.reason.push_str(" (None means never)");
+            e
+        }),
+    }
+}
+
+/// Below a second, a lifetime would replace every connection (and the
+/// `min_idle` ones with no borrower at all) in a connect storm, and a
+/// keepalive would ping each idle connection back to back.
+fn at_least_a_second(setting: &'static str, d: Option<Duration>) -> Result<(), ConfigError> {
+    match d {
+        Some(d) if d < Duration::from_secs(1) => Err(invalid(
+            setting,
+            format!("{d:?} is shorter than 1 s, which would replace or ping connections back to back (None means never)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `n` is at least 1 and at most [`Config::MAX_SIZE`].
+pub(crate) fn count(setting: &'static str, n: usize) -> Result<(), ConfigError> {
+    if n == 0 {
+        return Err(invalid(setting, "must be at least 1"));
+    }
+    if n > Config::MAX_SIZE {
+        return Err(invalid(
+            setting,
+            format!("{n} is larger than the limit of {}", Config::MAX_SIZE),
+        ));
     }
     Ok(())
 }
 
 impl Config {
-    /// Checks every setting; the error names the first bad one.
+    /// The largest `max_size` (and `max_concurrent_connects`) a pool accepts:
+    /// tokio's [`Semaphore::MAX_PERMITS`](tokio::sync::Semaphore::MAX_PERMITS),
+    /// `usize::MAX >> 3`. Nothing is allocated per slot up front, so any size
+    /// up to this is served; the server's `max_connections` is the real bound.
+    pub const MAX_SIZE: usize = tokio::sync::Semaphore::MAX_PERMITS;
+
+    /// The longest duration any setting accepts: 100 years. Every deadline
+    /// the pool computes is `now + setting`, which must stay representable
+    /// by [`Instant`](std::time::Instant) on every platform; for "never",
+    /// the optional settings take `None`.
+    pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+    /// Checks every setting; the error names the first bad one, its value
+    /// and the limit it broke.
+    ///
+    /// # Errors
+    /// A [`ConfigError`] naming the setting.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.max_size == 0 {
-            return Err(invalid("max_size", "must be at least 1"));
-        }
+        count("max_size", self.max_size)?;
         if self.min_idle > self.max_size {
             return Err(invalid(
                 "min_idle",
@@ -167,33 +234,28 @@ impl Config {
                 ),
             ));
         }
-        if self.max_concurrent_connects == 0 {
-            return Err(invalid("max_concurrent_connects", "must be at least 1"));
-        }
+        count("max_concurrent_connects", self.max_concurrent_connects)?;
         positive("acquire_timeout", self.acquire_timeout)?;
         positive("connect_timeout", self.connect_timeout)?;
         positive("validation_timeout", self.validation_timeout)?;
-        if let Some(d) = self.max_lifetime {
-            positive("max_lifetime", d)?;
-        }
-        if let Some(d) = self.idle_timeout {
-            positive("idle_timeout", d)?;
-        }
-        if let Some(d) = self.keepalive_interval {
-            positive("keepalive_interval", d)?;
-        }
+        optional("max_lifetime", self.max_lifetime)?;
+        at_least_a_second("max_lifetime", self.max_lifetime)?;
+        optional("idle_timeout", self.idle_timeout)?;
+        optional("keepalive_interval", self.keepalive_interval)?;
+        at_least_a_second("keepalive_interval", self.keepalive_interval)?;
         if let Validation::IdleFor(w) = self.validation {
             positive("validation", w)?;
         }
-        if let Some(d) = self.leak_threshold {
-            positive("leak_threshold", d)?;
-        }
+        optional("leak_threshold", self.leak_threshold)?;
         if self.name.is_empty() {
             return Err(invalid("name", "must not be empty"));
         }
-        if let Some(Some(d)) = self.server_idle_timeout_override {
-            positive("server_idle_timeout_override", d)?;
+        if let Some(d) = self.server_idle_timeout_override {
+            optional("server_idle_timeout_override", d)?;
+            at_least_a_second("server_idle_timeout_override", d)?;
         }
+        at_most_max_duration("server_timeout_margin", self.server_timeout_margin)?;
+        at_most_max_duration("close_timeout", self.close_timeout)?;
         Ok(())
     }
 }

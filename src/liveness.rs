@@ -134,14 +134,17 @@ impl Policy {
     /// When the verdict on an idle connection with these facts next changes
     /// (it becomes obsolete, or a keepalive ping falls due), if ever.
     pub fn next_deadline(&self, f: &Facts) -> Option<Instant> {
+        // `checked_add`: a deadline past what `Instant` can hold (a server
+        // reporting an absurd timeout) is "never".
         [
-            f.lifetime.map(|l| f.created + l),
+            f.lifetime.and_then(|l| f.created.checked_add(l)),
             f.server_idle_timeout
-                .map(|t| f.last_io + self.server_deadline(t)),
+                .and_then(|t| f.last_io.checked_add(self.server_deadline(t))),
             self.idle_timeout
                 .filter(|_| f.may_shrink)
-                .map(|t| f.last_borrowed + t),
-            self.keepalive_interval.map(|k| f.last_io + k),
+                .and_then(|t| f.last_borrowed.checked_add(t)),
+            self.keepalive_interval
+                .and_then(|k| f.last_io.checked_add(k)),
         ]
         .into_iter()
         .flatten()
@@ -180,13 +183,14 @@ pub fn assess(f: &Facts, p: &Policy, now: Instant) -> Verdict {
             return Verdict::Retire(Reason::MaxLifetime);
         }
     }
+    // A deadline `Instant` cannot hold never comes.
     let server = f
         .server_idle_timeout
-        .map(|t| f.last_io + p.server_deadline(t));
+        .and_then(|t| f.last_io.checked_add(p.server_deadline(t)));
     let idle = p
         .idle_timeout
         .filter(|_| f.may_shrink)
-        .map(|t| f.last_borrowed + t);
+        .and_then(|t| f.last_borrowed.checked_add(t));
     // When both idle rules have fired, name the one that fired first: that
     // is the rule that made the connection obsolete.
     match (server.filter(|d| now >= *d), idle.filter(|d| now >= *d)) {

@@ -67,9 +67,20 @@ pub trait Manager: Send + Sync + 'static {
         false
     }
 
+    /// Cheap, synchronous: does this error, returned by
+    /// [`reset`](Manager::reset) or [`is_valid`](Manager::is_valid), mean the
+    /// session is finished (socket closed, server gone, session terminated)
+    /// rather than that one command failed? The pool then counts the
+    /// retirement as `broken`, which is what happened, instead of
+    /// `reset_failed`. Default `false`.
+    fn error_ends_session(&self, _error: &Self::Error) -> bool {
+        false
+    }
+
     /// Cleans the connection before reuse: rolls back an open transaction and,
     /// when `full` (the pool's `reset_on_return`), resets all session state.
-    /// An error retires the connection with reason `reset_failed`.
+    /// An error retires the connection with reason `broken` when
+    /// [`error_ends_session`](Manager::error_ends_session) says so, else `reset_failed`.
     /// Default: nothing to do.
     fn reset(
         &self,

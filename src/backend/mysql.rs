@@ -205,6 +205,17 @@ impl Manager for MySqlManager {
         in_transaction(conn)
     }
 
+    fn error_ends_session(&self, error: &mysql_async::Error) -> bool {
+        use mysql_async::{DriverError, Error};
+        match error {
+            Error::Io(_) | Error::Driver(DriverError::ConnectionClosed) => true,
+            // ER_SERVER_SHUTDOWN, ER_CONNECTION_KILLED, and MySQL 8.0.24+'s
+            // ER_CLIENT_INTERACTION_TIMEOUT (the idle kill's farewell).
+            Error::Server(e) => matches!(e.code, 1053 | 1927 | 4031),
+            _ => false,
+        }
+    }
+
     async fn reset(&self, conn: &mut Conn, full: bool) -> Result<(), mysql_async::Error> {
         if full {
             // COM_RESET_CONNECTION also rolls back an open transaction, and

@@ -246,6 +246,10 @@ where
         self.verify_on_return || conn.is_in_transaction() || conn.should_flush()
     }
 
+    fn error_ends_session(&self, error: &sqlx::Error) -> bool {
+        session_gone(error)
+    }
+
     async fn reset(&self, conn: &mut DB::Connection, full: bool) -> Result<(), sqlx::Error> {
         // Send what sqlx queued (a dropped transaction's ROLLBACK) and
         // wait for it: a ping goes out after it and is answered after it.
@@ -282,6 +286,21 @@ where
             // The goodbye is a courtesy; a failure leaves nothing to do.
             let _ = closing.await;
         }
+    }
+}
+
+/// The error means the session is over: the socket failed or closed, the
+/// protocol broke, or the server ended the session — SQLSTATE class `08`
+/// (connection exception), PostgreSQL `57P01`–`57P03` (administrator,
+/// crash or startup shutdown: `pg_terminate_backend` and restarts), MySQL
+/// `70100` (`KILL`).
+fn session_gone(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "70100")
+        }),
+        _ => false,
     }
 }
 

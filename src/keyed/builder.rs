@@ -19,7 +19,7 @@ use super::shared::Exported;
 use super::shared::{sweeper, Shared};
 use super::{KeyedPool, Owner, PoolKey};
 use crate::config::Config;
-use crate::error::{BuildError, ConfigError};
+use crate::error::BuildError;
 use crate::manager::Manager;
 
 pub(super) type Factory<K, M> = Box<dyn Fn(&K) -> M + Send + Sync>;
@@ -124,18 +124,10 @@ impl<K: PoolKey, M: Manager> KeyedBuilder<K, M> {
     /// [`BuildError::NoRuntime`] outside a tokio runtime.
     pub fn build(self) -> Result<KeyedPool<K, M>, BuildError> {
         self.template.validate()?;
-        let invalid = |setting, reason: &str| ConfigError {
-            setting,
-            reason: reason.to_owned(),
-        };
-        if self.max_open == 0 {
-            return Err(invalid("max_open", "must be at least 1").into());
-        }
-        if self.key_idle_timeout.is_zero() {
-            return Err(invalid("key_idle_timeout", "must be greater than zero").into());
-        }
+        crate::config::count("max_open", self.max_open)?;
+        crate::config::positive("key_idle_timeout", self.key_idle_timeout)?;
         if self.name.is_empty() {
-            return Err(invalid("name", "must not be empty").into());
+            return Err(crate::config::invalid("name", "must not be empty").into());
         }
         let runtime = Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
         let shared = Arc::new(Shared {

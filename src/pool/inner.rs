@@ -79,7 +79,7 @@ impl<M: Manager> Shared<M> {
         Shared {
             manager,
             policy: Policy::from(&config),
-            slots: Mutex::new(Slots::new(config.max_size)),
+            slots: Mutex::new(Slots::new()),
             permits: Semaphore::new(config.max_size),
             connects: Semaphore::new(config.max_concurrent_connects),
             stats: Stats::new(),

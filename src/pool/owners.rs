@@ -165,9 +165,18 @@ impl<M: Manager> Returning<M> {
                 self.shared.make_idle(conn);
             }
             Ok(Err(error)) => {
-                tracing::warn!(target: TARGET, conn_id = conn.meta.id, %error, "reset on return failed");
+                let mut conn = conn;
+                let manager = &self.shared.manager;
+                if manager.error_ends_session(&error) || manager.has_broken(&mut conn.raw) {
+                    // The session died while it was lent (a restart, a kill):
+                    // the borrower saw that already; debug, like every retirement.
+                    tracing::debug!(target: TARGET, conn_id = conn.meta.id, %error, "returned connection's session is gone");
+                    self.shared.retire_active(conn, Reason::Broken);
+                } else {
+                    tracing::warn!(target: TARGET, conn_id = conn.meta.id, %error, "reset on return failed");
+                    self.shared.retire_active(conn, Reason::ResetFailed);
+                }
                 self.shared.suspect();
-                self.shared.retire_active(conn, Reason::ResetFailed);
                 self.shared.release_permit();
             }
             Err(_) => {

@@ -73,6 +73,9 @@ pub(crate) struct Slots<C> {
     active: Registry,
     /// Connect attempts in flight.
     connecting: usize,
+    /// Active connections out for a keepalive ping: idle again unless the
+    /// ping fails, so `min_idle` counts them.
+    pinging: usize,
     closed: bool,
 }
 
@@ -85,11 +88,13 @@ pub(crate) struct Counts {
 }
 
 impl<C> Slots<C> {
-    pub(crate) fn new(max_size: usize) -> Self {
+    pub(crate) fn new() -> Self {
         Slots {
-            idle: VecDeque::with_capacity(max_size),
+            // Grown on demand: `max_size` is a cap, and may be huge.
+            idle: VecDeque::new(),
             active: Registry::default(),
             connecting: 0,
+            pinging: 0,
             closed: false,
         }
     }
@@ -164,19 +169,29 @@ impl<C> Slots<C> {
         if self.closed {
             return Some(conn);
         }
-        self.active.remove(&conn.meta);
+        self.remove_active(&conn.meta);
         self.idle.push_back(conn);
         None
     }
 
     /// An active connection left the pool (retired or detached).
     pub(crate) fn forget_active(&mut self, meta: &Meta) {
-        self.active.remove(meta);
+        self.remove_active(meta);
+    }
+
+    fn remove_active(&mut self, meta: &Meta) {
+        if self.active.remove(meta) == Some(Activity::Keepalive) {
+            self.pinging -= 1;
+        }
     }
 
     /// Notes what the pool is now doing with an active connection.
     pub(crate) fn set_activity(&mut self, meta: &Meta, activity: Activity) {
-        self.active.set_activity(meta, activity);
+        let was = self.active.set_activity(meta, activity);
+        debug_assert!(
+            was != Some(Activity::Keepalive) && activity != Activity::Keepalive,
+            "a keepalive ping starts only in the sweep and ends by leaving the active set"
+        );
     }
 
     pub(crate) fn start_connect(&mut self) {
@@ -260,6 +275,7 @@ impl<C> Slots<C> {
                 }
                 Verdict::Keep if policy.keepalive_due(conn.meta.last_io, now) && take_permit() => {
                     self.active.insert(&mut conn.meta, now, Activity::Keepalive);
+                    self.pinging += 1;
                     out.keepalive.push(conn);
                 }
                 Verdict::Keep => {
@@ -276,12 +292,13 @@ impl<C> Slots<C> {
     }
 
     /// Idle connections the pool lacks to reach `min_idle`, counting those
-    /// being opened.
+    /// being opened and those out for a keepalive ping (without them, every
+    /// keepalive round would open `min_idle` more).
     pub(crate) fn idle_deficit(&self, min_idle: usize) -> usize {
         if self.closed {
             return 0;
         }
-        min_idle.saturating_sub(self.idle.len() + self.connecting)
+        min_idle.saturating_sub(self.idle.len() + self.connecting + self.pinging)
     }
 }
 
@@ -334,7 +351,8 @@ impl Registry {
         self.len += 1;
     }
 
-    fn remove(&mut self, meta: &Meta) {
+    /// Removes the connection; returns what it was doing.
+    fn remove(&mut self, meta: &Meta) -> Option<Activity> {
         let entry = self.entries.get_mut(meta.slot).and_then(Option::take);
         debug_assert!(
             entry.is_some_and(|e| e.meta.id == meta.id),
@@ -342,11 +360,14 @@ impl Registry {
         );
         self.free.push(meta.slot);
         self.len -= 1;
+        entry.map(|e| e.activity)
     }
 
-    fn set_activity(&mut self, meta: &Meta, activity: Activity) {
-        if let Some(Some(info)) = self.entries.get_mut(meta.slot) {
-            info.activity = activity;
+    /// Notes the new activity; returns the one it replaces.
+    fn set_activity(&mut self, meta: &Meta, activity: Activity) -> Option<Activity> {
+        match self.entries.get_mut(meta.slot) {
+            Some(Some(info)) => Some(mem::replace(&mut info.activity, activity)),
+            _ => None,
         }
     }
 }

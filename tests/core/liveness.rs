@@ -186,3 +186,26 @@ async fn keepalive_pings_idle_connections_and_black_holed_ones_are_retired_in_bo
     let held: Vec<_> = futures::future::join_all((0..3).map(|_| pool.get())).await;
     assert!(held.iter().all(|r| r.is_ok()));
 }
+
+/// Keepalive pings take idle connections out for a moment; `min_idle`
+/// counts them, so the pool does not open a replacement for each one
+/// every round (it grew by `min_idle` per keepalive interval before).
+#[tokio::test(start_paused = true)]
+async fn keepalive_rounds_do_not_grow_the_pool_past_min_idle() {
+    let fake = Fake::new();
+    let pool = Pool::builder(fake.clone())
+        .max_size(100)
+        .min_idle(2)
+        .keepalive_interval(Some(Duration::from_secs(1)))
+        .build()
+        .expect("valid settings");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let s = pool.state();
+    assert_eq!((s.open, s.created), (2, 2), "{s:?}");
+    let pings = fake.script.pings.load(SeqCst);
+    assert!(
+        pings >= 100,
+        "the keepalive pinged each connection about once a second: {pings}"
+    );
+    pool.close().await;
+}

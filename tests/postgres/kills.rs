@@ -155,3 +155,40 @@ async fn killed_idle_connections_are_never_lent() {
     );
     assert_eq!(after.closed.get(Reason::ValidationFailed), 8, "{after:?}");
 }
+
+/// A session terminated while lent is counted `broken` when it comes back
+/// (the return ping fails with `57P01` or an I/O error), not `reset_failed`:
+/// the metric tells the operator what happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_killed_while_lent_is_retired_as_broken_not_reset_failed() {
+    trace();
+    let app = unique("lentkill");
+    let pool = builder(&app).build().expect("valid settings");
+    let mut admin = admin().await;
+    let mut conn = pool.get().await.expect("a connection");
+    let pid = backend_pid(&mut conn).await;
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut admin)
+        .await
+        .expect("pg_terminate_backend");
+    assert!(killed);
+    drop(conn);
+    eventually!(
+        "the returned connection to be retired",
+        5 * SEC,
+        pool.state().open == 0
+    );
+    let closed = pool.state().closed;
+    assert_eq!(
+        (closed.get(Reason::Broken), closed.get(Reason::ResetFailed)),
+        (1, 0),
+        "{closed:?}"
+    );
+    assert_eq!(
+        select_one(&pool).await,
+        Ok(1),
+        "a fresh session after the kill"
+    );
+    pool.close().await;
+}
