@@ -18,7 +18,7 @@ use crate::backend::{Backend, Target};
 use crate::kill::{kill_loop, KillTally, Killer, SessionIds};
 use crate::progress::{progress_bar, tick};
 use crate::report::{self, Acquire, Latency, PoolFigures, Report};
-use crate::{redact, Fail, LoadArgs};
+use crate::{redact, Fail, LivenessArgs, LoadArgs};
 
 /// Error messages kept for the report.
 const SAMPLES: usize = 5;
@@ -44,6 +44,7 @@ struct Plan {
     bursts: u32,
     idle_gap: Duration,
     acquire_timeout: Duration,
+    liveness: LivenessArgs,
     metrics_addr: Option<SocketAddr>,
     session_idle_timeout: Option<Duration>,
     kill_idle_every: Option<Duration>,
@@ -170,6 +171,7 @@ fn prepare(args: &LoadArgs) -> Result<(Plan, Target, KillPlan), Fail> {
             Duration::ZERO
         },
         acquire_timeout: args.acquire_timeout,
+        liveness: args.liveness.clone(),
         metrics_addr: args.metrics_addr,
         session_idle_timeout: args.session_idle_timeout,
         kill_idle_every: args.kill_idle_every,
@@ -235,17 +237,40 @@ async fn open_pool<B: Backend>(manager: B, plan: &Plan) -> Result<Pool<B>, Fail>
         Ok(Err(e)) => return Err(cannot(e.to_string())),
         Err(_) => return Err(cannot(format!("no answer within {within:?}"))),
     }
+    let l = &plan.liveness;
+    if within <= l.validation_timeout {
+        // warn: legal, but one hanging checkout ping uses up a caller's wait.
+        tracing::warn!(
+            acquire_timeout = ?within,
+            validation_timeout = ?l.validation_timeout,
+            "--acquire-timeout is not longer than --validation-timeout: a caller whose \
+             checkout ping meets a black-holed connection times out before it can reconnect"
+        );
+    }
     Pool::builder(manager)
         .name("load")
         .max_size(plan.pool_size)
         .acquire_timeout(within)
         .connect_timeout(within.min(Duration::from_secs(10)))
+        .validation_timeout(l.validation_timeout)
+        .validation(l.validation)
+        .keepalive_interval(l.keepalive_interval.0)
+        .max_lifetime(l.max_lifetime.0)
+        .idle_timeout(l.idle_timeout.0)
+        .reset_on_return(l.reset_on_return)
         .close_timeout(Duration::from_secs(5))
         .connect()
         .await
-        .map_err(|e| match e.last_connect_error() {
-            Some(cause) => cannot(format!("{cause} (no connection within {within:?})")),
-            None => cannot(e.to_string()),
+        .map_err(|e| match e {
+            vigil::Error::Build(vigil::BuildError::Config(e)) => Fail::input(format!(
+                "--{}: {}",
+                e.setting.replace('_', "-"),
+                e.reason.replace("None means never", "`off` means never")
+            )),
+            e => match e.last_connect_error() {
+                Some(cause) => cannot(format!("{cause} (no connection within {within:?})")),
+                None => cannot(e.to_string()),
+            },
         })
 }
 
@@ -382,24 +407,48 @@ async fn run_burst<B: Backend>(
         }
         Amount::Duration(d) => Limit::Until(Instant::now() + d / plan.bursts),
     };
+    // No more workers than requests to run: the rest would only start and stop.
+    let count = match &limit {
+        Limit::Count(_, share) => plan
+            .concurrency
+            .min(usize::try_from(*share).unwrap_or(usize::MAX)),
+        Limit::Until(_) => plan.concurrency,
+    };
+    // Workers record into a few shared histogram pairs, not one pair each:
+    // a pair is ~380 KB, and thousands of workers would need gigabytes.
+    let shards: Arc<[Mutex<Recorded>]> = (0..count.clamp(1, SHARDS))
+        .map(|_| Mutex::new((report::histogram(), report::histogram())))
+        .collect();
     let mut workers = JoinSet::new();
-    for _ in 0..plan.concurrency {
+    for i in 0..count {
         workers.spawn(worker(
             pool.clone(),
             Arc::clone(live),
             Arc::clone(&plan.sql),
             limit.clone(),
+            (Arc::clone(&shards), i % shards.len()),
         ));
+    }
+    while let Some(done) = workers.join_next().await {
+        done.map_err(|e| Fail::internal(format!("a worker failed: {e}")))?;
     }
     let mut latency = report::histogram();
     let mut acquire = report::histogram();
-    while let Some(done) = workers.join_next().await {
-        let (lat, acq) = done.map_err(|e| Fail::internal(format!("a worker failed: {e}")))?;
-        let _ = latency.add(&lat);
-        let _ = acquire.add(&acq);
+    for shard in shards.iter() {
+        let (lat, acq) = &*shard.lock().unwrap_or_else(|p| p.into_inner());
+        // Same bounds on every histogram: adding cannot fail.
+        let _ = latency.add(lat);
+        let _ = acquire.add(acq);
     }
     Ok((latency, acquire))
 }
+
+/// Latency and acquire-wait histograms (microseconds).
+type Recorded = (Histogram<u64>, Histogram<u64>);
+
+/// Histogram pairs shared by a burst's workers (worker `i` uses `i % SHARDS`):
+/// enough that workers rarely wait on each other's lock.
+const SHARDS: usize = 32;
 
 /// When a worker stops.
 #[derive(Clone)]
@@ -414,16 +463,16 @@ pub(crate) fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
-/// Loops get → query → return; returns its latency and acquire histograms
-/// (one per worker: recording takes no lock).
+/// Loops get → query → return, recording into its shard.
 async fn worker<B: Backend>(
     pool: Pool<B>,
     live: Arc<Live>,
     sql: Arc<str>,
     limit: Limit,
-) -> (Histogram<u64>, Histogram<u64>) {
-    let mut latency = report::histogram();
-    let mut acquire = report::histogram();
+    (shards, shard): (Arc<[Mutex<Recorded>]>, usize),
+) {
+    let record =
+        |f: &dyn Fn(&mut Recorded)| f(&mut shards[shard].lock().unwrap_or_else(|p| p.into_inner()));
     let mut seen = std::collections::HashSet::new();
     loop {
         if live.interrupted.load(Relaxed) {
@@ -446,7 +495,8 @@ async fn worker<B: Backend>(
         // Released once the connection is lent: from here on it is busy on
         // the server and the killer leaves it alone (see `kill`).
         drop(gate);
-        acquire.saturating_record(micros(start.elapsed()));
+        let waited = micros(start.elapsed());
+        record(&|(_, acquire)| acquire.saturating_record(waited));
         let outcome = match got {
             Ok(mut conn) => {
                 if let Some(id) = B::session_id(&conn) {
@@ -462,12 +512,14 @@ async fn worker<B: Backend>(
             Err(e) => Err(e.to_string()),
         };
         match outcome {
-            Ok(()) => latency.saturating_record(micros(start.elapsed())),
+            Ok(()) => {
+                let took = micros(start.elapsed());
+                record(&|(latency, _)| latency.saturating_record(took));
+            }
             Err(message) => live.error(message),
         }
         live.done.fetch_add(1, Relaxed);
     }
-    (latency, acquire)
 }
 
 /// First Ctrl-C: stop after the requests in flight and report. Second: quit now.

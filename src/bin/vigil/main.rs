@@ -23,18 +23,28 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 /// Load-test a vigil pool against a database, or probe a server's idle timeouts.
+///
+/// The database URL comes from --url, else from the DATABASE_URL environment
+/// variable (which keeps the password out of `ps`), else an in-memory SQLite
+/// database is used. Logs go to stderr: RUST_LOG (e.g. `vigil=debug`) or
+/// -v / -vv choose what is shown; the default is warnings.
 #[derive(Debug, Parser)]
-#[command(name = "vigil", version, about)]
+#[command(name = "vigil", version, about, long_about)]
 struct Cli {
+    /// More log output on stderr: -v shows vigil's debug events (connects,
+    /// retirements with their reason), -vv adds trace events of every crate.
+    /// RUST_LOG, when set, wins.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a fleet of workers through one pool and report throughput,
     /// latency, errors and why connections were closed.
-    Load(LoadArgs),
+    Load(Box<LoadArgs>),
     /// Connect once and report the server's version, idle timeouts and
     /// max_connections, with recommended pool settings.
     Probe(ProbeArgs),
@@ -44,19 +54,20 @@ enum Command {
 #[derive(Debug, Args)]
 pub(crate) struct LoadArgs {
     /// Database URL: mysql:// or mariadb:// (mysql_async), postgres:// or
-    /// postgresql:// (sqlx), sqlite: (sqlx). Default: an in-memory SQLite
-    /// database, which needs no server.
-    #[arg(long)]
+    /// postgresql:// (sqlx), sqlite: (sqlx). Without --url, DATABASE_URL is
+    /// read; without either, an in-memory SQLite database (no server) is used.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub(crate) url: Option<String>,
-    /// Worker tasks sharing the pool, each looping get → query → return.
-    #[arg(long, default_value_t = 16, value_parser = at_least_one)]
+    /// Worker tasks sharing the pool, each looping get → query → return
+    /// (at most 10000; never more than the requests to run).
+    #[arg(long, default_value_t = 16, value_parser = concurrency)]
     pub(crate) concurrency: usize,
     /// The pool's max_size.
-    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
+    #[arg(long, default_value_t = 8, value_parser = pool_size)]
     pub(crate) pool_size: usize,
     /// Run for this long in all (split evenly across bursts), e.g. 30s, 500ms, 2m.
     /// The default when --requests is not given is 30s.
-    #[arg(long, value_parser = positive_duration, conflicts_with = "requests")]
+    #[arg(long, value_parser = positive_duration, conflicts_with = "requests", allow_hyphen_values = true)]
     pub(crate) duration: Option<Duration>,
     /// Run this many requests in all (split evenly across bursts).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -66,15 +77,16 @@ pub(crate) struct LoadArgs {
     pub(crate) query: String,
     /// Split the run into this many bursts separated by --idle-gap, so the
     /// pool's connections sit idle between them (server idle timeouts, kills).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    /// At most 10000.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub(crate) bursts: u32,
     /// Idle time between bursts.
-    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = parse_duration, allow_hyphen_values = true)]
     pub(crate) idle_gap: Duration,
     /// Every this long, a separate admin connection kills this run's pool
     /// connections that have been idle on the server for more than 1 s
     /// (MySQL/MariaDB `KILL`, PostgreSQL `pg_terminate_backend`).
-    #[arg(long, value_parser = positive_duration)]
+    #[arg(long, value_parser = positive_duration, allow_hyphen_values = true)]
     pub(crate) kill_idle_every: Option<Duration>,
     /// Serve /metrics and /status for the pool (named `load`) while running.
     #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:9898")]
@@ -88,25 +100,57 @@ pub(crate) struct LoadArgs {
     /// Set the server's idle timeout for this run's sessions only: MySQL
     /// `SET SESSION wait_timeout` (whole seconds), PostgreSQL
     /// `idle_session_timeout`. Global server settings are not touched.
-    #[arg(long, value_parser = positive_duration)]
+    #[arg(long, value_parser = positive_duration, allow_hyphen_values = true)]
     pub(crate) session_idle_timeout: Option<Duration>,
     /// The pool's acquire_timeout: also how long the first connect may take
-    /// before the run gives up.
-    #[arg(long, default_value = "5s", value_parser = positive_duration)]
+    /// before the run gives up. The default, 15 s, is three validation
+    /// timeouts: a caller whose checkout ping meets a black-holed connection
+    /// still has time to open a new one.
+    #[arg(long, default_value = "15s", value_parser = positive_duration, allow_hyphen_values = true)]
     pub(crate) acquire_timeout: Duration,
+    #[command(flatten)]
+    pub(crate) liveness: LivenessArgs,
+}
+
+/// The pool settings that decide liveness, with the library's names and defaults.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct LivenessArgs {
+    /// Bound on every round trip the pool makes on its own (validation,
+    /// keepalive, reset, timeout discovery).
+    #[arg(long, default_value = "5s", value_parser = positive_duration, allow_hyphen_values = true)]
+    pub(crate) validation_timeout: Duration,
+    /// When a checkout pings: `always`, `never`, or a window such as `500ms`
+    /// (ping only connections silent for longer).
+    #[arg(long, default_value = "500ms", value_parser = parse_validation, allow_hyphen_values = true)]
+    pub(crate) validation: vigil::Validation,
+    /// Ping idle connections silent this long (`off` to disable; at least 1s).
+    #[arg(long, default_value = "120s", value_parser = optional_duration, allow_hyphen_values = true)]
+    pub(crate) keepalive_interval: OrOff,
+    /// Retire connections this old, minus up to 2.5 % jitter (`off` keeps
+    /// them forever; at least 1s).
+    #[arg(long, default_value = "30m", value_parser = optional_duration, allow_hyphen_values = true)]
+    pub(crate) max_lifetime: OrOff,
+    /// Retire connections nobody borrowed for this long (`off` never shrinks).
+    #[arg(long, default_value = "10m", value_parser = optional_duration, allow_hyphen_values = true)]
+    pub(crate) idle_timeout: OrOff,
+    /// Reset session state on every return (MySQL COM_RESET_CONNECTION,
+    /// PostgreSQL DISCARD ALL): a round trip per request.
+    #[arg(long)]
+    pub(crate) reset_on_return: bool,
 }
 
 /// Flags of `vigil probe`.
 #[derive(Debug, Args)]
 pub(crate) struct ProbeArgs {
-    /// Database URL (as for `vigil load`). Default: in-memory SQLite.
-    #[arg(long)]
+    /// Database URL (as for `vigil load`). Without --url, DATABASE_URL is
+    /// read; without either, an in-memory SQLite database is used.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub(crate) url: Option<String>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub(crate) json: bool,
     /// How long the connect may take.
-    #[arg(long, default_value = "5s", value_parser = positive_duration)]
+    #[arg(long, default_value = "5s", value_parser = positive_duration, allow_hyphen_values = true)]
     pub(crate) connect_timeout: Duration,
 }
 
@@ -192,9 +236,13 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Reads `30s`, `500ms`, `2m`, `1h`, `1.5s`; a bare number is seconds.
+/// Reads `30s`, `500ms`, `2m`, `1h`, `1.5s`; a bare number is seconds. At
+/// most [`vigil::Config::MAX_DURATION`] (100 years), like every pool setting.
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
+    if text.starts_with('-') {
+        return Err(format!("`{text}` is negative; a duration is 0 or more"));
+    }
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(text.len());
@@ -213,7 +261,35 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
-    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("`{text}` is out of range"))
+    match Duration::try_from_secs_f64(value * scale) {
+        Ok(d) if d <= vigil::Config::MAX_DURATION => Ok(d),
+        _ => Err(format!("`{text}` is longer than the limit of 100 years")),
+    }
+}
+
+/// A duration setting that may be switched off (`None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OrOff(pub(crate) Option<Duration>);
+
+/// A duration, or `off` / `none` / `never` for "never".
+fn optional_duration(text: &str) -> Result<OrOff, String> {
+    match text.trim() {
+        "off" | "none" | "never" => Ok(OrOff(None)),
+        other => positive_duration(other)
+            .map(|d| OrOff(Some(d)))
+            .map_err(|e| format!("{e}; or `off`")),
+    }
+}
+
+/// `always`, `never`, or the bypass window as a duration.
+fn parse_validation(text: &str) -> Result<vigil::Validation, String> {
+    match text.trim() {
+        "always" => Ok(vigil::Validation::Always),
+        "never" => Ok(vigil::Validation::Never),
+        other => positive_duration(other)
+            .map(vigil::Validation::IdleFor)
+            .map_err(|e| format!("{e}; or `always` / `never`")),
+    }
 }
 
 fn positive_duration(text: &str) -> Result<Duration, String> {
@@ -223,12 +299,30 @@ fn positive_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-fn at_least_one(text: &str) -> Result<usize, String> {
-    match text.trim().parse::<usize>() {
+/// The most workers `vigil load` runs: beyond this a run measures tokio's
+/// scheduler, not the pool.
+pub(crate) const MAX_CONCURRENCY: usize = 10_000;
+
+/// A whole number from 1 to `max`.
+fn count_up_to(text: &str, max: usize) -> Result<usize, String> {
+    let text = text.trim();
+    if text.starts_with('-') {
+        return Err(format!("`{text}` is negative; must be at least 1"));
+    }
+    match text.parse::<u128>() {
         Ok(0) => Err("must be at least 1".to_owned()),
-        Ok(n) => Ok(n),
+        Ok(n) if n <= max as u128 => Ok(n as usize),
+        Ok(_) => Err(format!("`{text}` is larger than the limit of {max}")),
         Err(_) => Err(format!("`{text}` is not a whole number")),
     }
+}
+
+fn concurrency(text: &str) -> Result<usize, String> {
+    count_up_to(text, MAX_CONCURRENCY)
+}
+
+fn pool_size(text: &str) -> Result<usize, String> {
+    count_up_to(text, vigil::Config::MAX_SIZE)
 }
 
 /// `1.5 s`, `2.31 ms`, `870 µs` for a duration in seconds.
@@ -242,6 +336,42 @@ pub(crate) fn human_secs(secs: f64) -> String {
     } else {
         format!("{:.0} µs", secs * 1e6)
     }
+}
+
+/// Logs to stderr, filtered by RUST_LOG or else by -v: warnings by default.
+/// Lines are written around the progress bar, never through it.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => {
+            EnvFilter::try_new(spec.trim()).unwrap_or_else(|e| {
+                eprintln!("vigil: RUST_LOG is not a valid filter ({e}); showing warnings");
+                EnvFilter::new("warn")
+            })
+        }
+        _ => EnvFilter::new(match verbose {
+            0 => "warn",
+            1 => "warn,vigil=debug",
+            _ => "trace",
+        }),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(progress::LogWriter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Collapses a prefix that a wrapped error repeats from its cause
+/// (`Input/output error: Input/output error: reset` → `Input/output error: reset`).
+pub(crate) fn without_repeats(message: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in message.split(": ") {
+        if parts.last() != Some(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join(": ")
 }
 
 fn main() -> ExitCode {
@@ -262,7 +392,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let url = match &cli.command {
+    let Some(command) = cli.command else {
+        eprintln!(
+            "vigil: a subcommand is required: `vigil load` or `vigil probe` (see vigil --help)"
+        );
+        return ExitCode::from(2);
+    };
+    init_logging(cli.verbose);
+    let url = match &command {
         Command::Load(a) => a.url.as_deref(),
         Command::Probe(a) => a.url.as_deref(),
     };
@@ -279,8 +416,8 @@ fn main() -> ExitCode {
         }
     };
     let outcome = runtime.block_on(async move {
-        match cli.command {
-            Command::Load(args) => load::run(args).await,
+        match command {
+            Command::Load(args) => load::run(*args).await,
             Command::Probe(args) => probe::run(args).await.map(|()| 0),
         }
     });
@@ -290,7 +427,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(fail) => {
-            eprintln!("vigil: {}", redact(&fail.message));
+            eprintln!("vigil: {}", redact(&without_repeats(&fail.message)));
             ExitCode::from(fail.code)
         }
     }

@@ -2,7 +2,7 @@
 
 use std::io::IsTerminal;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -11,6 +11,38 @@ use vigil::Pool;
 
 use crate::backend::Backend;
 use crate::load::{micros, Amount, Live};
+
+/// The bar on screen, if any, for [`LogWriter`] to step around.
+static SHOWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Log lines to stderr, written with the progress bar lifted off the
+/// screen and redrawn below them, so neither garbles the other.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let shown = SHOWN.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut stderr = std::io::stderr().lock();
+        match shown {
+            Some(bar) if !bar.is_finished() => bar.suspend(|| stderr.write_all(buf))?,
+            _ => stderr.write_all(buf)?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+
+    fn make_writer(&'a self) -> LogWriter {
+        LogWriter
+    }
+}
 
 /// A bar on stderr, hidden when stderr is not a terminal (CI, pipes).
 pub(crate) fn progress_bar(amount: Amount) -> ProgressBar {
@@ -25,7 +57,10 @@ pub(crate) fn progress_bar(amount: Amount) -> ProgressBar {
         "{spinner} [{elapsed_precise}] {wide_bar} {percent:>3}%\n  {msg}",
     )
     .unwrap_or_else(|_| ProgressStyle::default_bar());
-    ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr()).with_style(style)
+    let bar =
+        ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr()).with_style(style);
+    *SHOWN.lock().unwrap_or_else(|p| p.into_inner()) = Some(bar.clone());
+    bar
 }
 
 /// Refreshes the bar four times a second: throughput over the last tick,
