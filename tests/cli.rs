@@ -414,3 +414,282 @@ fn probe_reads_postgres_timeouts() {
     assert!(p["recommended"]["max_connections_budget"].is_u64(), "{p:#}");
     assert!(!p["reasoning"].as_array().expect("reasoning").is_empty());
 }
+
+// ---------------------------------------------------------------- hostile input
+
+/// Runs the binary under a 2 GiB address-space limit (an up-front
+/// allocation sized by a flag would fail it) and a 10 s wall-clock bound.
+fn vigil_bounded(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let started = std::time::Instant::now();
+    let mut cmd = Command::new("bash");
+    cmd.arg("-c")
+        .arg(r#"ulimit -v 2097152; exec timeout 10 "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_vigil"))
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run the vigil binary under bash");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "vigil {args:?} took {:?}",
+        started.elapsed()
+    );
+    (out.status.code(), text(&out.stdout), text(&out.stderr))
+}
+
+/// Exit 2 (not timeout's 124, not an abort), one line naming `mentions`.
+fn assert_refused(args: &[&str], env: &[(&str, &str)], mentions: &str) {
+    let (code, stdout, stderr) = vigil_bounded(args, env);
+    assert_eq!(
+        code,
+        Some(2),
+        "vigil {args:?}\nstdout: {stdout}\nstderr: {stderr}"
+    );
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "vigil {args:?}: not one line: {stderr:?}"
+    );
+    assert!(
+        stderr.contains(mentions),
+        "vigil {args:?}: {stderr:?} does not mention {mentions:?}"
+    );
+    for bad in ["panicked", "backtrace", "RUST_BACKTRACE", SECRET] {
+        assert!(
+            !stderr.contains(bad),
+            "vigil {args:?}: stderr has {bad:?}: {stderr:?}"
+        );
+        assert!(
+            !stdout.contains(bad),
+            "vigil {args:?}: stdout has {bad:?}: {stdout:?}"
+        );
+    }
+}
+
+#[test]
+fn absurd_numbers_and_durations_exit_2_naming_the_flag() {
+    let huge_numbers = [
+        "18446744073709551616",
+        "99999999999999999999999999",
+        "-1",
+        "1e400",
+        "NaN",
+        "",
+        "0x10",
+    ];
+    let numeric = ["--concurrency", "--pool-size", "--requests", "--bursts"];
+    let huge_durations = [
+        "2562047788015216h",
+        "18446744073709551615s",
+        "1e300s",
+        "-1s",
+        "-0.5ms",
+        "inf",
+        "NaN",
+        "5 fortnights",
+        "",
+    ];
+    let durations = [
+        "--duration",
+        "--idle-gap",
+        "--kill-idle-every",
+        "--session-idle-timeout",
+        "--acquire-timeout",
+        "--validation-timeout",
+        "--validation",
+        "--keepalive-interval",
+        "--max-lifetime",
+        "--idle-timeout",
+    ];
+    for flag in numeric {
+        for value in huge_numbers {
+            assert_refused(&["load", flag, value], &[], flag);
+        }
+    }
+    // Past the tool's bounds, though they fit the integer type.
+    assert_refused(
+        &["load", "--pool-size", "18446744073709551615"],
+        &[],
+        "--pool-size",
+    );
+    assert_refused(
+        &["load", "--pool-size", "4611686018427387904"],
+        &[],
+        "--pool-size",
+    );
+    assert_refused(
+        &["load", "--concurrency", "18446744073709551615"],
+        &[],
+        "--concurrency",
+    );
+    assert_refused(&["load", "--bursts", "4294967295"], &[], "--bursts");
+    for flag in durations {
+        for value in huge_durations {
+            assert_refused(&["load", flag, value], &[], flag);
+        }
+    }
+    for value in huge_durations {
+        assert_refused(
+            &["probe", "--connect-timeout", value],
+            &[],
+            "--connect-timeout",
+        );
+    }
+    // Below the pool's floors: named by the flag, not the library setting.
+    assert_refused(&["load", "--max-lifetime", "10ms"], &[], "--max-lifetime");
+    assert_refused(
+        &["load", "--keepalive-interval", "1ms"],
+        &[],
+        "--keepalive-interval",
+    );
+}
+
+/// Sizes the old code allocated up front, or spawned a worker each for:
+/// now a cap (lazily filled) and no more workers than requests.
+#[test]
+fn huge_but_valid_sizes_run_in_bounded_memory() {
+    for args in [
+        ["load", "--pool-size", "100000000", "--requests", "20"],
+        [
+            "load",
+            "--pool-size",
+            "2305843009213693951",
+            "--requests",
+            "20",
+        ],
+        ["load", "--concurrency", "10000", "--requests", "3"],
+    ] {
+        let (code, stdout, stderr) = vigil_bounded(&args, &[]);
+        assert_eq!(
+            code,
+            Some(0),
+            "vigil {args:?}\nstdout: {stdout}\nstderr: {stderr}"
+        );
+        assert!(stdout.contains("requests"), "{stdout}");
+    }
+}
+
+#[test]
+fn malformed_urls_of_every_scheme_exit_2_naming_the_part() {
+    let cases = [
+        ("mysql://root:secret-pw-123@127.0.0.1:99999999/test", "port"),
+        ("mariadb://root:secret-pw-123@[::1/test", "URL"),
+        (
+            "mysql://root:secret-pw-123@127.0.0.1/test?pool_min=x",
+            "URL",
+        ),
+        ("postgres://u:secret-pw-123@127.0.0.1:65536/test", "port"),
+        (
+            "postgresql://u:secret-pw-123@127.0.0.1/test?sslmode=bogus",
+            "ssl_mode",
+        ),
+        ("postgres://u:secret-pw-123@[::1/test", "URL"),
+        ("sqlite://secret-pw-123/?mode=bogus", "mode"),
+        ("nosuch://u:secret-pw-123@h/db", "nosuch"),
+        ("127.0.0.1:5432", "scheme"),
+    ];
+    for (url, mentions) in cases {
+        assert_refused(&["load", "--url", url], &[], mentions);
+        assert_refused(&["probe", "--url", url], &[], mentions);
+    }
+}
+
+#[test]
+fn no_subcommand_says_one_is_required() {
+    assert_refused(&[], &[], "subcommand is required");
+}
+
+#[test]
+fn errors_do_not_repeat_their_prefix() {
+    let (code, _, stderr) = vigil_bounded(
+        &[
+            "load",
+            "--url",
+            "mysql://root@127.0.0.1:1/test",
+            "--acquire-timeout",
+            "2s",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(!stderr.contains("error: Input/output error:"), "{stderr}");
+    assert_eq!(stderr.matches("Input/output error").count(), 1, "{stderr}");
+    let (_, _, stderr) = vigil_bounded(&["load", "--url", "postgres://u@h/db?sslmode=bogus"], &[]);
+    assert_eq!(
+        stderr.matches("error with configuration").count(),
+        1,
+        "{stderr}"
+    );
+}
+
+/// The URL can come from DATABASE_URL (out of `ps`), is used, and neither
+/// `--help` nor an error echoes its password.
+#[test]
+fn database_url_is_used_and_never_echoed() {
+    let unreachable = "postgres://postgres:secret-pw-123@127.0.0.1:1/test";
+    assert_refused(
+        &["load", "--acquire-timeout", "2s"],
+        &[("DATABASE_URL", unreachable)],
+        "postgres at 127.0.0.1:1/test",
+    );
+    let (code, stdout, stderr) =
+        vigil_bounded(&["load", "--help"], &[("DATABASE_URL", unreachable)]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("DATABASE_URL"), "{stdout}");
+    assert!(
+        !stdout.contains(SECRET) && !stderr.contains(SECRET),
+        "{stdout}{stderr}"
+    );
+    // A working URL from the environment drives the run.
+    let path = report_path("dburl");
+    let (code, stdout, stderr) = vigil_bounded(
+        &[
+            "load",
+            "--requests",
+            "20",
+            "--json",
+            path.to_str().expect("UTF-8"),
+        ],
+        &[("DATABASE_URL", POSTGRES)],
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("the report")).expect("JSON");
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(report["backend"], "postgres");
+}
+
+/// `RUST_LOG` (and `-v`) show vigil's own events on stderr: here the
+/// retirements of connections older than `--max-lifetime`, with their reason.
+#[test]
+fn rust_log_shows_the_pools_retirements() {
+    let args = [
+        "load",
+        "--requests",
+        "40",
+        "--bursts",
+        "2",
+        "--idle-gap",
+        "1200ms",
+        "--max-lifetime",
+        "1s",
+    ];
+    let (code, stdout, stderr) = vigil_bounded(&args, &[("RUST_LOG", "vigil=debug")]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("connection retired") && stderr.contains("max_lifetime"),
+        "{stderr}"
+    );
+    let mut verbose = vec!["-v"];
+    verbose.extend_from_slice(&args);
+    let (code, _, stderr) = vigil_bounded(&verbose, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("connection retired"), "{stderr}");
+    // Quiet by default: nothing at warn on a clean run.
+    let (_, _, stderr) = vigil_bounded(&args, &[]);
+    assert!(stderr.trim().is_empty(), "{stderr}");
+}

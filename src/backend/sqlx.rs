@@ -79,6 +79,10 @@ pub trait SqlxDatabase: Database + sealed::Sealed {
     /// [`SqlxManager::verify_on_return`].
     const VERIFY_ON_RETURN: bool;
 
+    /// The URL schemes this database answers to (sqlx itself would read a
+    /// `mysql://` URL as a SQLite file name, or as PostgreSQL options).
+    const SCHEMES: &'static [&'static str];
+
     /// Adds the connect options that are safe to print (never a password).
     fn describe(options: &Options<Self>, f: &mut fmt::DebugStruct<'_, '_>);
 }
@@ -162,6 +166,24 @@ impl<DB: SqlxDatabase> SqlxManager<DB> {
     /// # }
     /// ```
     pub fn from_url(url: &str) -> Result<Self, InvalidUrl> {
+        let invalid = |reason: String| InvalidUrl {
+            database: <DB as Database>::NAME,
+            reason,
+        };
+        // Only what precedes the first `:` and holds no `@` or `/` can be a
+        // scheme; the rest of the URL (with its password) is never quoted.
+        let scheme = url
+            .split_once(':')
+            .map(|(s, _)| s)
+            .filter(|s| !s.is_empty() && !s.contains(['@', '/']));
+        let expected = DB::SCHEMES.join(", ");
+        match scheme {
+            None => return Err(invalid(format!("no scheme (expected {expected})"))),
+            Some(s) if !DB::SCHEMES.iter().any(|e| e.eq_ignore_ascii_case(s)) => {
+                return Err(invalid(format!("scheme `{s}` (expected {expected})")))
+            }
+            Some(_) => {}
+        }
         match Options::<DB>::from_str(url) {
             Ok(options) => Ok(SqlxManager::new(options)),
             Err(error) => Err(InvalidUrl {
@@ -338,6 +360,7 @@ mod postgres {
 
     impl SqlxDatabase for Postgres {
         const VERIFY_ON_RETURN: bool = true;
+        const SCHEMES: &'static [&'static str] = &["postgres", "postgresql"];
 
         async fn server_timeouts(conn: &mut PgConnection) -> Result<ServerTimeouts, sqlx::Error> {
             // `pg_settings` shows this session's values with their unit,
@@ -432,6 +455,7 @@ mod sqlite {
 
     impl SqlxDatabase for Sqlite {
         const VERIFY_ON_RETURN: bool = false;
+        const SCHEMES: &'static [&'static str] = &["sqlite"];
 
         async fn server_timeouts(
             _conn: &mut SqliteConnection,
@@ -492,6 +516,7 @@ mod mysql {
 
     impl SqlxDatabase for MySql {
         const VERIFY_ON_RETURN: bool = true;
+        const SCHEMES: &'static [&'static str] = &["mysql", "mariadb"];
 
         async fn server_timeouts(
             conn: &mut MySqlConnection,

@@ -60,17 +60,17 @@ pub(crate) struct LoadArgs {
     pub(crate) url: Option<String>,
     /// Worker tasks sharing the pool, each looping get → query → return
     /// (at most 10000; never more than the requests to run).
-    #[arg(long, default_value_t = 16, value_parser = concurrency)]
+    #[arg(long, default_value_t = 16, value_parser = concurrency, allow_hyphen_values = true)]
     pub(crate) concurrency: usize,
     /// The pool's max_size.
-    #[arg(long, default_value_t = 8, value_parser = pool_size)]
+    #[arg(long, default_value_t = 8, value_parser = pool_size, allow_hyphen_values = true)]
     pub(crate) pool_size: usize,
     /// Run for this long in all (split evenly across bursts), e.g. 30s, 500ms, 2m.
     /// The default when --requests is not given is 30s.
     #[arg(long, value_parser = positive_duration, conflicts_with = "requests", allow_hyphen_values = true)]
     pub(crate) duration: Option<Duration>,
     /// Run this many requests in all (split evenly across bursts).
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), allow_hyphen_values = true)]
     pub(crate) requests: Option<u64>,
     /// The statement each request runs (prepared once per connection).
     #[arg(long, default_value = "SELECT 1")]
@@ -78,7 +78,7 @@ pub(crate) struct LoadArgs {
     /// Split the run into this many bursts separated by --idle-gap, so the
     /// pool's connections sit idle between them (server idle timeouts, kills).
     /// At most 10000.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000), allow_hyphen_values = true)]
     pub(crate) bursts: u32,
     /// Idle time between bursts.
     #[arg(long, default_value = "3s", value_parser = parse_duration, allow_hyphen_values = true)]
@@ -187,11 +187,24 @@ static SECRETS: OnceLock<Vec<String>> = OnceLock::new();
 /// Drivers' messages do not quote the password today; this is the belt to
 /// their braces, applied to everything the tool prints that came from outside.
 pub(crate) fn redact(text: &str) -> String {
+    redact_with(text, SECRETS.get().map_or(&[], Vec::as_slice))
+}
+
+fn redact_with(text: &str, secrets: &[String]) -> String {
     let mut out = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    for secret in SECRETS.get().into_iter().flatten() {
+    for secret in secrets {
         out = out.replace(secret.as_str(), "***");
     }
     out
+}
+
+/// The passwords of every URL the process was given, wherever it was
+/// given: a URL typed without `--url` is echoed by the parser's error.
+fn secrets_of(args: impl IntoIterator<Item = String>) -> Vec<String> {
+    args.into_iter()
+        .chain(std::env::var("DATABASE_URL").ok())
+        .flat_map(|a| passwords(&a))
+        .collect()
 }
 
 /// The password of `url`, as written and percent-decoded (empty ones omitted).
@@ -375,6 +388,9 @@ pub(crate) fn without_repeats(message: &str) -> String {
 }
 
 fn main() -> ExitCode {
+    let _ = SECRETS.set(secrets_of(
+        std::env::args_os().map(|a| a.to_string_lossy().into_owned()),
+    ));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -399,11 +415,6 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     init_logging(cli.verbose);
-    let url = match &command {
-        Command::Load(a) => a.url.as_deref(),
-        Command::Probe(a) => a.url.as_deref(),
-    };
-    let _ = SECRETS.set(url.map(passwords).unwrap_or_default());
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -458,5 +469,69 @@ mod tests {
         assert_eq!(passwords("mysql://root:pw@h/db"), vec!["pw".to_owned()]);
         assert!(passwords("mysql://root@h/db").is_empty());
         assert!(passwords("sqlite::memory:").is_empty());
+    }
+
+    mod parser {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn token() -> impl Strategy<Value = String> {
+            prop_oneof![
+                proptest::sample::select(vec![
+                    "load",
+                    "probe",
+                    "--url",
+                    "--concurrency",
+                    "--pool-size",
+                    "--duration",
+                    "--requests",
+                    "--bursts",
+                    "--idle-gap",
+                    "--kill-idle-every",
+                    "--json",
+                    "--acquire-timeout",
+                    "--validation-timeout",
+                    "--validation",
+                    "--keepalive-interval",
+                    "--max-lifetime",
+                    "--idle-timeout",
+                    "--reset-on-return",
+                    "--connect-timeout",
+                    "-v",
+                    "-vv",
+                    "--",
+                    "-",
+                    "off",
+                    "always",
+                    "-1",
+                    "-1s",
+                    "0",
+                    "1e400",
+                    "NaN",
+                    "2562047788015216h",
+                    "18446744073709551616",
+                    "mysql://root:Zq7Pw@h:99999/db",
+                ])
+                .prop_map(str::to_owned),
+                "[ -~]{0,12}",
+                "\\PC{0,6}",
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            /// Any argument list parses or is refused with a message; the
+            /// flag checkers never panic, and the password never shows.
+            #[test]
+            fn any_arguments_parse_or_are_refused(args in proptest::collection::vec(token(), 0..8)) {
+                let argv: Vec<String> = std::iter::once("vigil".to_owned()).chain(args).collect();
+                let secrets = secrets_of(argv.clone());
+                if let Err(e) = Cli::try_parse_from(argv) {
+                    let shown = redact_with(&e.to_string(), &secrets);
+                    prop_assert!(!shown.contains("Zq7Pw"), "{}", shown);
+                }
+            }
+        }
     }
 }
