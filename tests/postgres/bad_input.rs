@@ -95,7 +95,7 @@ async fn bad_url_port_database_or_user_fail_clearly_without_leaking_the_password
             &*format!("postgres://u:{SECRET}@h/db?sslmode=bogus"),
             "ssl_mode",
         ),
-        ("not a url", "relative URL without a base"),
+        ("not a url", "no scheme (expected postgres, postgresql)"),
     ] {
         let err = PgManager::from_url(url).expect_err(url);
         let shown = format!("{err} / {err:?}");
