@@ -15,6 +15,10 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 
 use serde_json::Value;
 
+#[path = "faults/proxy.rs"]
+#[allow(dead_code)] // the fault suite uses more of it
+mod proxy;
+
 const MARIADB: &str = "mysql://root@127.0.0.1:3306/test";
 const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432/test";
 const SECRET: &str = "secret-pw-123";
@@ -692,4 +696,72 @@ fn rust_log_shows_the_pools_retirements() {
     // Quiet by default: nothing at warn on a clean run.
     let (_, _, stderr) = vigil_bounded(&args, &[]);
     assert!(stderr.trim().is_empty(), "{stderr}");
+}
+
+/// With the tool's defaults (acquire 15 s, validation 5 s), a checkout
+/// whose idle connection was black-holed waits out the ping, retires the
+/// connection and opens another in time: no caller fails. (With the old
+/// 5 s acquire default, equal to the validation timeout, every one did.)
+#[test]
+fn default_timeouts_survive_black_holed_idle_connections() {
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    let proxy = rt.block_on(proxy::Proxy::start("127.0.0.1:5432".parse().expect("addr")));
+    let url = format!("postgres://postgres@{}/test", proxy.addr());
+    let path = report_path("blackhole");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["load", "--url", &url, "--requests", "8", "--bursts", "2"])
+        .args(["--idle-gap", "4s", "--concurrency", "4", "--pool-size", "4"])
+        .args(["--metrics-addr", "127.0.0.1:0", "--json"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the vigil binary");
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+    let mut line = String::new();
+    while !line.contains("serving http://") {
+        line.clear();
+        let n = stderr.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "vigil ended without announcing its metrics address");
+    }
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address announced: {line:?}"))
+        .to_owned();
+    // The first burst (4 requests) follows the announcement at once; wait
+    // until the pool is idle in the 4 s gap, then black-hole its sessions.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let status = http_get(&addr, "/status");
+    assert!(
+        status.contains(r#""active":0"#),
+        "not idle in the gap: {status}"
+    );
+    let holed = proxy.black_hole_all();
+    assert!(holed >= 1, "the pool had sessions to black-hole");
+    let out = child.wait_with_output().expect("vigil finishes");
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_default())
+        .unwrap_or_else(|e| panic!("no report ({e}): {}", text(&out.stdout)));
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert_eq!(report["errors"], 0, "{report}");
+    assert!(
+        report["connections_closed"]["validation_failed"].as_u64() >= Some(1),
+        "the black-holed sessions were met by a checkout ping: {report}"
+    );
+    drop(proxy);
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    let mut http = TcpStream::connect(addr).expect("connect to the metrics server");
+    write!(
+        http,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut body = String::new();
+    http.read_to_string(&mut body).expect("read the response");
+    body.split_whitespace().collect()
 }
