@@ -8,7 +8,7 @@
 //! | pool | validation on | validation off |
 //! |---|---|---|
 //! | vigil | its defaults (validation `IdleFor(500 ms)`, ...) | — |
-//! | vigil-no-return-ping (PG) | defaults but `verify_on_return(false)`: what that default costs | — |
+//! | vigil-no-return-ping (PG) | defaults but `VerifyOnReturn::Never`: what that default costs | — |
 //! | vigil-sqlx (MariaDB) | vigil over `sqlx::MySqlConnection`, defaults | — |
 //! | sqlx `PgPool` / `MySqlPool` | `test_before_acquire(true)` (default) | `false` |
 //! | mysql_async `Pool` (MariaDB) | reset on return (default) | `with_reset_connection(false)` |
@@ -434,9 +434,10 @@ fn vigil_pg() -> BoxFuture<'static, Arc<dyn Target>> {
 /// off, to show what that default costs in the same run.
 fn vigil_pg_no_return_ping() -> BoxFuture<'static, Arc<dyn Target>> {
     Box::pin(async {
-        let manager = vigil::backend::sqlx::PgManager::new(pg_options()).verify_on_return(false);
+        let manager = vigil::backend::sqlx::PgManager::new(pg_options());
         let pool = vigil::Pool::builder(manager)
             .max_size(POOL_SIZE)
+            .verify_on_return(vigil::VerifyOnReturn::Never)
             .build()
             .expect("vigil build");
         Arc::new(pool) as Arc<dyn Target>
@@ -551,7 +552,7 @@ fn all_cases() -> Vec<Case> {
             "vigil-no-return-ping",
             Pg,
             true,
-            "vigil's defaults but PgManager::verify_on_return(false) (not a default)",
+            "vigil's defaults but verify_on_return(VerifyOnReturn::Never) (not a default)",
             vigil_pg_no_return_ping,
         ),
         case(

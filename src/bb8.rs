@@ -20,7 +20,7 @@
 //! next one), and pings only when the connection has been silent longer than
 //! the bypass window. At return it notes the time, refuses a connection the
 //! driver knows is broken, and marks one that needs cleaning (an open
-//! transaction; for sqlx, any borrow, see `SqlxManager::verify_on_return`):
+//! transaction; for sqlx, any borrow, see `Config::verify_on_return`):
 //! bb8's return path is synchronous, so the cleaning — rollback, ping — runs
 //! at the next checkout, inside `is_valid`, before the connection is lent.
 //!

@@ -28,6 +28,23 @@ impl Default for Validation {
     }
 }
 
+/// Whether a returned connection is pinged before it goes back idle (in the
+/// background, bounded by `validation_timeout`; never on the caller's path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VerifyOnReturn {
+    /// Ping only when the manager's `has_broken` cannot see a session that
+    /// died while lent ([`BrokenDetection::Blind`](crate::BrokenDetection::Blind):
+    /// the sqlx backends over a network). tokio-postgres and mysql_async
+    /// need no ping. The default.
+    #[default]
+    Auto,
+    /// Ping every returned connection.
+    Always,
+    /// Never ping on return. With a blind manager, a session killed while
+    /// lent is then lent again, once, to a borrower whose first query fails.
+    Never,
+}
+
 /// Every setting of a pool, with its default. Build one with [`Builder`](crate::Builder)
 /// or fill it from a configuration file and hand it to
 /// [`Builder::config`](crate::Builder::config).
@@ -78,6 +95,9 @@ pub struct Config {
     /// open transaction is rolled back on return whatever this says.
     /// Default `false`.
     pub reset_on_return: bool,
+    /// Whether returned connections are pinged; see [`VerifyOnReturn`].
+    /// Default [`VerifyOnReturn::Auto`].
+    pub verify_on_return: VerifyOnReturn,
     /// Most connects in flight at once, so a restart does not cause a storm.
     /// After a failed connect the pool as a whole waits before the next
     /// attempt (10 ms doubling to 500 ms, jittered), whatever the number of
@@ -130,6 +150,7 @@ impl Default for Config {
             server_timeout_margin: Duration::from_secs(5),
             server_idle_timeout_override: None,
             reset_on_return: false,
+            verify_on_return: VerifyOnReturn::Auto,
             max_concurrent_connects: 2,
             close_timeout: Duration::from_secs(30),
             leak_threshold: None,

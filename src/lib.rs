@@ -59,9 +59,9 @@ pub mod scope;
 pub mod server;
 mod stats;
 
-pub use config::{Config, Validation};
+pub use config::{Config, Validation, VerifyOnReturn};
 pub use error::{BuildError, ConfigError, Error, TimeoutPhase};
 pub use liveness::Reason;
-pub use manager::{Manager, ServerTimeouts};
+pub use manager::{BrokenDetection, Manager, ServerTimeouts};
 pub use pool::{Builder, Pool, Pooled};
 pub use stats::{ClosedCounts, ConnectionInfo, ConnectionState, HistogramSnapshot, State};

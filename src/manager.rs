@@ -19,6 +19,25 @@ pub struct ServerTimeouts {
     pub idle_in_transaction: Option<Duration>,
 }
 
+/// What a manager's [`has_broken`](Manager::has_broken) can see without a
+/// round trip. The pool decides from it (and
+/// [`Config::verify_on_return`](crate::Config::verify_on_return)) whether a
+/// returned connection is pinged before it goes back idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BrokenDetection {
+    /// The driver watches its socket: a session the server ended, idle or
+    /// lent, turns `has_broken` true without any I/O (tokio-postgres).
+    Watched,
+    /// `has_broken` turns true after an I/O error on the connection: a
+    /// borrower whose query failed on a dead session is seen, a session
+    /// that ended quietly while idle is not (mysql_async). The default.
+    AfterFailedIo,
+    /// `has_broken` sees nothing: a session that died while lent comes back
+    /// looking healthy (sqlx 0.8 over a network).
+    Blind,
+}
+
 /// Opens, checks, cleans and closes connections of one kind.
 ///
 /// Two tiers of liveness: [`has_broken`](Manager::has_broken) is a cheap
@@ -57,6 +76,14 @@ pub trait Manager: Send + Sync + 'static {
     /// finished (closed socket, fatal error seen)? Never does I/O. Default `false`.
     fn has_broken(&self, _conn: &mut Self::Connection) -> bool {
         false
+    }
+
+    /// What [`has_broken`](Manager::has_broken) can see without a round
+    /// trip. Default [`BrokenDetection::AfterFailedIo`]; a manager whose
+    /// driver cannot tell should say [`BrokenDetection::Blind`], so the pool
+    /// verifies returned connections by default.
+    fn broken_detection(&self) -> BrokenDetection {
+        BrokenDetection::AfterFailedIo
     }
 
     /// Cheap, synchronous: does the connection carry state the next borrower

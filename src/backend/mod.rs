@@ -4,3 +4,95 @@
 pub mod mysql;
 #[cfg(feature = "sqlx-backend")]
 pub mod sqlx;
+#[cfg(feature = "tokio-postgres")]
+pub mod tokio_postgres;
+
+/// A connection URL given to a manager's `from_url` could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {database} connection URL: {reason}")]
+pub struct InvalidUrl {
+    /// The database the URL was meant for (`"PostgreSQL"`, `"SQLite"`, `"MySQL"`).
+    pub database: &'static str,
+    /// What is wrong with it (the driver's parse error, with any password removed).
+    pub reason: String,
+}
+
+/// Replaces the URL's password, if `message` quotes it, with `***`.
+#[cfg_attr(
+    not(any(feature = "sqlx-backend", feature = "tokio-postgres")),
+    allow(dead_code)
+)]
+pub(crate) fn redact_password(message: &str, url: &str) -> String {
+    let authority = url.split_once("://").map_or("", |(_, rest)| {
+        rest.split(['/', '?', '#']).next().unwrap_or("")
+    });
+    let password = authority
+        .rsplit_once('@')
+        .and_then(|(userinfo, _)| userinfo.split_once(':'))
+        .map_or("", |(_, pw)| pw);
+    if password.is_empty() {
+        message.to_owned()
+    } else {
+        message.replace(password, "***")
+    }
+}
+
+/// Reads `setting` in `unit` as PostgreSQL reports it in `pg_settings`
+/// (time settings are integers in their base unit, `ms` for the idle
+/// timeouts). `0` means disabled.
+#[cfg(any(feature = "postgres", feature = "tokio-postgres"))]
+pub(crate) fn pg_duration(
+    setting: &str,
+    unit: Option<&str>,
+) -> Result<Option<std::time::Duration>, String> {
+    use std::time::Duration;
+    let value: u64 = setting
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a non-negative integer: {setting:?}"))?;
+    if value == 0 {
+        return Ok(None);
+    }
+    let d = match unit.unwrap_or("ms") {
+        "us" => Duration::from_micros(value),
+        "ms" => Duration::from_millis(value),
+        "s" => Duration::from_secs(value),
+        "min" => Duration::from_secs(value.saturating_mul(60)),
+        "h" => Duration::from_secs(value.saturating_mul(3600)),
+        "d" => Duration::from_secs(value.saturating_mul(86_400)),
+        other => return Err(format!("unknown time unit {other:?}")),
+    };
+    Ok(Some(d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    #[cfg(any(feature = "postgres", feature = "tokio-postgres"))]
+    fn pg_durations_are_read_in_their_unit() {
+        let ms = Duration::from_millis;
+        assert_eq!(pg_duration("0", Some("ms")), Ok(None));
+        assert_eq!(pg_duration("2000", Some("ms")), Ok(Some(ms(2000))));
+        assert_eq!(pg_duration("2500", Some("ms")), Ok(Some(ms(2500))));
+        assert_eq!(pg_duration("7", Some("s")), Ok(Some(ms(7000))));
+        assert_eq!(pg_duration("2", Some("min")), Ok(Some(ms(120_000))));
+        assert_eq!(pg_duration("1500", None), Ok(Some(ms(1500))));
+        assert!(pg_duration("2s", Some("ms")).is_err());
+        assert!(pg_duration("-1", Some("ms")).is_err());
+        assert!(pg_duration("5", Some("8kB")).is_err());
+    }
+
+    #[test]
+    fn redact_removes_the_password() {
+        let url = "postgres://bob:hunter2@db:x/app";
+        assert_eq!(redact_password("bad hunter2 here", url), "bad *** here");
+        assert_eq!(
+            redact_password("nothing", "postgres://bob@db/app"),
+            "nothing"
+        );
+        assert_eq!(redact_password("x", "not a url"), "x");
+    }
+}

@@ -49,7 +49,7 @@ use std::time::Duration;
 
 use sqlx::{ConnectOptions, Connection, Database, TransactionManager};
 
-use crate::manager::{Manager, ServerTimeouts};
+use crate::manager::{BrokenDetection, Manager, ServerTimeouts};
 
 /// The connect options type of the sqlx database `DB`
 /// (`PgConnectOptions`, `SqliteConnectOptions`, `MySqlConnectOptions`).
@@ -75,9 +75,9 @@ pub trait SqlxDatabase: Database + sealed::Sealed {
         conn: &mut Self::Connection,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
-    /// Whether returned connections are pinged by default; see
-    /// [`SqlxManager::verify_on_return`].
-    const VERIFY_ON_RETURN: bool;
+    /// What `has_broken` (always `false` with sqlx) can see: nothing over a
+    /// network; for SQLite, in-process, no session can die while lent.
+    const DETECTION: BrokenDetection;
 
     /// The URL schemes this database answers to (sqlx itself would read a
     /// `mysql://` URL as a SQLite file name, or as PostgreSQL options).
@@ -96,8 +96,12 @@ pub trait SqlxDatabase: Database + sealed::Sealed {
 /// - `has_broken`: always `false`; sqlx 0.8 exposes no cheap "this
 ///   connection is finished" flag. A session that died while idle is found
 ///   by the pool's server-timeout rule, its keepalive and the checkout
-///   validation; one that died while lent, by the ping on return
-///   ([`SqlxManager::verify_on_return`], on by default for servers).
+///   validation; one that died while lent, by the ping on return: the
+///   manager says [`BrokenDetection::Blind`] for PostgreSQL and MySQL, so
+///   the pool's default [`VerifyOnReturn::Auto`](crate::VerifyOnReturn)
+///   pings every returned connection (one round trip per return, off the
+///   caller's path; measured in BENCHMARKS.md). The tokio-postgres backend
+///   needs no such ping.
 /// - `needs_cleanup`: a sqlx-managed transaction is open, or a `ROLLBACK`
 ///   queued by a dropped [`Transaction`](sqlx::Transaction) has not been sent yet.
 /// - `reset`: sends what sqlx queued, rolls back sqlx-managed transactions,
@@ -109,7 +113,6 @@ pub trait SqlxDatabase: Database + sealed::Sealed {
 /// the password (sqlx's own options `Debug` would print it).
 pub struct SqlxManager<DB: SqlxDatabase> {
     options: Options<DB>,
-    verify_on_return: bool,
     _db: PhantomData<fn() -> DB>,
 }
 
@@ -127,26 +130,8 @@ impl<DB: SqlxDatabase> SqlxManager<DB> {
     pub fn new(options: Options<DB>) -> Self {
         SqlxManager {
             options,
-            verify_on_return: DB::VERIFY_ON_RETURN,
             _db: PhantomData,
         }
-    }
-
-    /// Whether every returned connection is pinged (in the background,
-    /// holding its slot) before it may be lent again. Default: on for
-    /// PostgreSQL and MySQL, off for SQLite (an in-process database cannot
-    /// lose its session).
-    ///
-    /// Why it is on: sqlx exposes no cheap "this connection is finished"
-    /// flag, so a session that died *while lent* (server restart, a kill
-    /// mid-query, a reset by a proxy) looks healthy when it comes back, and a
-    /// busy pool would lend it again and again without ever pinging it. The
-    /// cost is one round trip per return, off the caller's path (measured in
-    /// BENCHMARKS.md). Turn it off only if your code retires a guard
-    /// ([`Pooled::retire`](crate::Pooled::retire)) after a connection error.
-    pub fn verify_on_return(mut self, on: bool) -> Self {
-        self.verify_on_return = on;
-        self
     }
 
     /// A manager for the connection URL `url`
@@ -201,7 +186,7 @@ impl<DB: SqlxDatabase> SqlxManager<DB> {
 
 impl<DB: SqlxDatabase> Clone for SqlxManager<DB> {
     fn clone(&self) -> Self {
-        SqlxManager::new(self.options.clone()).verify_on_return(self.verify_on_return)
+        SqlxManager::new(self.options.clone())
     }
 }
 
@@ -209,37 +194,15 @@ impl<DB: SqlxDatabase> fmt::Debug for SqlxManager<DB> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut s = f.debug_struct("SqlxManager");
         s.field("backend", &<DB as Database>::NAME);
-        s.field("verify_on_return", &self.verify_on_return);
         DB::describe(&self.options, &mut s);
         s.finish_non_exhaustive()
     }
 }
 
-/// A connection URL given to [`SqlxManager::from_url`] could not be parsed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {database} connection URL: {reason}")]
-pub struct InvalidUrl {
-    /// The database the URL was meant for (`"PostgreSQL"`, `"SQLite"`, `"MySQL"`).
-    pub database: &'static str,
-    /// What is wrong with it (sqlx's parse error, with any password removed).
-    pub reason: String,
-}
-
-/// Replaces the URL's password, if `message` quotes it, with `***`.
-fn redact(message: &str, url: &str) -> String {
-    let authority = url.split_once("://").map_or("", |(_, rest)| {
-        rest.split(['/', '?', '#']).next().unwrap_or("")
-    });
-    let password = authority
-        .rsplit_once('@')
-        .and_then(|(userinfo, _)| userinfo.split_once(':'))
-        .map_or("", |(_, pw)| pw);
-    if password.is_empty() {
-        message.to_owned()
-    } else {
-        message.replace(password, "***")
-    }
-}
+#[cfg(feature = "postgres")]
+use super::pg_duration;
+use super::redact_password as redact;
+pub use super::InvalidUrl;
 
 impl<DB> Manager for SqlxManager<DB>
 where
@@ -265,11 +228,15 @@ where
         // until it is sent the server still holds the transaction and its
         // locks. It is `#[doc(hidden)]` but public on `Connection`, and the
         // only synchronous way to see that queued work.
-        self.verify_on_return || conn.is_in_transaction() || conn.should_flush()
+        conn.is_in_transaction() || conn.should_flush()
     }
 
     fn error_ends_session(&self, error: &sqlx::Error) -> bool {
         session_gone(error)
+    }
+
+    fn broken_detection(&self) -> BrokenDetection {
+        DB::DETECTION
     }
 
     async fn reset(&self, conn: &mut DB::Connection, full: bool) -> Result<(), sqlx::Error> {
@@ -277,9 +244,9 @@ where
         // wait for it: a ping goes out after it and is answered after it.
         // SQLite runs that ROLLBACK on its worker thread; the ping, which
         // queues behind it, waits for it the same way.
-        // With `verify_on_return`, the same ping proves the session survived
-        // its borrower; a failure retires it (`reset_failed`).
-        if self.verify_on_return || conn.should_flush() || conn.is_in_transaction() {
+        // The same ping proves the session survived its borrower; a failure
+        // retires it (`broken` when the session is gone).
+        if conn.should_flush() || conn.is_in_transaction() {
             conn.ping().await?;
         }
         // Still in a sqlx-managed transaction (a leaked `Transaction`):
@@ -326,30 +293,6 @@ fn session_gone(error: &sqlx::Error) -> bool {
     }
 }
 
-/// Reads `setting` in `unit` as PostgreSQL reports it in `pg_settings`
-/// (time settings are integers in their base unit, `ms` for the idle
-/// timeouts). `0` means disabled.
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-fn pg_duration(setting: &str, unit: Option<&str>) -> Result<Option<Duration>, String> {
-    let value: u64 = setting
-        .trim()
-        .parse()
-        .map_err(|_| format!("not a non-negative integer: {setting:?}"))?;
-    if value == 0 {
-        return Ok(None);
-    }
-    let d = match unit.unwrap_or("ms") {
-        "us" => Duration::from_micros(value),
-        "ms" => Duration::from_millis(value),
-        "s" => Duration::from_secs(value),
-        "min" => Duration::from_secs(value.saturating_mul(60)),
-        "h" => Duration::from_secs(value.saturating_mul(3600)),
-        "d" => Duration::from_secs(value.saturating_mul(86_400)),
-        other => return Err(format!("unknown time unit {other:?}")),
-    };
-    Ok(Some(d))
-}
-
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
@@ -359,7 +302,7 @@ mod postgres {
     impl sealed::Sealed for Postgres {}
 
     impl SqlxDatabase for Postgres {
-        const VERIFY_ON_RETURN: bool = true;
+        const DETECTION: BrokenDetection = BrokenDetection::Blind;
         const SCHEMES: &'static [&'static str] = &["postgres", "postgresql"];
 
         async fn server_timeouts(conn: &mut PgConnection) -> Result<ServerTimeouts, sqlx::Error> {
@@ -454,7 +397,7 @@ mod sqlite {
     impl sealed::Sealed for Sqlite {}
 
     impl SqlxDatabase for Sqlite {
-        const VERIFY_ON_RETURN: bool = false;
+        const DETECTION: BrokenDetection = BrokenDetection::AfterFailedIo;
         const SCHEMES: &'static [&'static str] = &["sqlite"];
 
         async fn server_timeouts(
@@ -515,7 +458,7 @@ mod mysql {
     impl sealed::Sealed for MySql {}
 
     impl SqlxDatabase for MySql {
-        const VERIFY_ON_RETURN: bool = true;
+        const DETECTION: BrokenDetection = BrokenDetection::Blind;
         const SCHEMES: &'static [&'static str] = &["mysql", "mariadb"];
 
         async fn server_timeouts(
@@ -576,30 +519,3 @@ mod mysql {
 }
 #[cfg(feature = "sqlx-mysql")]
 pub use mysql::MySqlSqlxManager;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pg_durations_are_read_in_their_unit() {
-        let ms = Duration::from_millis;
-        assert_eq!(pg_duration("0", Some("ms")), Ok(None));
-        assert_eq!(pg_duration("2000", Some("ms")), Ok(Some(ms(2000))));
-        assert_eq!(pg_duration("2500", Some("ms")), Ok(Some(ms(2500))));
-        assert_eq!(pg_duration("7", Some("s")), Ok(Some(ms(7000))));
-        assert_eq!(pg_duration("2", Some("min")), Ok(Some(ms(120_000))));
-        assert_eq!(pg_duration("1500", None), Ok(Some(ms(1500))));
-        assert!(pg_duration("2s", Some("ms")).is_err());
-        assert!(pg_duration("-1", Some("ms")).is_err());
-        assert!(pg_duration("5", Some("8kB")).is_err());
-    }
-
-    #[test]
-    fn redact_removes_the_password() {
-        let url = "postgres://bob:hunter2@db:x/app";
-        assert_eq!(redact("bad hunter2 here", url), "bad *** here");
-        assert_eq!(redact("nothing", "postgres://bob@db/app"), "nothing");
-        assert_eq!(redact("x", "not a url"), "x");
-    }
-}

@@ -29,10 +29,10 @@ use super::deadlines::Deadlines;
 use super::guard::Pooled;
 use super::owners::{Connecting, InFlight, Pending, Permit, Returning};
 use super::slots::{Activity, Conn, Meta, Slots};
-use crate::config::Config;
+use crate::config::{Config, VerifyOnReturn};
 use crate::error::{Error, TimeoutPhase};
 use crate::liveness::{assess, Policy, Reason, Verdict};
-use crate::manager::{Manager, ServerTimeouts};
+use crate::manager::{BrokenDetection, Manager, ServerTimeouts};
 use crate::stats::Stats;
 
 /// Tracing target for every event of the pool.
@@ -72,11 +72,20 @@ pub(crate) struct Shared<M: Manager> {
     /// waits for them, so a process that exits after it leaves no session
     /// to be cut off mid-goodbye.
     goodbyes: AtomicU64,
+    /// Returned connections are pinged: `verify_on_return`, resolved
+    /// against what the manager's `has_broken` can see.
+    verify_returns: bool,
 }
 
 impl<M: Manager> Shared<M> {
     pub(crate) fn new(manager: M, config: Config, runtime: Handle) -> Self {
+        let verify_returns = match config.verify_on_return {
+            VerifyOnReturn::Auto => manager.broken_detection() == BrokenDetection::Blind,
+            VerifyOnReturn::Always => true,
+            VerifyOnReturn::Never => false,
+        };
         Shared {
+            verify_returns,
             manager,
             policy: Policy::from(&config),
             slots: Mutex::new(Slots::new()),
@@ -602,12 +611,19 @@ impl<M: Manager> Shared<M> {
             return;
         }
         let full = full_reset || self.config.reset_on_return;
-        if !full && !self.manager.needs_cleanup(&mut conn.raw) {
+        let dirty = full || self.manager.needs_cleanup(&mut conn.raw);
+        if !dirty && !self.verify_returns {
             self.make_idle(conn);
             return;
         }
         let returning = Returning::new(self, conn);
-        self.runtime.spawn(returning.reset(full));
+        // A reset is a round trip too, and proves the session alive: a
+        // dirty connection is cleaned, a clean one only pinged.
+        if dirty {
+            self.runtime.spawn(returning.reset(full));
+        } else {
+            self.runtime.spawn(returning.verify());
+        }
     }
 
     /// Puts an active connection into the idle set and gives its permit back.

@@ -453,6 +453,8 @@ impl<M: Manager> Builder<M> {
         server_idle_timeout_override: Option<Option<Duration>>);
     setter!(/// See [`Config::reset_on_return`]. Default `false`.
         reset_on_return: bool);
+    setter!(/// See [`Config::verify_on_return`]. Default [`VerifyOnReturn::Auto`](crate::VerifyOnReturn::Auto).
+        verify_on_return: crate::config::VerifyOnReturn);
     setter!(/// See [`Config::max_concurrent_connects`]. Default 2.
         max_concurrent_connects: usize);
     setter!(/// See [`Config::close_timeout`]. Default 30 s.

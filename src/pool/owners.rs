@@ -149,44 +149,75 @@ impl<M: Manager> Returning<M> {
         }
     }
 
-    pub(super) async fn reset(mut self, full: bool) {
-        let conn = self.conn.as_mut().expect("Returning holds its connection");
-        let shared = &self.shared;
-        let result = timeout(
-            shared.config.validation_timeout,
-            shared.manager.reset(&mut conn.raw, full),
-        )
-        .await;
-        let conn = self.conn.take().expect("Returning holds its connection");
-        match result {
+    /// Cleans the connection (rollback, and a full reset when `full`), then
+    /// puts it back idle, or retires it if the cleaning failed.
+    pub(super) async fn reset(self, full: bool) {
+        self.finish(ReturnIo::Reset { full }).await;
+    }
+
+    /// Pings the connection (`verify_on_return`), then puts it back idle, or
+    /// retires it if the session did not survive its borrower.
+    pub(super) async fn verify(self) {
+        self.finish(ReturnIo::Verify).await;
+    }
+
+    /// Runs `io` on the connection, bounded by `validation_timeout`, and
+    /// files the connection by its outcome.
+    async fn finish(mut self, io: ReturnIo) {
+        let what = match io {
+            ReturnIo::Reset { .. } => "reset on return",
+            ReturnIo::Verify => "verify on return",
+        };
+        // The connection stays in `self` across the await: if this task is
+        // dropped mid-I/O, `Drop` closes it and gives the permit back.
+        let result = {
+            let Returning { shared, conn } = &mut self;
+            let raw = &mut conn.as_mut().expect("Returning holds its connection").raw;
+            let manager = &shared.manager;
+            timeout(shared.config.validation_timeout, async move {
+                match io {
+                    ReturnIo::Reset { full } => manager.reset(raw, full).await,
+                    ReturnIo::Verify => manager.is_valid(raw).await,
+                }
+            })
+            .await
+        };
+        let shared = Arc::clone(&self.shared);
+        let mut conn = self.conn.take().expect("Returning holds its connection");
+        let reason = match result {
             Ok(Ok(())) => {
-                let mut conn = conn;
                 conn.meta.last_io = Instant::now();
-                self.shared.make_idle(conn);
+                shared.make_idle(conn);
+                return;
             }
             Ok(Err(error)) => {
-                let mut conn = conn;
-                let manager = &self.shared.manager;
+                let manager = &shared.manager;
                 if manager.error_ends_session(&error) || manager.has_broken(&mut conn.raw) {
                     // The session died while it was lent (a restart, a kill):
                     // the borrower saw that already; debug, like every retirement.
-                    tracing::debug!(target: TARGET, conn_id = conn.meta.id, %error, "returned connection's session is gone");
-                    self.shared.retire_active(conn, Reason::Broken);
+                    tracing::debug!(target: TARGET, conn_id = conn.meta.id, %error, "returned connection's session is gone ({what})");
+                    Reason::Broken
                 } else {
-                    tracing::warn!(target: TARGET, conn_id = conn.meta.id, %error, "reset on return failed");
-                    self.shared.retire_active(conn, Reason::ResetFailed);
+                    tracing::warn!(target: TARGET, conn_id = conn.meta.id, %error, "{what} failed");
+                    Reason::ResetFailed
                 }
-                self.shared.suspect();
-                self.shared.release_permit();
             }
             Err(_) => {
-                tracing::warn!(target: TARGET, conn_id = conn.meta.id, "reset on return timed out");
-                self.shared.suspect();
-                self.shared.retire_active(conn, Reason::ResetFailed);
-                self.shared.release_permit();
+                tracing::warn!(target: TARGET, conn_id = conn.meta.id, "{what} timed out");
+                Reason::ResetFailed
             }
-        }
+        };
+        shared.suspect();
+        shared.retire_active(conn, reason);
+        shared.release_permit();
     }
+}
+
+/// What a `Returning` task does to its connection.
+#[derive(Clone, Copy)]
+enum ReturnIo {
+    Reset { full: bool },
+    Verify,
 }
 
 impl<M: Manager> Drop for Returning<M> {

@@ -1,0 +1,389 @@
+//! `TokioPgManager` (tokio-postgres) against the real PostgreSQL at
+//! 127.0.0.1:5432 (trust auth, user `postgres`, database `test`).
+//!
+//! What this backend promises over the sqlx one: a session the server ended
+//! is seen without a round trip (`Client::is_closed`), so the pool neither
+//! lends it nor pings to find out. These tests count pings through the
+//! pool's own validation counters and fail loudly when the server is down.
+//! Each pool names its sessions (`application_name`), so tests count and
+//! kill only their own backends and can run in parallel.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio_postgres::{Client, NoTls};
+use vigil::backend::tokio_postgres::TokioPgManager;
+use vigil::{Pool, Reason};
+
+use support::db::{trace, unique};
+use support::eventually;
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn url(app: &str) -> String {
+    format!("postgres://postgres@127.0.0.1:5432/test?application_name={app}")
+}
+
+fn pool(app: &str, size: usize) -> vigil::Builder<TokioPgManager> {
+    let manager = TokioPgManager::from_url(&url(app)).expect("a valid URL");
+    Pool::builder(manager)
+        .max_size(size)
+        .acquire_timeout(10 * SEC)
+}
+
+/// A connection outside any pool, for looking at and acting on the server.
+async fn admin() -> Client {
+    let (client, connection) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test application_name=vigil_tp_admin",
+        NoTls,
+    )
+    .await
+    .unwrap_or_else(|e| {
+        panic!("these tests need PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres): {e}")
+    });
+    tokio::spawn(connection);
+    client
+}
+
+async fn backends(admin: &Client, app: &str) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .expect("pg_stat_activity")
+        .get(0)
+}
+
+async fn terminate(admin: &Client, app: &str) -> usize {
+    admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&app],
+        )
+        .await
+        .expect("pg_terminate_backend")
+        .len()
+}
+
+async fn pid(client: &Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("SELECT pg_backend_pid()")
+        .get(0)
+}
+
+/// Opens `n` sessions at once and returns them to the pool.
+async fn fill(pool: &Pool<TokioPgManager>, n: usize) {
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(pool.get().await.expect("a connection"));
+    }
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_terminated_from_outside_are_retired_without_a_ping() {
+    trace();
+    let app = unique("tp_kill");
+    let pool = pool(&app, 4).build().expect("valid settings");
+    let admin = admin().await;
+    fill(&pool, 4).await;
+    eventually!("four idle sessions", 5 * SEC, pool.state().idle == 4);
+    // Past the 500 ms bypass window: a checkout would ping each of them,
+    // were the kills not seen without one.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(terminate(&admin, &app).await, 4);
+    // The housekeeper's sweep asks `has_broken` (no I/O) of every idle
+    // connection and retires the dead ones.
+    eventually!(
+        "the killed sessions to be retired as broken",
+        5 * SEC,
+        pool.state().closed.get(Reason::Broken) == 4
+    );
+    let mut tasks = JoinSet::new();
+    for _ in 0..4 {
+        let pool = pool.clone();
+        tasks.spawn(async move {
+            let client = pool.get().await.map_err(|e| e.to_string())?;
+            client
+                .query_one("SELECT 1", &[])
+                .await
+                .map(|row| row.get::<_, i32>(0))
+                .map_err(|e| e.to_string())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        assert_eq!(done.expect("task"), Ok(1));
+    }
+    let s = pool.state();
+    assert_eq!(
+        (s.validations_ok, s.validations_failed),
+        (0, 0),
+        "no ping was needed: {s:?}"
+    );
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_killed_between_checkouts_are_never_lent_and_never_pinged() {
+    // Kills that land while the sessions sit idle between back-to-back
+    // checkouts: the checkout's own `has_broken` sees them.
+    trace();
+    let app = unique("tp_hot");
+    let pool = pool(&app, 2)
+        .validation(vigil::Validation::Never)
+        .build()
+        .expect("valid settings");
+    let admin = admin().await;
+    let mut errors = Vec::new();
+    for _ in 0..5 {
+        fill(&pool, 2).await;
+        assert_eq!(terminate(&admin, &app).await, 2);
+        eventually!(
+            "the backends to go",
+            5 * SEC,
+            backends(&admin, &app).await == 0
+        );
+        // The FATAL reached each client before its backend exited; let the
+        // connection tasks read it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        for _ in 0..2 {
+            let client = pool.get().await.expect("a connection");
+            if let Err(e) = client.query_one("SELECT 1", &[]).await {
+                errors.push(e.to_string());
+            }
+        }
+    }
+    assert!(errors.is_empty(), "dead sessions were lent: {errors:?}");
+    assert!(pool.state().closed.get(Reason::Broken) >= 10);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_session_timeout_across_bursts_is_dodged_as_server_timeout() {
+    trace();
+    let app = unique("tp_idle");
+    let manager = TokioPgManager::from_url(&format!(
+        "{}&options=-c%20idle_session_timeout%3D2000",
+        url(&app)
+    ))
+    .expect("a valid URL");
+    let pool = Pool::builder(manager)
+        .max_size(4)
+        .acquire_timeout(10 * SEC)
+        .build()
+        .expect("valid settings");
+    let mut errors = Vec::new();
+    for burst in 0..3 {
+        if burst > 0 {
+            tokio::time::sleep(Duration::from_millis(3000)).await;
+        }
+        let mut tasks = JoinSet::new();
+        for _ in 0..4 {
+            let pool = pool.clone();
+            tasks.spawn(async move {
+                let mut errs = Vec::new();
+                for _ in 0..25 {
+                    let client = match pool.get().await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            errs.push(e.to_string());
+                            continue;
+                        }
+                    };
+                    if let Err(e) = client.query_one("SELECT 1", &[]).await {
+                        errs.push(e.to_string());
+                    }
+                }
+                errs
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            errors.extend(done.expect("task"));
+        }
+    }
+    assert!(errors.is_empty(), "{errors:?}");
+    let s = pool.state();
+    assert_eq!(s.server_idle_timeout, Some(Some(2 * SEC)), "{s:?}");
+    assert!(s.closed.get(Reason::ServerTimeout) >= 1, "{s:?}");
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_on_a_session_killed_while_lent_fails_once_and_the_session_is_not_lent_again() {
+    trace();
+    let app = unique("tp_lent");
+    let pool = pool(&app, 1).build().expect("valid settings");
+    let admin = admin().await;
+    let client = pool.get().await.expect("a connection");
+    let first = pid(&client).await;
+    assert_eq!(terminate(&admin, &app).await, 1);
+    let failed = client.query_one("SELECT 1", &[]).await;
+    assert!(failed.is_err(), "the killed session answered");
+    drop(client);
+    let client = pool.get().await.expect("a fresh connection");
+    assert_ne!(pid(&client).await, first);
+    drop(client);
+    let s = pool.state();
+    assert_eq!(s.closed.get(Reason::Broken), 1, "{s:?}");
+    assert_eq!(s.closed.get(Reason::ResetFailed), 0, "{s:?}");
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_transaction_is_rolled_back_before_the_next_borrower() {
+    trace();
+    let app = unique("tp_tx");
+    let table = unique("tp_tx_t");
+    let pool = pool(&app, 1).build().expect("valid settings");
+    {
+        let client = pool.get().await.expect("a connection");
+        client
+            .batch_execute(&format!("CREATE TABLE {table} (id int)"))
+            .await
+            .expect("create table");
+    }
+    {
+        let mut client = pool.get().await.expect("a connection");
+        let tx = client.transaction().await.expect("BEGIN");
+        tx.execute(&format!("INSERT INTO {table} VALUES (1)"), &[])
+            .await
+            .expect("insert");
+        // Dropped without commit.
+    }
+    let client = pool.get().await.expect("the same session");
+    let rows: i64 = client
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(rows, 0, "the next borrower saw the uncommitted row");
+    client
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .expect("drop table");
+    drop(client);
+    assert_eq!(pool.state().created, 1, "one session served all three");
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_on_return_clears_session_state_and_a_raw_begin() {
+    trace();
+    let app = unique("tp_reset");
+    let table = unique("tp_reset_t");
+    let pool = pool(&app, 1)
+        .reset_on_return(true)
+        .build()
+        .expect("valid settings");
+    {
+        let client = pool.get().await.expect("a connection");
+        client
+            .batch_execute(&format!(
+                "CREATE TABLE {table} (id int); SET search_path = nowhere; BEGIN; \
+                 INSERT INTO public.{table} VALUES (1)"
+            ))
+            .await
+            .expect("dirty the session");
+    }
+    let client = pool.get().await.expect("the same session, cleaned");
+    let path: String = client
+        .query_one("SHOW search_path", &[])
+        .await
+        .expect("SHOW")
+        .get(0);
+    assert_eq!(path, "\"$user\", public");
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .expect("to_regclass")
+        .get(0);
+    assert!(!exists, "the raw BEGIN's CREATE TABLE was rolled back");
+    drop(client);
+    let s = pool.state();
+    assert_eq!(
+        (s.created, s.closed.get(Reason::ResetFailed)),
+        (1, 0),
+        "{s:?}"
+    );
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_fails_clearly_without_the_password() {
+    let secret = "secret-pw-123";
+    for (url, mentions) in [
+        (
+            format!("postgres://u:{secret}@127.0.0.1:notaport/test"),
+            "port",
+        ),
+        (
+            format!("mysql://u:{secret}@127.0.0.1/test"),
+            "scheme `mysql`",
+        ),
+        (
+            format!("postgres://u:{secret}@127.0.0.1/test?sslmode=bogus"),
+            "sslmode",
+        ),
+    ] {
+        let e = TokioPgManager::from_url(&url).expect_err("an invalid URL");
+        let shown = format!("{e} {e:?}");
+        assert!(shown.contains(mentions), "{shown}");
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    let manager = TokioPgManager::from_url(&format!("postgres://u:{secret}@127.0.0.1/test"))
+        .expect("a valid URL");
+    assert!(!format!("{manager:?}").contains(secret));
+
+    let started = std::time::Instant::now();
+    for (url, mentions) in [
+        (format!("postgres://postgres:{secret}@127.0.0.1:1/test"), "refused"),
+        (
+            format!("postgres://no_such_role_vigil:{secret}@127.0.0.1:5432/test"),
+            "no_such_role_vigil",
+        ),
+        // Every host of the list is read-only: `target_session_attrs`
+        // refuses each session (the driver checks `transaction_read_only`).
+        (
+            "postgres://postgres@127.0.0.1:5432,127.0.0.1:5432/test?target_session_attrs=read-write\
+             &options=-c%20default_transaction_read_only%3Don"
+                .to_owned(),
+            "does not allow writes",
+        ),
+    ] {
+        let manager = TokioPgManager::from_url(&url).expect("a valid URL");
+        let e = Pool::builder(manager)
+            .acquire_timeout(5 * SEC)
+            .connect()
+            .await
+            .expect_err("no usable session");
+        let shown = format!("{e} {e:?}");
+        assert!(shown.contains(mentions), "{url}: {shown}");
+        assert!(!shown.contains(secret), "{shown}");
+    }
+    assert!(started.elapsed() < 20 * SEC, "{:?}", started.elapsed());
+
+    // A host list whose first host is down: the next one serves.
+    let manager = TokioPgManager::from_url("postgres://postgres@127.0.0.1:1,127.0.0.1:5432/test")
+        .expect("a valid URL");
+    let pool = Pool::builder(manager)
+        .connect()
+        .await
+        .expect("the second host");
+    let one: i32 = pool
+        .get()
+        .await
+        .expect("a connection")
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("SELECT 1")
+        .get(0);
+    assert_eq!(one, 1);
+    pool.close().await;
+}
