@@ -45,7 +45,6 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::str::FromStr;
-use std::time::Duration;
 
 use sqlx::{ConnectOptions, Connection, Database, TransactionManager};
 
@@ -475,7 +474,7 @@ mod mysql {
                 sqlx::Error::Protocol(format!("cannot read MySQL wait_timeout {secs:?}"))
             })?;
             Ok(ServerTimeouts {
-                idle: (secs > 0).then(|| Duration::from_secs(secs)),
+                idle: (secs > 0).then(|| std::time::Duration::from_secs(secs)),
                 idle_in_transaction: None,
             })
         }

@@ -10,6 +10,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 use vigil::backend::mysql::MySqlManager;
 use vigil::backend::sqlx::{PgManager, SqliteManager};
+use vigil::backend::tokio_postgres::TokioPgManager;
 use vigil::Manager;
 
 use crate::Fail;
@@ -165,6 +166,52 @@ impl Backend for PgManager {
             .map(drop)
             .map_err(|e| e.to_string())
     }
+}
+
+impl Backend for TokioPgManager {
+    async fn execute(conn: &mut tokio_postgres::Client, sql: &str) -> Result<(), String> {
+        // Extended protocol with an unnamed statement, Parse/Bind/Execute in
+        // one flight: one round trip, like sqlx's cached statements.
+        conn.query_typed(sql, &[])
+            .await
+            .map(drop)
+            .map_err(|e| error_chain(&e))
+    }
+}
+
+/// `error` with its causes (tokio-postgres keeps the server's reason in them).
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text = format!("{text}: {cause_text}");
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// The tokio-postgres manager for `url`, its sessions named `application_name`
+/// and, when asked, with the server's idle timeout set for them only.
+pub(crate) fn tokio_pg(
+    url: &str,
+    application_name: &str,
+    session_idle_timeout: Option<Duration>,
+) -> Result<TokioPgManager, Fail> {
+    let manager = TokioPgManager::from_url(url).map_err(|e| Fail::input(e.to_string()))?;
+    let mut config = manager.config().clone();
+    config.application_name(application_name);
+    if let Some(timeout) = session_idle_timeout {
+        let ms = timeout.as_millis().max(1);
+        let options = match config.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} -c idle_session_timeout={ms}"),
+            _ => format!("-c idle_session_timeout={ms}"),
+        };
+        config.options(&options);
+    }
+    Ok(TokioPgManager::new(config))
 }
 
 impl Backend for SqliteManager {

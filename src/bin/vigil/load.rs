@@ -12,13 +12,14 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use vigil::backend::mysql::MySqlManager;
 use vigil::backend::sqlx::{PgManager, SqliteManager};
+use vigil::backend::tokio_postgres::TokioPgManager;
 use vigil::Pool;
 
-use crate::backend::{Backend, Target};
+use crate::backend::{error_chain, tokio_pg, Backend, Target};
 use crate::kill::{kill_loop, KillTally, Killer, SessionIds};
 use crate::progress::{progress_bar, tick};
 use crate::report::{self, Acquire, Latency, PoolFigures, Report};
-use crate::{redact, Fail, LivenessArgs, LoadArgs};
+use crate::{redact, Driver, Fail, LivenessArgs, LoadArgs};
 
 /// Error messages kept for the report.
 const SAMPLES: usize = 5;
@@ -36,6 +37,8 @@ type KillPlan = Option<(Killer, Duration)>;
 /// The settings of one run, checked.
 struct Plan {
     backend: &'static str,
+    /// The driver under the pool (`tokio-postgres`, `sqlx`, `mysql_async`).
+    driver: &'static str,
     target: String,
     sql: Arc<str>,
     pool_size: usize,
@@ -83,7 +86,7 @@ impl Live {
 
 /// Runs `vigil load`; returns the exit code (0, or 1 when requests failed).
 pub(crate) async fn run(args: LoadArgs) -> Result<u8, Fail> {
-    let (plan, target, killer) = prepare(&args)?;
+    let (plan, target, killer, tokio_pg) = prepare(&args)?;
     let mut json_file = match &args.json {
         // Created now, so an unwritable path fails before the run, not after.
         Some(path) => Some(
@@ -94,7 +97,10 @@ pub(crate) async fn run(args: LoadArgs) -> Result<u8, Fail> {
     };
     let report = match target {
         Target::MySql(opts) => drive(MySqlManager::new(opts), &plan, killer).await,
-        Target::Postgres(opts) => drive(PgManager::new(opts), &plan, killer).await,
+        Target::Postgres(opts) => match tokio_pg {
+            Some(manager) => drive(manager, &plan, killer).await,
+            None => drive(PgManager::new(opts), &plan, killer).await,
+        },
         Target::Sqlite(opts) => drive(SqliteManager::new(opts), &plan, killer).await,
     };
     let report = match (report, &args.json) {
@@ -121,7 +127,7 @@ pub(crate) async fn run(args: LoadArgs) -> Result<u8, Fail> {
 
 /// Checks the flags against the URL: the plan, the target to open pool
 /// sessions with, and the killer (with its period) if one was asked for.
-fn prepare(args: &LoadArgs) -> Result<(Plan, Target, KillPlan), Fail> {
+fn prepare(args: &LoadArgs) -> Result<(Plan, Target, KillPlan, Option<TokioPgManager>), Fail> {
     let base = Target::from_arg(args.url.as_deref())?;
     if args.kill_idle_every.is_some() && matches!(base, Target::Sqlite(_)) {
         return Err(Fail::input(
@@ -153,8 +159,24 @@ fn prepare(args: &LoadArgs) -> Result<(Plan, Target, KillPlan), Fail> {
     let killer = args.kill_idle_every.and_then(|every| {
         Killer::new(&base, Arc::clone(&live.ids), &application_name).map(|k| (k, every))
     });
+    // postgres:// with the tokio-postgres driver: the same URL, read by that
+    // driver, with the same session name and timeout.
+    let tokio_pg = match (&target, args.driver) {
+        (Target::Postgres(o), Driver::TokioPostgres) => Some(tokio_pg(
+            args.url.as_deref().unwrap_or_default(),
+            o.get_application_name().unwrap_or(&application_name),
+            args.session_idle_timeout,
+        )?),
+        _ => None,
+    };
+    let driver = match (&target, &tokio_pg) {
+        (Target::MySql(_), _) => "mysql_async",
+        (_, Some(_)) => "tokio-postgres",
+        _ => "sqlx",
+    };
     let plan = Plan {
         backend: target.kind(),
+        driver,
         target: target.describe(),
         sql: Arc::from(args.query.as_str()),
         pool_size: args.pool_size,
@@ -177,7 +199,7 @@ fn prepare(args: &LoadArgs) -> Result<(Plan, Target, KillPlan), Fail> {
         kill_idle_every: args.kill_idle_every,
         live,
     };
-    Ok((plan, target, killer))
+    Ok((plan, target, killer, tokio_pg))
 }
 
 /// Builds the pool, runs the bursts with the killer, the progress bar and
@@ -234,7 +256,7 @@ async fn open_pool<B: Backend>(manager: B, plan: &Plan) -> Result<Pool<B>, Fail>
     let within = plan.acquire_timeout;
     match tokio::time::timeout(within, manager.connect()).await {
         Ok(Ok(conn)) => manager.close(conn).await,
-        Ok(Err(e)) => return Err(cannot(e.to_string())),
+        Ok(Err(e)) => return Err(cannot(error_chain(&e))),
         Err(_) => return Err(cannot(format!("no answer within {within:?}"))),
     }
     let l = &plan.liveness;
@@ -268,7 +290,10 @@ async fn open_pool<B: Backend>(manager: B, plan: &Plan) -> Result<Pool<B>, Fail>
                 e.reason.replace("None means never", "`off` means never")
             )),
             e => match e.last_connect_error() {
-                Some(cause) => cannot(format!("{cause} (no connection within {within:?})")),
+                Some(cause) => cannot(format!(
+                    "{} (no connection within {within:?})",
+                    error_chain(cause)
+                )),
                 None => cannot(e.to_string()),
             },
         })
@@ -343,6 +368,7 @@ fn report_of(plan: &Plan, ran: Ran, figures: PoolFigures, kills: KillTally) -> R
     let samples = std::mem::take(&mut *live.samples.lock().unwrap_or_else(|p| p.into_inner()));
     Report {
         backend: plan.backend,
+        driver: plan.driver,
         target: plan.target.clone(),
         query: plan.sql.to_string(),
         pool_size: plan.pool_size,

@@ -58,6 +58,11 @@ pub(crate) struct LoadArgs {
     /// read; without either, an in-memory SQLite database (no server) is used.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub(crate) url: Option<String>,
+    /// The driver for postgres:// URLs: `tokio-postgres` (the default: it
+    /// sees a dead session without a round trip) or `sqlx` (pings every
+    /// returned connection, since sqlx cannot tell).
+    #[arg(long, value_enum, default_value_t = Driver::TokioPostgres)]
+    pub(crate) driver: Driver,
     /// Worker tasks sharing the pool, each looping get → query → return
     /// (at most 10000; never more than the requests to run).
     #[arg(long, default_value_t = 16, value_parser = concurrency, allow_hyphen_values = true)]
@@ -137,6 +142,15 @@ pub(crate) struct LivenessArgs {
     /// PostgreSQL DISCARD ALL): a round trip per request.
     #[arg(long)]
     pub(crate) reset_on_return: bool,
+}
+
+/// Which PostgreSQL driver `vigil load` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Driver {
+    /// `vigil::backend::tokio_postgres::TokioPgManager`.
+    TokioPostgres,
+    /// `vigil::backend::sqlx::PgManager`.
+    Sqlx,
 }
 
 /// Flags of `vigil probe`.

@@ -70,6 +70,8 @@ pub(crate) struct Validations {
 #[derive(Debug, Serialize)]
 pub(crate) struct Report {
     pub(crate) backend: &'static str,
+    /// The driver under the pool: `tokio-postgres`, `sqlx` or `mysql_async`.
+    pub(crate) driver: &'static str,
     /// `host:port/db` (never credentials).
     pub(crate) target: String,
     pub(crate) query: String,
@@ -153,8 +155,9 @@ impl Report {
         line(
             "vigil load",
             format!(
-                "{} {}, pool {}, {} workers, query {:?}{}",
+                "{} ({}) {}, pool {}, {} workers, query {:?}{}",
                 self.backend,
+                self.driver,
                 self.target,
                 self.pool_size,
                 self.concurrency,
