@@ -1,6 +1,8 @@
 //! PostgreSQL through `tokio-postgres`: liveness without a round trip.
 //!
-//! [`TokioPgManager`] lends plain [`tokio_postgres::Client`]s. Each client's
+//! [`TokioPgManager`] lends [`PgClient`]s: a [`tokio_postgres::Client`]
+//! (reached through `Deref`, so `conn.query(…)` works as on a client) with
+//! the task that runs its connection. Each client's
 //! [`Connection`](tokio_postgres::Connection) runs in a task of its own on
 //! the runtime that opened it; that task reads everything the server sends
 //! the moment it arrives, including the `FATAL` of an idle timeout, a
@@ -51,8 +53,11 @@
 //! the password.
 
 use std::fmt;
+use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::time::Duration;
+
+use tokio::task::JoinHandle;
 
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
@@ -179,6 +184,57 @@ impl fmt::Debug for TokioPgManager {
     }
 }
 
+/// A pooled PostgreSQL session: the [`Client`] (through `Deref`) and the
+/// task that runs its connection.
+///
+/// The pool closes a retired session by dropping the client, which lets
+/// the task send `Terminate` and end, and aborts the task if that does not
+/// happen within `validation_timeout`: a task still waiting for the reply
+/// to a ping that a black hole swallowed would otherwise keep the socket,
+/// and the server's session, open for good.
+pub struct PgClient {
+    client: Client,
+    connection: JoinHandle<()>,
+}
+
+impl PgClient {
+    /// The client, for APIs that want a `&Client` rather than a deref.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Deref for PgClient {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl DerefMut for PgClient {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+impl fmt::Debug for PgClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgClient")
+            .field("closed", &self.client.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Aborts the connection task when dropped: the pool's timeout on `close`.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The error means the session is over: the connection is closed, or the
 /// server ended it (SQLSTATE class `08`, `57P01`–`57P03`).
 fn session_gone(error: &tokio_postgres::Error) -> bool {
@@ -195,30 +251,30 @@ fn session_gone(error: &tokio_postgres::Error) -> bool {
 }
 
 impl Manager for TokioPgManager {
-    type Connection = Client;
+    type Connection = PgClient;
     type Error = tokio_postgres::Error;
 
-    async fn connect(&self) -> Result<Client, tokio_postgres::Error> {
+    async fn connect(&self) -> Result<PgClient, tokio_postgres::Error> {
         let (client, connection) = self.config.connect(NoTls).await?;
         // The connection task: it owns the socket, answers the client's
         // requests and notices the server's goodbye, which flips
         // `is_closed`. It ends when the client is dropped (after sending
         // `Terminate`) or the session does.
-        tokio::spawn(async move {
+        let connection = tokio::spawn(async move {
             if let Err(error) = connection.await {
                 // debug: the pool reports the retirement that follows.
                 tracing::debug!(target: TARGET, %error, "session ended");
             }
         });
-        Ok(client)
+        Ok(PgClient { client, connection })
     }
 
-    async fn is_valid(&self, conn: &mut Client) -> Result<(), tokio_postgres::Error> {
+    async fn is_valid(&self, conn: &mut PgClient) -> Result<(), tokio_postgres::Error> {
         // An empty query: one round trip, no parse, no plan.
         conn.simple_query("").await.map(drop)
     }
 
-    fn has_broken(&self, conn: &mut Client) -> bool {
+    fn has_broken(&self, conn: &mut PgClient) -> bool {
         conn.is_closed()
     }
 
@@ -230,7 +286,7 @@ impl Manager for TokioPgManager {
         session_gone(error)
     }
 
-    async fn reset(&self, conn: &mut Client, full: bool) -> Result<(), tokio_postgres::Error> {
+    async fn reset(&self, conn: &mut PgClient, full: bool) -> Result<(), tokio_postgres::Error> {
         if !full {
             return Ok(());
         }
@@ -248,7 +304,7 @@ impl Manager for TokioPgManager {
 
     async fn server_timeouts(
         &self,
-        conn: &mut Client,
+        conn: &mut PgClient,
     ) -> Result<ServerTimeouts, tokio_postgres::Error> {
         // `pg_settings` has no row for a setting the server lacks
         // (`idle_session_timeout` before v14), where `SHOW` would fail.
@@ -280,9 +336,13 @@ impl Manager for TokioPgManager {
         Ok(timeouts)
     }
 
-    async fn close(&self, conn: Client) {
-        // Dropping the client ends its connection task, which sends
-        // `Terminate`: the polite goodbye, without waiting for anything.
-        drop(conn);
+    async fn close(&self, conn: PgClient) {
+        let PgClient { client, connection } = conn;
+        // If the pool's timeout drops this future, the task is aborted.
+        let _abort = AbortOnDrop(connection.abort_handle());
+        // Dropping the client lets the task send `Terminate` and end, once
+        // every reply it still waits for has come.
+        drop(client);
+        let _ = connection.await;
     }
 }

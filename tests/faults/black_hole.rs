@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use vigil::{Pooled, Reason, Validation};
 
 use crate::harness::{
-    builder, check_settled, conclude, trace, wait_until, Db, Load, Maria, Pg, Report, MAX, MS, SEC,
-    THINK,
+    builder, check_settled, conclude, trace, wait_until, Db, Load, Maria, Pg, Report, TokioPg, MAX,
+    MS, SEC, THINK,
 };
 use crate::proxy::Proxy;
 
@@ -219,4 +219,14 @@ async fn mariadb_black_holed_connections_are_retired_within_validation_timeout()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_black_holed_connections_are_retired_within_validation_timeout() {
     all(Pg::shared("blackhole")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tokio_black_holed_connections_are_retired_within_validation_timeout() {
+    trace();
+    // No `hanging_reset`: over tokio-postgres a plain return sends nothing.
+    let db = TokioPg::shared("blackhole");
+    let keepalive = keepalive_detects(&db).await;
+    let checkout = checkout_detects(&db).await;
+    conclude([keepalive, checkout]);
 }

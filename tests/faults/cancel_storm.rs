@@ -12,7 +12,8 @@ use tokio::task::JoinSet;
 use vigil::{Pooled, Reason, Validation};
 
 use crate::harness::{
-    builder, check_settled, conclude, trace, Db, Load, Maria, Pg, Report, MAX, QUERY_BOUND, SEC,
+    builder, check_settled, conclude, trace, Db, Load, Maria, Pg, Report, TokioPg, MAX,
+    QUERY_BOUND, SEC,
 };
 use crate::proxy::Proxy;
 
@@ -193,4 +194,9 @@ async fn mariadb_cancel_storm_leaks_no_slot_and_no_session() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_cancel_storm_leaks_no_slot_and_no_session() {
     conclude([cancel_storm(Pg::shared("storm")).await]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tokio_cancel_storm_leaks_no_slot_and_no_session() {
+    conclude([cancel_storm(TokioPg::shared("storm")).await]);
 }

@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    builder, check_settled, conclude, trace, Db, Load, Maria, Outcome, Pg, Report, MS, SEC, THINK,
+    builder, check_settled, conclude, trace, Db, Load, Maria, Outcome, Pg, Report, TokioPg, MS,
+    SEC, THINK,
 };
 use crate::proxy::Proxy;
 use crate::servers::free_port;
@@ -160,4 +161,9 @@ async fn mariadb_server_down_at_start_reports_the_real_connect_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_server_down_at_start_reports_the_real_connect_error() {
     conclude([down_at_start(Pg::shared("down")).await]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tokio_server_down_at_start_reports_the_real_connect_error() {
+    conclude([down_at_start(TokioPg::shared("down")).await]);
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use vigil::{Builder, Pool};
 
-pub use crate::db::{Db, Maria, Pg};
+pub use crate::db::{Db, Maria, Pg, TokioPg};
 
 /// Pool size of every scenario.
 pub const MAX: usize = 8;

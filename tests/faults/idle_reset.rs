@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use vigil::Reason;
 
 use crate::harness::{
-    builder, check_settled, conclude, trace, Db, Load, Maria, Pg, Report, MAX, SEC, THINK,
+    builder, check_settled, conclude, trace, Db, Load, Maria, Pg, Report, TokioPg, MAX, SEC, THINK,
 };
 use crate::proxy::Proxy;
 
@@ -147,4 +147,14 @@ async fn mariadb_reset_under_load_fails_each_connection_at_most_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_reset_under_load_fails_each_connection_at_most_once() {
     conclude([reset_under_load(Pg::shared("resetload")).await]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tokio_idle_connections_reset_by_the_network_reach_no_caller() {
+    conclude([idle_connections_reset(TokioPg::shared("idlereset")).await]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tokio_reset_under_load_fails_each_connection_at_most_once() {
+    conclude([reset_under_load(TokioPg::shared("resetload")).await]);
 }

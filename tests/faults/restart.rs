@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    builder, check_settled, conclude, trace, Db, Load, Maria, Pg, Report, MAX, SEC, THINK,
+    builder, check_settled, conclude, trace, Db, Load, Maria, Pg, Report, TokioPg, MAX, SEC, THINK,
 };
 use crate::proxy::Proxy;
 use crate::servers::{blocking, PrivateMaria, PrivatePg, Restartable};
@@ -97,6 +97,16 @@ async fn restart_mid_load<D: Db, S: Restartable>(
     // failure retires it, and from the first failure seen on, every idle
     // connection is pinged before it is lent (`Shared::suspect`). So: at
     // most one dead lend per pooled connection, never a second one.
+    if D::WATCHED {
+        // The driver saw each session end (FATAL, EOF): none is lent again.
+        report.check(
+            report.dead_lent == 0,
+            format!(
+                "no dead lend after the restart began ({})",
+                report.dead_lent
+            ),
+        );
+    }
     report.check(
         report.dead_lent <= MAX as u64,
         format!(
@@ -104,10 +114,14 @@ async fn restart_mid_load<D: Db, S: Restartable>(
             report.dead_lent
         ),
     );
+    // Over tokio-postgres a session can fail two callers as the server goes
+    // down: the one whose query met the FATAL, and one lent it before the
+    // EOF behind that FATAL was read (the known gap of issue 11).
+    let per_connection: u64 = if D::WATCHED { 2 } else { 1 };
     report.check(
-        recs.errors() <= MAX as u64,
+        recs.errors() <= per_connection * MAX as u64,
         format!(
-            "each connection failed at most one caller ({} errors)",
+            "each connection failed at most {per_connection} caller(s) ({} errors)",
             recs.errors()
         ),
     );
@@ -154,6 +168,20 @@ async fn postgres_restart_mid_load_fails_only_queries_in_flight() {
             .expect("start the private PostgreSQL"),
     );
     let db = Pg::private(server.port(), "restart");
+    let restart = restart_mid_load(&db, &server, How::Restart).await;
+    let crash = restart_mid_load(&db, &server, How::Crash).await;
+    conclude([restart, crash]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_tokio_restart_mid_load_lends_no_dead_session() {
+    trace();
+    let server = Arc::new(
+        tokio::task::spawn_blocking(PrivatePg::start)
+            .await
+            .expect("start the private PostgreSQL"),
+    );
+    let db = TokioPg::private(server.port(), "restart");
     let restart = restart_mid_load(&db, &server, How::Restart).await;
     let crash = restart_mid_load(&db, &server, How::Crash).await;
     conclude([restart, crash]);

@@ -169,7 +169,10 @@ impl Backend for PgManager {
 }
 
 impl Backend for TokioPgManager {
-    async fn execute(conn: &mut tokio_postgres::Client, sql: &str) -> Result<(), String> {
+    async fn execute(
+        conn: &mut vigil::backend::tokio_postgres::PgClient,
+        sql: &str,
+    ) -> Result<(), String> {
         // Extended protocol with an unnamed statement, Parse/Bind/Execute in
         // one flight: one round trip, like sqlx's cached statements.
         conn.query_typed(sql, &[])
