@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use vigil::{Builder, Pool};
 
+// The soak example (examples/soak.rs) shares this file and uses no `TokioPg`.
+#[allow(unused_imports)]
 pub use crate::db::{Db, Maria, Pg, TokioPg};
 
 /// Pool size of every scenario.
