@@ -4,8 +4,8 @@
 //! fault proxy. Prints one table at the end; RELIABILITY.md quotes it.
 //!
 //! ```sh
-//! cargo run --release --features postgres,mysql --example soak             # 10 minutes
-//! cargo run --release --features postgres,mysql --example soak -- --minutes 1
+//! cargo run --release --features postgres,mysql,tokio-postgres --example soak             # 10 minutes
+//! cargo run --release --features postgres,mysql,tokio-postgres --example soak -- --minutes 1
 //! ```
 //!
 //! Both servers are soaked at once, each by 64 tasks on a pool of 8. The

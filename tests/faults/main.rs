@@ -7,8 +7,8 @@
 //! - [`servers`]: private PostgreSQL and MariaDB instances for the scenarios
 //!   that restart or crash a server (the shared servers on 5432/3306 are
 //!   never restarted and no global setting is changed);
-//! - [`db`]: the two servers behind one trait (PostgreSQL through sqlx,
-//!   MariaDB through mysql_async);
+//! - [`db`]: the servers behind one trait (PostgreSQL through sqlx and
+//!   through tokio-postgres, MariaDB through mysql_async);
 //! - [`harness`]: pool settings, the load generator that records every
 //!   request, and the report;
 //! - one module per scenario group.
@@ -18,7 +18,7 @@
 //! before its checks are asserted; RELIABILITY.md is generated from them:
 //!
 //! ```sh
-//! cargo test --features postgres,mysql --test faults -- --nocapture
+//! cargo test --features postgres,mysql,tokio-postgres --test faults -- --nocapture
 //! ```
 //!
 //! The suite needs the shared servers (PostgreSQL on 5432 with database
