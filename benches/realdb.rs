@@ -23,7 +23,7 @@
 //! falls on all cases alike; queries/s is the median run, latency percentiles
 //! are over all runs (acquire included).
 //!
-//! Run: `cargo bench --features postgres,mysql,sqlx-mysql --bench realdb`.
+//! Run: `cargo bench --features postgres,mysql,sqlx-mysql,tokio-postgres --bench realdb`.
 //! Environment: `VIGIL_BENCH_QUERIES` (20000), `VIGIL_BENCH_RUNS` (7),
 //! `VIGIL_BENCH_POOLS` (comma list of pool names, default all),
 //! `VIGIL_BENCH_SERVERS` (`pg,mariadb`), `VIGIL_BENCH_PG_URL`
@@ -195,6 +195,45 @@ impl Driver for mysql_async::Conn {
         self.is_disconnected()
     }
 }
+
+impl Driver for vigil::backend::tokio_postgres::PgClient {
+    type Opts = tokio_postgres::Config;
+    type Error = tokio_postgres::Error;
+
+    async fn connect(opts: &tokio_postgres::Config) -> Result<Self, tokio_postgres::Error> {
+        // The same connect (and connection task) for every pool over this
+        // driver: vigil's manager, whose only additions are TCP settings.
+        use vigil::Manager;
+        vigil::backend::tokio_postgres::TokioPgManager::new(opts.clone())
+            .connect()
+            .await
+    }
+
+    async fn ping(&mut self) -> Result<(), tokio_postgres::Error> {
+        self.simple_query("").await.map(drop)
+    }
+
+    async fn select1(&mut self) -> Result<(), tokio_postgres::Error> {
+        // Unnamed statement, Parse/Bind/Execute in one flight: one round trip.
+        let rows = self.query_typed("SELECT 1", &[]).await?;
+        let one: i32 = rows[0].get(0);
+        assert_eq!(one, 1);
+        Ok(())
+    }
+
+    fn has_broken(&mut self) -> bool {
+        self.is_closed()
+    }
+}
+
+/// tokio-postgres options for the PostgreSQL server (plain TCP).
+fn tp_config() -> tokio_postgres::Config {
+    let url = std::env::var("VIGIL_BENCH_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    url.parse().expect("VIGIL_BENCH_PG_URL parses")
+}
+
+type TpConn = vigil::backend::tokio_postgres::PgClient;
 
 // ------------------------------------------------------------------ bb8 and deadpool managers
 
@@ -418,6 +457,17 @@ struct Case {
     build: Build,
 }
 
+fn vigil_tp() -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async {
+        let manager = vigil::backend::tokio_postgres::TokioPgManager::new(tp_config());
+        let pool = vigil::Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("vigil build");
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
 fn vigil_pg() -> BoxFuture<'static, Arc<dyn Target>> {
     Box::pin(async {
         // Defaults apart from the size (validation IdleFor(500 ms), and
@@ -547,7 +597,55 @@ fn all_cases() -> Vec<Case> {
         build,
     };
     vec![
-        case("vigil", Pg, true, "vigil's defaults", vigil_pg),
+        case(
+            "vigil",
+            Pg,
+            true,
+            "vigil's defaults, over tokio-postgres (TokioPgManager)",
+            vigil_tp,
+        ),
+        case(
+            "vigil-sqlx",
+            Pg,
+            true,
+            "vigil's defaults, over sqlx (PgManager: a ping on every return)",
+            vigil_pg,
+        ),
+        case(
+            "bb8-tp",
+            Pg,
+            true,
+            "over tokio-postgres, test_on_check_out(true)",
+            || bb8_pool::<TpConn>(tp_config(), true),
+        ),
+        case(
+            "bb8-tp",
+            Pg,
+            false,
+            "over tokio-postgres, test_on_check_out(false)",
+            || bb8_pool::<TpConn>(tp_config(), false),
+        ),
+        case(
+            "deadpool-tp",
+            Pg,
+            true,
+            "over tokio-postgres, ping in recycle (deadpool-postgres' Verified)",
+            || deadpool_pool::<TpConn>(tp_config(), true),
+        ),
+        case(
+            "deadpool-tp",
+            Pg,
+            false,
+            "over tokio-postgres, is_closed only (deadpool-postgres' Fast)",
+            || deadpool_pool::<TpConn>(tp_config(), false),
+        ),
+        case(
+            "dedicated-tp",
+            Pg,
+            false,
+            "16 tokio-postgres connections, no pool",
+            || dedicated::<TpConn>(tp_config()),
+        ),
         case(
             "vigil-no-return-ping",
             Pg,
@@ -884,7 +982,7 @@ fn report(cells: &[Cell], queries: u64, runs: usize) -> (Vec<Value>, Vec<Value>)
         let best_off = cells
             .iter()
             .filter(|c| c.case.server == server && !c.case.validation)
-            .filter(|c| c.case.pool != "dedicated" && !c.case.pool.starts_with("vigil"))
+            .filter(|c| !c.case.pool.starts_with("dedicated") && !c.case.pool.starts_with("vigil"))
             .max_by(|a, b| a.median().total_cmp(&b.median()));
         let limit = find(cells, "dedicated", server, false);
         if let Some(best) = best_off {
@@ -924,6 +1022,42 @@ fn report(cells: &[Cell], queries: u64, runs: usize) -> (Vec<Value>, Vec<Value>)
                 "vigil_over_best_peer_off_per_round_median": paired_median,
                 "vigil_over_dedicated": limit.map(|l| vigil.median() / l.median()),
                 "met": ratio >= 1.0,
+            }));
+        }
+    }
+    // PostgreSQL over the same driver as vigil's default backend: vigil
+    // (tokio-postgres) against the peers over tokio-postgres with
+    // validation off and the 16 dedicated tokio-postgres connections.
+    if let Some(vigil) = find(cells, "vigil", Pg, true) {
+        let best = cells
+            .iter()
+            .filter(|c| c.case.server == Pg && !c.case.validation && c.case.pool.ends_with("-tp"))
+            .filter(|c| !c.case.pool.starts_with("dedicated"))
+            .max_by(|a, b| a.median().total_cmp(&b.median()));
+        let limit = find(cells, "dedicated-tp", Pg, false);
+        if let (Some(best), Some(limit)) = (best, limit) {
+            let ratio = vigil.median() / best.median();
+            let over_limit = vigil.median() / limit.median();
+            let met = ratio >= 1.0 && over_limit >= 0.97;
+            println!(
+                "pg over tokio-postgres: vigil {:.0} q/s = {:.2}x the best tokio-postgres peer \
+                 with validation off ({} {:.0}), {:.2}x 16 dedicated tokio-postgres connections \
+                 [target >= 1.00 and >= 0.97: {}]",
+                vigil.median(),
+                ratio,
+                best.case.pool,
+                best.median(),
+                over_limit,
+                if met { "met" } else { "NOT met" },
+            );
+            targets.push(json!({
+                "server": "pg, tokio-postgres peers",
+                "vigil_queries_per_sec": vigil.median(),
+                "best_peer_off": best.case.pool,
+                "best_peer_off_queries_per_sec": best.median(),
+                "vigil_over_best_peer_off": ratio,
+                "vigil_over_dedicated": over_limit,
+                "met": met,
             }));
         }
     }
