@@ -9,7 +9,7 @@
 //! | dirty? (`needs_cleanup`) | `SERVER_STATUS_IN_TRANS` in the last OK packet | no |
 //! | alive? (`is_valid`) | `COM_PING` | yes |
 //! | clean (`reset`) | `ROLLBACK`; with `reset_on_return`, `COM_RESET_CONNECTION` | yes |
-//! | server timeouts | session `wait_timeout`, MariaDB `idle_transaction_timeout` | once per connection |
+//! | server timeouts | session `wait_timeout`, MariaDB `idle_transaction_timeout`, with `max_allowed_packet`; the next connects reuse them (and hand mysql_async the two it would query) for 60 s | once a minute, not per connection |
 //!
 //! # What a plain return cleans
 //!
@@ -41,11 +41,15 @@
 //! in the URL) to keep to the address you gave.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::time::Instant;
 
 use mysql_async::consts::StatusFlags;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts};
+use mysql_async::{Conn, Opts, OptsBuilder};
 
 use crate::manager::{Manager, ServerTimeouts};
 
@@ -80,6 +84,24 @@ const ER_UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
 #[derive(Clone)]
 pub struct MySqlManager {
     opts: Opts,
+    /// What a connection learned about the server, shared by clones.
+    learned: Arc<Mutex<Option<Learned>>>,
+}
+
+/// How long what one connection learned about the server stands in for
+/// asking again: a `SET GLOBAL` of `wait_timeout` or `max_allowed_packet`
+/// reaches the pool's new connections within this time.
+const RELEARN_AFTER: Duration = Duration::from_secs(60);
+
+/// The server's settings as one session found them, reused for the next
+/// connects: mysql_async is handed `max_allowed_packet` and `wait_timeout`
+/// (so it does not query them at connect) and the pool the idle timeouts
+/// (so `server_timeouts` asks nothing). Two round trips fewer per connect.
+#[derive(Clone)]
+struct Learned {
+    at: Instant,
+    opts: Opts,
+    timeouts: ServerTimeouts,
 }
 
 impl MySqlManager {
@@ -105,7 +127,48 @@ impl MySqlManager {
     /// let manager = MySqlManager::new(opts.into());
     /// ```
     pub fn new(opts: Opts) -> Self {
-        MySqlManager { opts }
+        MySqlManager {
+            opts,
+            learned: Arc::default(),
+        }
+    }
+
+    /// What a recent connection learned, if it is recent enough to reuse.
+    fn learned(&self) -> Option<Learned> {
+        self.learned
+            .lock()
+            .as_ref()
+            .filter(|l| l.at.elapsed() < RELEARN_AFTER)
+            .cloned()
+    }
+
+    /// Keeps what `conn` found: the timeouts, and the options that spare
+    /// the next connects mysql_async's own settings query.
+    fn learn(
+        &self,
+        timeouts: ServerTimeouts,
+        max_allowed_packet: Option<usize>,
+        wait_timeout: u64,
+    ) {
+        // Only when the user set neither (then mysql_async would not ask)
+        // and `prefer_socket` is off (else mysql_async queries `@@socket`
+        // anyway, and the saving is one query, not two).
+        let user_set =
+            self.opts.max_allowed_packet().is_some() || self.opts.wait_timeout().is_some();
+        let opts = match max_allowed_packet {
+            Some(packet) if !user_set && !self.opts.prefer_socket() => {
+                OptsBuilder::from_opts(self.opts.clone())
+                    .max_allowed_packet(Some(packet))
+                    .wait_timeout(Some(usize::try_from(wait_timeout).unwrap_or(usize::MAX)))
+                    .into()
+            }
+            _ => self.opts.clone(),
+        };
+        *self.learned.lock() = Some(Learned {
+            at: Instant::now(),
+            opts,
+            timeouts,
+        });
     }
 
     /// A manager for a `mysql://user:password@host:port/database?params` URL.
@@ -187,7 +250,8 @@ impl Manager for MySqlManager {
     type Error = mysql_async::Error;
 
     async fn connect(&self) -> Result<Conn, mysql_async::Error> {
-        Conn::new(self.opts.clone()).await
+        let opts = self.learned().map_or_else(|| self.opts.clone(), |l| l.opts);
+        Conn::new(opts).await
     }
 
     /// `COM_PING`.
@@ -236,33 +300,50 @@ impl Manager for MySqlManager {
         Ok(())
     }
 
-    /// One query: the session `wait_timeout`, plus `idle_transaction_timeout`
-    /// on MariaDB (10.3+). MariaDB is recognised by its version (10 and up;
-    /// MySQL went from 5.7 to 8 and 9); a server without the variable
-    /// answers `ER_UNKNOWN_SYSTEM_VARIABLE` and is asked again without it.
+    /// One query per [`RELEARN_AFTER`], not per connection: the session
+    /// `wait_timeout`, `max_allowed_packet`, and `idle_transaction_timeout`
+    /// on MariaDB (10.3+). Every session of one manager opens with the same
+    /// options (its `init` commands included), so what one found holds for
+    /// the next; see [`Learned`]. MariaDB is recognised by its version (10
+    /// and up; MySQL went from 5.7 to 8 and 9); a server without the
+    /// variable answers `ER_UNKNOWN_SYSTEM_VARIABLE` and is asked again
+    /// without it.
     async fn server_timeouts(&self, conn: &mut Conn) -> Result<ServerTimeouts, mysql_async::Error> {
+        if let Some(learned) = self.learned() {
+            return Ok(learned.timeouts);
+        }
         if conn.server_version().0 >= 10 {
-            let both: Result<Option<(u64, u64)>, _> = conn
-                .query_first("SELECT @@SESSION.wait_timeout, @@SESSION.idle_transaction_timeout")
+            let all: Result<Option<(u64, u64, u64)>, _> = conn
+                .query_first(
+                    "SELECT @@SESSION.wait_timeout, @@max_allowed_packet, \
+                     @@SESSION.idle_transaction_timeout",
+                )
                 .await;
-            match both {
+            match all {
                 Ok(row) => {
                     // A SELECT of variables always answers one row.
-                    let (idle, in_tx) = row.unwrap_or_default();
-                    return Ok(ServerTimeouts {
+                    let (idle, packet, in_tx) = row.unwrap_or_default();
+                    let timeouts = ServerTimeouts {
                         idle: seconds(idle),
                         idle_in_transaction: seconds(in_tx),
-                    });
+                    };
+                    self.learn(timeouts, usize::try_from(packet).ok(), idle);
+                    return Ok(timeouts);
                 }
                 Err(mysql_async::Error::Server(e)) if e.code == ER_UNKNOWN_SYSTEM_VARIABLE => {}
                 Err(e) => return Err(e),
             }
         }
-        let idle: Option<u64> = conn.query_first("SELECT @@SESSION.wait_timeout").await?;
-        Ok(ServerTimeouts {
-            idle: seconds(idle.unwrap_or_default()),
+        let row: Option<(u64, u64)> = conn
+            .query_first("SELECT @@SESSION.wait_timeout, @@max_allowed_packet")
+            .await?;
+        let (idle, packet) = row.unwrap_or_default();
+        let timeouts = ServerTimeouts {
+            idle: seconds(idle),
             idle_in_transaction: None,
-        })
+        };
+        self.learn(timeouts, usize::try_from(packet).ok(), idle);
+        Ok(timeouts)
     }
 
     /// `COM_QUIT`; errors are ignored (the connection is going away anyway).

@@ -148,3 +148,37 @@ async fn checkout_within_bypass_window_adds_no_round_trip() {
     assert_eq!(pings.load(SeqCst), 21);
     assert_eq!(admin_commands(&mut conn).await, server_before + 21);
 }
+
+/// This session's count of statements it sent.
+async fn questions(conn: &mut Conn) -> u64 {
+    let row: Option<(String, String)> = conn
+        .query_first("SHOW SESSION STATUS LIKE 'Questions'")
+        .await
+        .expect("read session status");
+    row.expect("Questions exists").1.parse().expect("a number")
+}
+
+/// The first connection asks the server its settings (mysql_async's
+/// `max_allowed_packet` / `wait_timeout` query and vigil's timeout
+/// discovery); the connects after it reuse the answers and ask nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connects_after_the_first_ask_the_server_nothing() {
+    trace();
+    let opts = crate::support::db::maria_tcp(3306).db_name(Some("test"));
+    let pool = Pool::builder(MySqlManager::new(opts.into()))
+        .max_size(2)
+        .build()
+        .expect("valid settings");
+    let mut first = pool.get().await.expect("the first connection");
+    let mut second = pool.get().await.expect("the second connection");
+    let (q1, q2) = (questions(&mut first).await, questions(&mut second).await);
+    assert_eq!(
+        q1,
+        q2 + 2,
+        "the second session skipped both settings queries"
+    );
+    let timeout = pool.state().server_idle_timeout;
+    assert!(matches!(timeout, Some(Some(_))), "{timeout:?}");
+    drop((first, second));
+    pool.close().await;
+}
