@@ -34,7 +34,7 @@
 //! / successful queries. No server counters are read, so other activity on
 //! the servers does not disturb the figures.
 //!
-//! Run: `cargo bench --features postgres,mysql,sqlx-mysql --bench liveness`
+//! Run: `cargo bench --features postgres,mysql,sqlx-mysql,tokio-postgres --bench liveness`
 //! (~15 s per case, 16 cases). Environment: `VIGIL_LIVENESS_POOLS`
 //! (`vigil,sqlx,mysql_async,bb8,deadpool`), `VIGIL_LIVENESS_SERVERS`
 //! (`pg,mariadb`), `VIGIL_BENCH_PG_URL`, `VIGIL_BENCH_MYSQL_URL` (as in
@@ -195,6 +195,51 @@ impl Driver for PgConnection {
     fn has_broken(&mut self) -> bool {
         false // sqlx 0.8 exposes no such flag
     }
+}
+
+impl Driver for vigil::backend::tokio_postgres::PgClient {
+    type Opts = tokio_postgres::Config;
+    type Error = tokio_postgres::Error;
+
+    async fn connect(opts: &tokio_postgres::Config) -> Result<Self, tokio_postgres::Error> {
+        // The same connect (and connection task) for every pool over this driver.
+        use vigil::Manager;
+        vigil::backend::tokio_postgres::TokioPgManager::new(opts.clone())
+            .connect()
+            .await
+    }
+
+    async fn ping(&mut self) -> Result<(), tokio_postgres::Error> {
+        self.simple_query("").await.map(drop)
+    }
+
+    async fn select1(&mut self) -> Result<(), tokio_postgres::Error> {
+        // Unnamed statement, Parse/Bind/Execute in one flight: one round trip.
+        let rows = self.query_typed("SELECT 1", &[]).await?;
+        let one: i32 = rows[0].get(0);
+        assert_eq!(one, 1);
+        Ok(())
+    }
+
+    fn has_broken(&mut self) -> bool {
+        self.is_closed()
+    }
+}
+
+type TpConn = vigil::backend::tokio_postgres::PgClient;
+
+/// tokio-postgres options through the proxy, with the same 2 s
+/// `idle_session_timeout` for this session only.
+fn tp_config(proxy: SocketAddr) -> tokio_postgres::Config {
+    let mut config: tokio_postgres::Config = pg_url().parse().expect("VIGIL_BENCH_PG_URL parses");
+    config
+        .host(&proxy.ip().to_string())
+        .port(proxy.port())
+        .options(&format!(
+            "-c idle_session_timeout={}s",
+            SERVER_IDLE_TIMEOUT_S
+        ));
+    config
 }
 
 impl Driver for MySqlConnection {
@@ -654,6 +699,17 @@ fn vigil_pg(proxy: SocketAddr) -> BoxFuture<'static, Arc<dyn Target>> {
     })
 }
 
+fn vigil_tp(proxy: SocketAddr) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        let manager = vigil::backend::tokio_postgres::TokioPgManager::new(tp_config(proxy));
+        let pool = vigil::Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("vigil build");
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
 fn vigil_maria(proxy: SocketAddr) -> BoxFuture<'static, Arc<dyn Target>> {
     Box::pin(async move {
         let opts = mysql_async_opts(proxy).init(vec![MYSQL_SESSION_TIMEOUT]);
@@ -752,7 +808,54 @@ fn all_cases() -> Vec<Case> {
         build,
     };
     vec![
-        case("vigil", Pg, true, true, VIGIL_DEFAULTS, vigil_pg),
+        case(
+            "vigil",
+            Pg,
+            true,
+            true,
+            "vigil's defaults, over tokio-postgres (TokioPgManager)",
+            vigil_tp,
+        ),
+        case(
+            "vigil-sqlx",
+            Pg,
+            true,
+            true,
+            "vigil's defaults, over sqlx (PgManager: a ping on every return)",
+            vigil_pg,
+        ),
+        case(
+            "bb8-tp",
+            Pg,
+            true,
+            true,
+            "over tokio-postgres, test_on_check_out(true)",
+            |p| bb8_pool::<TpConn>(tp_config(p), true),
+        ),
+        case(
+            "bb8-tp",
+            Pg,
+            false,
+            false,
+            "over tokio-postgres, test_on_check_out(false)",
+            |p| bb8_pool::<TpConn>(tp_config(p), false),
+        ),
+        case(
+            "deadpool-tp",
+            Pg,
+            true,
+            false,
+            "over tokio-postgres, ping in recycle (deadpool-postgres' Verified)",
+            |p| deadpool_pool::<TpConn>(tp_config(p), true),
+        ),
+        case(
+            "deadpool-tp",
+            Pg,
+            false,
+            true,
+            "over tokio-postgres, is_closed only (deadpool-postgres' Fast, its default)",
+            |p| deadpool_pool::<TpConn>(tp_config(p), false),
+        ),
         case("sqlx", Pg, true, true, "test_before_acquire(true)", |p| {
             sqlx_pg(p, true)
         }),
