@@ -42,6 +42,9 @@ pub struct Bb8Manager<M> {
     manager: M,
     policy: Policy,
     config: Config,
+    /// Returned connections are pinged before their next lend
+    /// (`verify_on_return`, resolved against the manager).
+    verify_returns: bool,
 }
 
 impl<M: Manager> Bb8Manager<M> {
@@ -53,9 +56,10 @@ impl<M: Manager> Bb8Manager<M> {
 
     /// With the liveness settings of `config`: `validation`,
     /// `server_timeout_margin`, `server_idle_timeout_override`,
-    /// `max_lifetime`, `validation_timeout`. (Sizing stays bb8's.)
+    /// `max_lifetime`, `validation_timeout`, `verify_on_return`. (Sizing stays bb8's.)
     pub fn with_config(manager: M, config: Config) -> Self {
         Bb8Manager {
+            verify_returns: config.verify_on_return.pings(manager.broken_detection()),
             manager,
             policy: Policy {
                 // bb8 shrinks by its own idle_timeout; only obsolescence here.
@@ -77,6 +81,8 @@ pub struct Tracked<C> {
     server: ServerTimeouts,
     /// Returned needing `Manager::reset` before it may be lent again.
     dirty: bool,
+    /// Returned, and to be pinged before it is lent again (`verify_on_return`).
+    unverified: bool,
 }
 
 impl<C> Tracked<C> {
@@ -167,6 +173,7 @@ impl<M: Manager> ::bb8::ManageConnection for Bb8Manager<M> {
             last_io: now,
             server,
             dirty: false,
+            unverified: false,
         })
     }
 
@@ -186,12 +193,14 @@ impl<M: Manager> ::bb8::ManageConnection for Bb8Manager<M> {
             .map_err(|_| Bb8Error::TimedOut(self.config.validation_timeout))?
             .map_err(Bb8Error::Driver)?;
             conn.dirty = false;
+            conn.unverified = false;
             conn.last_io = Instant::now();
             return Ok(());
         }
-        if !self.policy.needs_ping(conn.last_io, now) {
+        if !conn.unverified && !self.policy.needs_ping(conn.last_io, now) {
             return Ok(());
         }
+        conn.unverified = false;
         timeout(
             self.config.validation_timeout,
             self.manager.is_valid(&mut conn.conn),
@@ -211,6 +220,7 @@ impl<M: Manager> ::bb8::ManageConnection for Bb8Manager<M> {
         // Cleaning needs a round trip, which this synchronous path cannot
         // make: it is left to the next checkout (`is_valid`).
         conn.dirty = self.manager.needs_cleanup(&mut conn.conn);
+        conn.unverified = self.verify_returns;
         broken || assess(&conn.facts(false), &self.policy, now) != Verdict::Keep
     }
 }

@@ -45,6 +45,18 @@ pub enum VerifyOnReturn {
     Never,
 }
 
+impl VerifyOnReturn {
+    /// Whether returned connections are pinged, for a manager whose
+    /// `has_broken` sees what `detection` says.
+    pub(crate) fn pings(self, detection: crate::manager::BrokenDetection) -> bool {
+        match self {
+            VerifyOnReturn::Auto => detection == crate::manager::BrokenDetection::Blind,
+            VerifyOnReturn::Always => true,
+            VerifyOnReturn::Never => false,
+        }
+    }
+}
+
 /// Every setting of a pool, with its default. Build one with [`Builder`](crate::Builder)
 /// or fill it from a configuration file and hand it to
 /// [`Builder::config`](crate::Builder::config).

@@ -29,10 +29,10 @@ use super::deadlines::Deadlines;
 use super::guard::Pooled;
 use super::owners::{Connecting, InFlight, Pending, Permit, Returning};
 use super::slots::{Activity, Conn, Meta, Slots};
-use crate::config::{Config, VerifyOnReturn};
+use crate::config::Config;
 use crate::error::{Error, TimeoutPhase};
 use crate::liveness::{assess, Policy, Reason, Verdict};
-use crate::manager::{BrokenDetection, Manager, ServerTimeouts};
+use crate::manager::{Manager, ServerTimeouts};
 use crate::stats::Stats;
 
 /// Tracing target for every event of the pool.
@@ -79,11 +79,7 @@ pub(crate) struct Shared<M: Manager> {
 
 impl<M: Manager> Shared<M> {
     pub(crate) fn new(manager: M, config: Config, runtime: Handle) -> Self {
-        let verify_returns = match config.verify_on_return {
-            VerifyOnReturn::Auto => manager.broken_detection() == BrokenDetection::Blind,
-            VerifyOnReturn::Always => true,
-            VerifyOnReturn::Never => false,
-        };
+        let verify_returns = config.verify_on_return.pings(manager.broken_detection());
         Shared {
             verify_returns,
             manager,

@@ -164,9 +164,9 @@ impl<M: Manager> Returning<M> {
     /// Runs `io` on the connection, bounded by `validation_timeout`, and
     /// files the connection by its outcome.
     async fn finish(mut self, io: ReturnIo) {
-        let what = match io {
-            ReturnIo::Reset { .. } => "reset on return",
-            ReturnIo::Verify => "verify on return",
+        let (what, failed) = match io {
+            ReturnIo::Reset { .. } => ("reset on return", Reason::ResetFailed),
+            ReturnIo::Verify => ("verify on return", Reason::ValidationFailed),
         };
         // The connection stays in `self` across the await: if this task is
         // dropped mid-I/O, `Drop` closes it and gives the permit back.
@@ -199,12 +199,12 @@ impl<M: Manager> Returning<M> {
                     Reason::Broken
                 } else {
                     tracing::warn!(target: TARGET, conn_id = conn.meta.id, %error, "{what} failed");
-                    Reason::ResetFailed
+                    failed
                 }
             }
             Err(_) => {
                 tracing::warn!(target: TARGET, conn_id = conn.meta.id, "{what} timed out");
-                Reason::ResetFailed
+                failed
             }
         };
         shared.suspect();
