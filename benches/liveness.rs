@@ -231,14 +231,18 @@ type TpConn = vigil::backend::tokio_postgres::PgClient;
 /// tokio-postgres options through the proxy, with the same 2 s
 /// `idle_session_timeout` for this session only.
 fn tp_config(proxy: SocketAddr) -> tokio_postgres::Config {
-    let mut config: tokio_postgres::Config = pg_url().parse().expect("VIGIL_BENCH_PG_URL parses");
+    let url: tokio_postgres::Config = pg_url().parse().expect("VIGIL_BENCH_PG_URL parses");
+    // A fresh config: `Config::host` adds a host, it does not replace the URL's.
+    let mut config = tokio_postgres::Config::new();
     config
-        .host(&proxy.ip().to_string())
+        .host(proxy.ip().to_string())
         .port(proxy.port())
-        .options(&format!(
-            "-c idle_session_timeout={}s",
-            SERVER_IDLE_TIMEOUT_S
-        ));
+        .user(url.get_user().unwrap_or("postgres"))
+        .dbname(url.get_dbname().unwrap_or("postgres"))
+        .options(format!("-c idle_session_timeout={SERVER_IDLE_TIMEOUT_S}s"));
+    if let Some(password) = url.get_password() {
+        config.password(password);
+    }
     config
 }
 
