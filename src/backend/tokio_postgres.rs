@@ -16,7 +16,7 @@
 //! | dirty? (`needs_cleanup`) | never: a dropped [`Transaction`](tokio_postgres::Transaction) queues its own `ROLLBACK` before any later query | no |
 //! | alive? (`is_valid`) | an empty simple query | yes |
 //! | clean (`reset`, with `reset_on_return`) | `DISCARD ALL` (after a `ROLLBACK` if a raw `BEGIN` left a transaction open) | yes |
-//! | server timeouts | `idle_session_timeout`, `idle_in_transaction_session_timeout` from `pg_settings`, one simple query | once per connection |
+//! | server timeouts | `idle_session_timeout`, `idle_in_transaction_session_timeout` from `pg_settings`, one simple query; the next sessions reuse the answer for 60 s | once a minute, not per connection |
 //!
 //! # What is seen without a round trip, and what is not
 //!
@@ -57,7 +57,11 @@ use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
@@ -90,7 +94,15 @@ const DRIVER_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
 #[derive(Clone)]
 pub struct TokioPgManager {
     config: Config,
+    /// The server timeouts a recent session found, shared by clones.
+    learned: Arc<Mutex<Option<(Instant, ServerTimeouts)>>>,
 }
+
+/// How long the timeouts one session found stand in for asking again.
+/// Every session of one manager opens with the same options, so they see
+/// the same values; an `ALTER SYSTEM … ; SELECT pg_reload_conf()` reaches
+/// the pool's new sessions within this time.
+const RELEARN_AFTER: Duration = Duration::from_secs(60);
 
 impl TokioPgManager {
     /// A manager that opens connections with `config`, plus the connect
@@ -109,7 +121,10 @@ impl TokioPgManager {
         if config.get_tcp_user_timeout().is_none() {
             config.tcp_user_timeout(Duration::from_secs(30));
         }
-        TokioPgManager { config }
+        TokioPgManager {
+            config,
+            learned: Arc::default(),
+        }
     }
 
     /// A manager for a connection string: a URL
@@ -306,6 +321,11 @@ impl Manager for TokioPgManager {
         &self,
         conn: &mut PgClient,
     ) -> Result<ServerTimeouts, tokio_postgres::Error> {
+        if let Some((at, timeouts)) = *self.learned.lock() {
+            if at.elapsed() < RELEARN_AFTER {
+                return Ok(timeouts);
+            }
+        }
         // `pg_settings` has no row for a setting the server lacks
         // (`idle_session_timeout` before v14), where `SHOW` would fail.
         // Simple protocol: one round trip, nothing prepared.
@@ -333,6 +353,7 @@ impl Manager for TokioPgManager {
                 }
             }
         }
+        *self.learned.lock() = Some((Instant::now(), timeouts));
         Ok(timeouts)
     }
 
