@@ -384,23 +384,8 @@ fn metrics_endpoint_serves_the_load_pool_while_running() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run the vigil binary");
-    let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
-    let mut line = String::new();
-    stderr.read_line(&mut line).expect("read stderr");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no address announced: {line:?}"))
-        .to_owned();
-    let mut http = TcpStream::connect(&addr).expect("connect to the metrics server");
-    write!(
-        http,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send the request");
-    let mut body = String::new();
-    http.read_to_string(&mut body).expect("read the response");
+    let (addr, _stderr) = announced_metrics_addr(&mut child);
+    let body = http_get(&addr, "/metrics");
     let out = child.wait_with_output().expect("vigil finishes");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
@@ -752,19 +737,7 @@ fn default_timeouts_survive_black_holed_idle_connections() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run the vigil binary");
-    let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
-    let mut line = String::new();
-    while !line.contains("serving http://") {
-        line.clear();
-        let n = stderr.read_line(&mut line).expect("read stderr");
-        assert!(n > 0, "vigil ended without announcing its metrics address");
-    }
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_else(|| panic!("no address announced: {line:?}"))
-        .to_owned();
+    let (addr, _stderr) = announced_metrics_addr(&mut child);
     // The first burst (4 requests) follows the announcement at once; wait
     // until the pool is idle in the 4 s gap, then black-hole its sessions.
     std::thread::sleep(std::time::Duration::from_millis(1500));
@@ -788,6 +761,51 @@ fn default_timeouts_survive_black_holed_idle_connections() {
     drop(proxy);
 }
 
+/// The `host:port` that `vigil load --metrics-addr 127.0.0.1:0` announces on
+/// stderr (after any log lines before it), and the rest of stderr: keep it
+/// open (and read it) while the child runs.
+fn announced_metrics_addr(
+    child: &mut std::process::Child,
+) -> (String, BufReader<std::process::ChildStderr>) {
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+    let mut line = String::new();
+    while !line.contains("serving http://") {
+        line.clear();
+        let n = stderr.read_line(&mut line).expect("read stderr");
+        assert!(n > 0, "vigil ended without announcing its metrics address");
+    }
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_else(|| panic!("no address announced: {line:?}"))
+        .to_owned();
+    (addr, stderr)
+}
+
+/// Output to a closed stderr (`2>&-`, a reader that went away) loses the
+/// lines, not the run: no panic, exit 0, the report on stdout.
+#[test]
+fn a_closed_stderr_does_not_stop_the_run() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["-v", "load", "--requests", "40", "--bursts", "2"])
+        .args(["--idle-gap", "1200ms", "--max-lifetime", "1s"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the vigil binary");
+    drop(child.stderr.take());
+    let out = child.wait_with_output().expect("vigil finishes");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("requests"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 fn http_get(addr: &str, path: &str) -> String {
     let mut http = TcpStream::connect(addr).expect("connect to the metrics server");
     write!(
@@ -797,5 +815,5 @@ fn http_get(addr: &str, path: &str) -> String {
     .expect("send the request");
     let mut body = String::new();
     http.read_to_string(&mut body).expect("read the response");
-    body.split_whitespace().collect()
+    body
 }

@@ -113,7 +113,7 @@ pub(crate) async fn run(args: LoadArgs) -> Result<u8, Fail> {
             return Err(fail);
         }
     };
-    print!("{}", report.human());
+    out!("{}", report.human());
     if let Some(file) = json_file.as_mut() {
         serde_json::to_writer_pretty(&mut *file, &report)
             .map_err(|e| Fail::internal(format!("cannot write the JSON report: {e}")))?;
@@ -312,7 +312,7 @@ async fn serve_metrics<B: Backend>(
         .map_err(|e| Fail::input(format!("--metrics-addr: {e}")))?;
     let at = server.local_addr();
     // Announced on stderr (one line, before the bar), so scripts can find a port-0 address.
-    eprintln!("vigil: serving http://{at}/metrics and http://{at}/status");
+    say!("vigil: serving http://{at}/metrics and http://{at}/status");
     Ok(Some(server))
 }
 
@@ -555,7 +555,7 @@ async fn interrupt(live: Arc<Live>, halt: watch::Sender<bool>) {
     }
     live.interrupted.store(true, Relaxed);
     let _ = halt.send(true);
-    eprintln!("vigil: stopping after the requests in flight (Ctrl-C again to quit at once)");
+    say!("vigil: stopping after the requests in flight (Ctrl-C again to quit at once)");
     if tokio::signal::ctrl_c().await.is_ok() {
         std::process::exit(130);
     }

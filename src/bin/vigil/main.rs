@@ -8,6 +8,23 @@
 
 #![forbid(unsafe_code)]
 
+/// `eprintln!` that never panics: a closed stderr (`2>&-`, a reader that
+/// went away) must not turn a message into a crash.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `print!` that never panics, for the same reason (`vigil load | head`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod backend;
 mod kill;
 mod load;
@@ -372,7 +389,7 @@ fn init_logging(verbose: u8) {
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => {
             EnvFilter::try_new(spec.trim()).unwrap_or_else(|e| {
-                eprintln!("vigil: RUST_LOG is not a valid filter ({e}); showing warnings");
+                say!("vigil: RUST_LOG is not a valid filter ({e}); showing warnings");
                 EnvFilter::new("warn")
             })
         }
@@ -385,6 +402,9 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(progress::LogWriter)
+        // A failed write would be reported with `eprintln!`, which panics
+        // when stderr is closed; a log line is not worth the run.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
@@ -418,14 +438,12 @@ fn main() -> ExitCode {
             let rendered = e.to_string();
             let first = rendered.lines().next().unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("vigil: {}", redact(first));
+            say!("vigil: {}", redact(first));
             return ExitCode::from(2);
         }
     };
     let Some(command) = cli.command else {
-        eprintln!(
-            "vigil: a subcommand is required: `vigil load` or `vigil probe` (see vigil --help)"
-        );
+        say!("vigil: a subcommand is required: `vigil load` or `vigil probe` (see vigil --help)");
         return ExitCode::from(2);
     };
     init_logging(cli.verbose);
@@ -436,7 +454,7 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("vigil: cannot start the tokio runtime: {e}");
+            say!("vigil: cannot start the tokio runtime: {e}");
             return ExitCode::from(1);
         }
     };
@@ -452,7 +470,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(fail) => {
-            eprintln!("vigil: {}", redact(&without_repeats(&fail.message)));
+            say!("vigil: {}", redact(&without_repeats(&fail.message)));
             ExitCode::from(fail.code)
         }
     }

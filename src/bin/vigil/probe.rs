@@ -88,9 +88,9 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<(), Fail> {
     if args.json {
         let text = serde_json::to_string_pretty(&probe)
             .map_err(|e| Fail::internal(format!("cannot encode the probe as JSON: {e}")))?;
-        println!("{text}");
+        out!("{text}\n");
     } else {
-        print!("{}", human(&probe));
+        out!("{}", human(&probe));
     }
     Ok(())
 }

@@ -24,10 +24,12 @@ impl std::io::Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let shown = SHOWN.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let mut stderr = std::io::stderr().lock();
-        match shown {
-            Some(bar) if !bar.is_finished() => bar.suspend(|| stderr.write_all(buf))?,
-            _ => stderr.write_all(buf)?,
-        }
+        // A closed stderr loses the line, nothing else: never an error that
+        // the subscriber would report (on stderr) or a reason to stop.
+        let _ = match shown {
+            Some(bar) if !bar.is_finished() => bar.suspend(|| stderr.write_all(buf)),
+            _ => stderr.write_all(buf),
+        };
         Ok(buf.len())
     }
 
