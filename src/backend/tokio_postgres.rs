@@ -25,6 +25,12 @@
 //! a reset or FIN), and one whose query failed on a broken socket. The pool
 //! then retires it as `broken` at the next checkout or return, so the
 //! default [`VerifyOnReturn::Auto`](crate::VerifyOnReturn) sends nothing.
+//! The server's `FATAL` is seen the moment it is read, not only at the EOF
+//! behind it: vigil opens the socket itself and watches the messages that
+//! pass (`FatalWatch`), so a borrower whose query got the `FATAL` cannot
+//! give the session back to be lent again before the driver has read the
+//! EOF. (With `hostaddr` or `load_balance_hosts=random` the driver opens
+//! the socket and only the EOF is seen.)
 //!
 //! Not seen: a socket black-holed by a NAT or firewall (nothing arrives, so
 //! nothing is learned; the keepalive ping, TCP keepalives and
@@ -53,17 +59,25 @@
 //! the password.
 
 use std::fmt;
+use std::io;
 use std::ops::{Deref, DerefMut};
 use std::str::FromStr;
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+#[cfg(unix)]
+use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{Host, LoadBalanceHosts, TargetSessionAttrs};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
 
@@ -210,6 +224,10 @@ impl fmt::Debug for TokioPgManager {
 pub struct PgClient {
     client: Client,
     connection: JoinHandle<()>,
+    /// Set by the socket under the session the moment a `FATAL` (or
+    /// `PANIC`) error arrives from the server, before the driver hands it
+    /// to the query that gets it; see [`FatalWatch`].
+    fatal: Arc<AtomicBool>,
 }
 
 impl PgClient {
@@ -265,23 +283,408 @@ fn session_gone(error: &tokio_postgres::Error) -> bool {
         })
 }
 
+/// Spawns a session's connection task on the current runtime.
+fn spawn_connection<S, T>(connection: tokio_postgres::Connection<S, T>) -> JoinHandle<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    // The connection task: it owns the socket, answers the client's
+    // requests and notices the server's goodbye, which flips `is_closed`.
+    // It ends when the client is dropped (after sending `Terminate`) or
+    // the session does.
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            // debug: the pool reports the retirement that follows.
+            tracing::debug!(target: TARGET, %error, "session ended");
+        }
+    })
+}
+
+impl TokioPgManager {
+    /// Opens a session over a socket wrapped in [`FatalWatch`], trying the
+    /// hosts in order as the driver does; the last failure if none gave a
+    /// usable session. `None` when this path does not apply (`hostaddr`,
+    /// `load_balance_hosts=random`).
+    async fn connect_watched(&self) -> Option<Result<PgClient, Failure>> {
+        let c = &self.config;
+        if !c.get_hostaddrs().is_empty() || c.get_load_balance_hosts() != LoadBalanceHosts::Disable
+        {
+            return None;
+        }
+        let ports = c.get_ports();
+        let mut last = Failure::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "no host to connect to",
+        ));
+        for (i, host) in c.get_hosts().iter().enumerate() {
+            let port = ports
+                .get(i)
+                .or_else(|| ports.first())
+                .copied()
+                .unwrap_or(5432);
+            let opened = match host {
+                Host::Tcp(name) => self.tcp(name, port).await,
+                #[cfg(unix)]
+                Host::Unix(dir) => {
+                    let path = dir.join(format!(".s.PGSQL.{port}"));
+                    match self.within(UnixStream::connect(path)).await {
+                        Ok(socket) => self.start(socket).await,
+                        Err(e) => Err(Failure::Io(e)),
+                    }
+                }
+            };
+            match opened {
+                Ok(client) => return Some(Ok(client)),
+                Err(e) => last = e,
+            }
+        }
+        Some(Err(last))
+    }
+
+    async fn tcp(&self, name: &str, port: u16) -> Result<PgClient, Failure> {
+        let addrs = tokio::net::lookup_host((name, port))
+            .await
+            .map_err(Failure::Io)?;
+        let mut last = Failure::Io(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name} resolves to no address"),
+        ));
+        for addr in addrs {
+            let attempt = match self.within(TcpStream::connect(addr)).await {
+                Ok(socket) => match self.tune(&socket) {
+                    Ok(()) => self.start(socket).await,
+                    Err(e) => Err(Failure::Io(e)),
+                },
+                Err(e) => Err(Failure::Io(e)),
+            };
+            match attempt {
+                Ok(client) => return Ok(client),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    /// `connect_timeout`, as the driver applies it to each socket.
+    async fn within<T>(
+        &self,
+        f: impl std::future::Future<Output = io::Result<T>>,
+    ) -> io::Result<T> {
+        match self.config.get_connect_timeout() {
+            Some(t) => tokio::time::timeout(*t, f).await.unwrap_or_else(|_| {
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {t:?}"),
+                ))
+            }),
+            None => f.await,
+        }
+    }
+
+    /// `TCP_NODELAY`, keepalives and `tcp_user_timeout`, as the driver sets them.
+    fn tune(&self, socket: &TcpStream) -> io::Result<()> {
+        socket.set_nodelay(true)?;
+        let sock = socket2::SockRef::from(socket);
+        let c = &self.config;
+        if c.get_keepalives() {
+            let mut keepalive = socket2::TcpKeepalive::new().with_time(c.get_keepalives_idle());
+            if let Some(every) = c.get_keepalives_interval() {
+                keepalive = keepalive.with_interval(every);
+            }
+            #[cfg(not(windows))]
+            if let Some(n) = c.get_keepalives_retries() {
+                keepalive = keepalive.with_retries(n);
+            }
+            sock.set_tcp_keepalive(&keepalive)?;
+        }
+        #[cfg(target_os = "linux")]
+        if let Some(t) = c.get_tcp_user_timeout() {
+            sock.set_tcp_user_timeout(Some(*t))?;
+        }
+        Ok(())
+    }
+
+    /// Startup and authentication on `socket` (watched), then the role
+    /// check of `target_session_attrs`.
+    async fn start<S>(&self, socket: S) -> Result<PgClient, Failure>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let fatal = Arc::new(AtomicBool::new(false));
+        let stream = FatalWatch::new(socket, &fatal);
+        let (client, connection) = match self.config.get_connect_timeout() {
+            Some(t) => tokio::time::timeout(*t, self.config.connect_raw(stream, NoTls))
+                .await
+                .map_err(|_| {
+                    Failure::Io(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer within {t:?}"),
+                    ))
+                })?,
+            None => self.config.connect_raw(stream, NoTls).await,
+        }
+        .map_err(Failure::Pg)?;
+        let client = PgClient {
+            client,
+            connection: spawn_connection(connection),
+            fatal,
+        };
+        let wanted = self.config.get_target_session_attrs();
+        if wanted != TargetSessionAttrs::Any {
+            let rows = client
+                .simple_query("SHOW transaction_read_only")
+                .await
+                .map_err(Failure::Pg)?;
+            let read_only = rows
+                .iter()
+                .any(|m| matches!(m, SimpleQueryMessage::Row(row) if row.get(0) == Some("on")));
+            // The driver's own words for the same refusals. Dropping the
+            // client ends the session.
+            match wanted {
+                TargetSessionAttrs::ReadWrite if read_only => {
+                    return Err(Failure::Io(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "database does not allow writes",
+                    )))
+                }
+                TargetSessionAttrs::ReadOnly if !read_only => {
+                    return Err(Failure::Io(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        "database is not read only",
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Ok(client)
+    }
+}
+
+/// Why one host gave no session.
+enum Failure {
+    /// The socket (or the role check) failed; replayed through the driver
+    /// by [`Failed`] for a `tokio_postgres::Error`.
+    Io(io::Error),
+    /// The driver failed (startup, authentication, the role query).
+    Pg(tokio_postgres::Error),
+}
+
+/// A stream that fails at once with the error it holds: through
+/// `Config::connect_raw` it turns a socket's failure into the driver's own
+/// error type (`error communicating with the server: …`).
+struct Failed(Option<io::Error>);
+
+impl Failed {
+    fn take(&mut self) -> io::Error {
+        self.0
+            .take()
+            .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "not connected"))
+    }
+}
+
+impl AsyncRead for Failed {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(Err(self.take()))
+    }
+}
+
+impl AsyncWrite for Failed {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(self.take()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Err(self.take()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// `connect_raw` over [`Failed`] cannot succeed: no byte goes through.
+fn unreachable_connect() -> Result<PgClient, tokio_postgres::Error> {
+    unreachable!("a session opened over a stream that fails every read and write")
+}
+
+/// The socket under a session, reading the server's messages as they pass
+/// for an `ErrorResponse` of severity `FATAL` or `PANIC`.
+///
+/// The server sends that error and then closes the socket; the driver hands
+/// the error to the query in flight at once, but learns of the close only
+/// when the EOF arrives, and between the two `Client::is_closed` is still
+/// false. A borrower who got the error and gave the connection back would
+/// see it lent again. The flag is set while the driver reads the error,
+/// before any caller sees it, so `has_broken` is true from then on.
+///
+/// It frames the stream (a type byte, a 4-byte length, the body) and keeps
+/// only the bodies of error messages, at most [`ERROR_KEPT`] bytes of them.
+struct FatalWatch<S> {
+    inner: S,
+    fatal: Arc<AtomicBool>,
+    scan: Scan,
+}
+
+/// Bytes of an error message's body kept for its severity fields.
+const ERROR_KEPT: usize = 256;
+
+#[derive(Debug, Default)]
+struct Scan {
+    /// Header bytes of the message being read (type byte and length).
+    header: Vec<u8>,
+    /// Body bytes still to come.
+    remaining: usize,
+    /// The body so far, while reading an `ErrorResponse`.
+    error: Option<Vec<u8>>,
+}
+
+impl Scan {
+    /// Feeds the next bytes from the server; true once a fatal error was read.
+    fn feed(&mut self, mut bytes: &[u8]) -> bool {
+        let mut fatal = false;
+        while !bytes.is_empty() {
+            if self.remaining == 0 && self.error.is_none() && self.header.len() < 5 {
+                let take = (5 - self.header.len()).min(bytes.len());
+                self.header.extend_from_slice(&bytes[..take]);
+                bytes = &bytes[take..];
+                if self.header.len() == 5 {
+                    let len = u32::from_be_bytes([
+                        self.header[1],
+                        self.header[2],
+                        self.header[3],
+                        self.header[4],
+                    ]) as usize;
+                    self.remaining = len.saturating_sub(4);
+                    self.error = (self.header[0] == b'E').then(Vec::new);
+                    self.header.clear();
+                    if self.remaining == 0 {
+                        fatal |= self.finish();
+                    }
+                }
+                continue;
+            }
+            let take = self.remaining.min(bytes.len());
+            if let Some(kept) = self.error.as_mut() {
+                let room = ERROR_KEPT.saturating_sub(kept.len());
+                kept.extend_from_slice(&bytes[..take.min(room)]);
+            }
+            bytes = &bytes[take..];
+            self.remaining -= take;
+            if self.remaining == 0 {
+                fatal |= self.finish();
+            }
+        }
+        fatal
+    }
+
+    /// The message ended; was it a fatal error? Fields are a type byte and
+    /// a NUL-terminated value; `V` (9.6+) is the severity in English, `S`
+    /// the localized one.
+    fn finish(&mut self) -> bool {
+        let Some(body) = self.error.take() else {
+            return false;
+        };
+        body.split(|b| *b == 0).any(|field| {
+            matches!(field, [b'V' | b'S', rest @ ..] if rest == b"FATAL" || rest == b"PANIC")
+        })
+    }
+}
+
+impl<S> FatalWatch<S> {
+    fn new(inner: S, fatal: &Arc<AtomicBool>) -> Self {
+        FatalWatch {
+            inner,
+            fatal: Arc::clone(fatal),
+            scan: Scan::default(),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for FatalWatch<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let this = &mut *self;
+            if this.scan.feed(&buf.filled()[before..]) {
+                // Release: whoever sees the flag also sees what came before.
+                this.fatal.store(true, Ordering::Release);
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FatalWatch<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 impl Manager for TokioPgManager {
     type Connection = PgClient;
     type Error = tokio_postgres::Error;
 
     async fn connect(&self) -> Result<PgClient, tokio_postgres::Error> {
-        let (client, connection) = self.config.connect(NoTls).await?;
-        // The connection task: it owns the socket, answers the client's
-        // requests and notices the server's goodbye, which flips
-        // `is_closed`. It ends when the client is dropped (after sending
-        // `Terminate`) or the session does.
-        let connection = tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                // debug: the pool reports the retirement that follows.
-                tracing::debug!(target: TARGET, %error, "session ended");
+        match self.connect_watched().await {
+            Some(Ok(client)) => Ok(client),
+            Some(Err(Failure::Pg(e))) => Err(e),
+            // The driver's errors cannot be made outside it: replay the
+            // socket's failure through it, without a second attempt.
+            Some(Err(Failure::Io(e))) => {
+                match self.config.connect_raw(Failed(Some(e)), NoTls).await {
+                    Err(e) => Err(e),
+                    Ok(_) => unreachable_connect(),
+                }
             }
-        });
-        Ok(PgClient { client, connection })
+            // What the watched path leaves to the driver: `hostaddr`,
+            // random host order. Such sessions are seen closed at EOF only.
+            None => {
+                let (client, connection) = self.config.connect(NoTls).await?;
+                Ok(PgClient {
+                    client,
+                    connection: spawn_connection(connection),
+                    fatal: Arc::default(),
+                })
+            }
+        }
     }
 
     async fn is_valid(&self, conn: &mut PgClient) -> Result<(), tokio_postgres::Error> {
@@ -290,7 +693,7 @@ impl Manager for TokioPgManager {
     }
 
     fn has_broken(&self, conn: &mut PgClient) -> bool {
-        conn.is_closed()
+        conn.is_closed() || conn.fatal.load(Ordering::Acquire)
     }
 
     fn broken_detection(&self) -> BrokenDetection {
@@ -358,12 +761,57 @@ impl Manager for TokioPgManager {
     }
 
     async fn close(&self, conn: PgClient) {
-        let PgClient { client, connection } = conn;
+        let PgClient {
+            client, connection, ..
+        } = conn;
         // If the pool's timeout drops this future, the task is aborted.
         let _abort = AbortOnDrop(connection.abort_handle());
         // Dropping the client lets the task send `Terminate` and end, once
         // every reply it still waits for has come.
         drop(client);
         let _ = connection.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Scan;
+
+    /// A backend message: type byte, length (itself included), body.
+    fn message(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        out.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+        out.extend_from_slice(body);
+        out
+    }
+
+    fn error(severity: &str) -> Vec<u8> {
+        let body = format!("S{severity}\0V{severity}\0C57P01\0Mterminating connection\0\0");
+        message(b'E', body.as_bytes())
+    }
+
+    #[test]
+    fn a_fatal_error_is_seen_however_the_bytes_are_split() {
+        let mut stream = message(b'Z', b"I");
+        stream.extend(message(b'D', b"\0\x01\0\0\0\x01E"));
+        stream.extend(error("FATAL"));
+        for chunk in [1, 2, 3, 5, 7, stream.len()] {
+            let mut scan = Scan::default();
+            let seen = stream
+                .chunks(chunk)
+                .fold(false, |seen, c| scan.feed(c) | seen);
+            assert!(seen, "chunks of {chunk}");
+        }
+    }
+
+    #[test]
+    fn other_messages_and_plain_errors_are_not_fatal() {
+        let mut scan = Scan::default();
+        assert!(!scan.feed(&error("ERROR")));
+        assert!(!scan.feed(&message(b'N', b"SWARNING\0VWARNING\0\0")));
+        assert!(!scan.feed(&message(b'Z', b"I")));
+        // A data row that happens to contain the word is no error message.
+        assert!(!scan.feed(&message(b'D', b"\0\x01\0\0\0\x06VFATAL")));
+        assert!(scan.feed(&error("PANIC")));
     }
 }

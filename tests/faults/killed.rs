@@ -116,39 +116,17 @@ async fn killed_mid_query<D: Db>(db: D) -> Result<(), String> {
         victim_errors == KILLS,
         format!("each kill's error reached its caller ({victim_errors} of {KILLS})"),
     );
-    if D::WATCHED {
-        // Known gap (issue 11): the victim gets the server's FATAL before
-        // the connection task has read the EOF behind it (the proxy
-        // forwards the two separately), so `is_closed` may still be false
-        // when the victim's guard comes back, and one more caller can be
-        // lent the dying session. At most one per kill.
-        report.check(
-            recs.errors() <= KILLS,
-            format!(
-                "at most one other caller per kill saw an error ({} did)",
-                recs.errors()
-            ),
-        );
-        report.check(
-            report.dead_lent <= KILLS,
-            format!(
-                "each killed connection lent again at most once ({} dead lent)",
-                report.dead_lent
-            ),
-        );
-    } else {
-        report.check(
-            recs.errors() == 0,
-            format!("no other caller saw an error ({} did)", recs.errors()),
-        );
-        report.check(
-            report.dead_lent == 0,
-            format!(
-                "no killed connection lent again ({} dead lent)",
-                report.dead_lent
-            ),
-        );
-    }
+    report.check(
+        recs.errors() == 0,
+        format!("no other caller saw an error ({} did)", recs.errors()),
+    );
+    report.check(
+        report.dead_lent == 0,
+        format!(
+            "no killed connection lent again ({} dead lent)",
+            report.dead_lent
+        ),
+    );
     report.check(
         victim_dead_lent == 0,
         format!("the victims were never lent a dead connection ({victim_dead_lent} times)"),

@@ -114,14 +114,10 @@ async fn restart_mid_load<D: Db, S: Restartable>(
             report.dead_lent
         ),
     );
-    // Over tokio-postgres a session can fail two callers as the server goes
-    // down: the one whose query met the FATAL, and one lent it before the
-    // EOF behind that FATAL was read (the known gap of issue 11).
-    let per_connection: u64 = if D::WATCHED { 2 } else { 1 };
     report.check(
-        recs.errors() <= per_connection * MAX as u64,
+        recs.errors() <= MAX as u64,
         format!(
-            "each connection failed at most {per_connection} caller(s) ({} errors)",
+            "each connection failed at most one caller ({} errors)",
             recs.errors()
         ),
     );
