@@ -142,7 +142,7 @@ async fn sessions_killed_between_checkouts_are_never_lent_and_never_pinged() {
         .expect("valid settings");
     let admin = admin().await;
     let mut errors = Vec::new();
-    for _ in 0..5 {
+    for round in 1..=5u64 {
         fill(&pool, 2).await;
         assert_eq!(terminate(&admin, &app).await, 2);
         eventually!(
@@ -150,9 +150,14 @@ async fn sessions_killed_between_checkouts_are_never_lent_and_never_pinged() {
             5 * SEC,
             backends(&admin, &app).await == 0
         );
-        // The FATAL reached each client before its backend exited; let the
-        // connection tasks read it.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The FATAL reached each client before its backend exited; once the
+        // connection tasks have read it the pool retires both sessions (at
+        // its sweep or a checkout), with no round trip.
+        eventually!(
+            "both killed sessions retired as broken",
+            5 * SEC,
+            pool.state().closed.get(Reason::Broken) >= 2 * round
+        );
         for _ in 0..2 {
             let client = pool.get().await.expect("a connection");
             if let Err(e) = client.query_one("SELECT 1", &[]).await {

@@ -302,6 +302,17 @@ where
 }
 
 impl TokioPgManager {
+    /// The driver's own connect: it opens the socket, so only the EOF of a
+    /// session that ends is seen, not the `FATAL` before it.
+    async fn connect_unwatched(&self) -> Result<PgClient, tokio_postgres::Error> {
+        let (client, connection) = self.config.connect(NoTls).await?;
+        Ok(PgClient {
+            client,
+            connection: spawn_connection(connection),
+            fatal: Arc::default(),
+        })
+    }
+
     /// Opens a session over a socket wrapped in [`FatalWatch`], trying the
     /// hosts in order as the driver does; the last failure if none gave a
     /// usable session. `None` when this path does not apply (`hostaddr`,
@@ -511,11 +522,6 @@ impl AsyncWrite for Failed {
     }
 }
 
-/// `connect_raw` over [`Failed`] cannot succeed: no byte goes through.
-fn unreachable_connect() -> Result<PgClient, tokio_postgres::Error> {
-    unreachable!("a session opened over a stream that fails every read and write")
-}
-
 /// The socket under a session, reading the server's messages as they pass
 /// for an `ErrorResponse` of severity `FATAL` or `PANIC`.
 ///
@@ -671,19 +677,14 @@ impl Manager for TokioPgManager {
             Some(Err(Failure::Io(e))) => {
                 match self.config.connect_raw(Failed(Some(e)), NoTls).await {
                     Err(e) => Err(e),
-                    Ok(_) => unreachable_connect(),
+                    // Cannot happen (no byte goes through `Failed`); if it
+                    // did, the driver's own connect gives a session or error.
+                    Ok(_) => self.connect_unwatched().await,
                 }
             }
             // What the watched path leaves to the driver: `hostaddr`,
             // random host order. Such sessions are seen closed at EOF only.
-            None => {
-                let (client, connection) = self.config.connect(NoTls).await?;
-                Ok(PgClient {
-                    client,
-                    connection: spawn_connection(connection),
-                    fatal: Arc::default(),
-                })
-            }
+            None => self.connect_unwatched().await,
         }
     }
 
