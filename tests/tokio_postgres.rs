@@ -279,6 +279,65 @@ async fn a_dropped_transaction_is_rolled_back_before_the_next_borrower() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_raw_begin_or_failed_transaction_left_open_is_rolled_back_without_reset_on_return() {
+    trace();
+    let app = unique("tp_raw");
+    let table = unique("tp_raw_t");
+    let pool = pool(&app, 1).build().expect("valid settings");
+    pool.get()
+        .await
+        .expect("a connection")
+        .batch_execute(&format!("CREATE TABLE {table} (id int)"))
+        .await
+        .expect("create table");
+    // A raw `BEGIN` the borrower never ends.
+    pool.get()
+        .await
+        .expect("a connection")
+        .batch_execute(&format!("BEGIN; INSERT INTO {table} VALUES (1)"))
+        .await
+        .expect("begin and insert");
+    {
+        let client = pool.get().await.expect("the same session");
+        // Inside the first borrower's transaction it would see its own row.
+        let rows: i64 = client
+            .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+            .await
+            .expect("count")
+            .get(0);
+        assert_eq!(rows, 0, "the next borrower was lent the open transaction");
+        // A transaction that failed: every later query would fail (25P02).
+        let failed = client
+            .batch_execute("BEGIN; SELECT 1 / 0")
+            .await
+            .expect_err("division by zero");
+        assert_eq!(
+            failed.code(),
+            Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO)
+        );
+    }
+    let client = pool.get().await.expect("the same session");
+    let one: i32 = client
+        .query_one("SELECT 1", &[])
+        .await
+        .expect("the failed transaction was rolled back")
+        .get(0);
+    assert_eq!(one, 1);
+    client
+        .batch_execute(&format!("DROP TABLE {table}"))
+        .await
+        .expect("drop table");
+    drop(client);
+    let s = pool.state();
+    assert_eq!(
+        (s.created, s.closed.get(Reason::ResetFailed)),
+        (1, 0),
+        "one session served every borrower: {s:?}"
+    );
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reset_on_return_clears_session_state_and_a_raw_begin() {
     trace();
     let app = unique("tp_reset");

@@ -13,9 +13,9 @@
 //! | Pool question | How it is answered | Round trip |
 //! |---|---|---|
 //! | broken? (`has_broken`) | [`Client::is_closed`]: the connection task saw EOF, an I/O error or a fatal error | no |
-//! | dirty? (`needs_cleanup`) | never: a dropped [`Transaction`](tokio_postgres::Transaction) queues its own `ROLLBACK` before any later query | no |
+//! | dirty? (`needs_cleanup`) | the transaction status of the server's last `ReadyForQuery`, read as it passed: a transaction block is open or failed | no |
 //! | alive? (`is_valid`) | an empty simple query | yes |
-//! | clean (`reset`, with `reset_on_return`) | `DISCARD ALL` (after a `ROLLBACK` if a raw `BEGIN` left a transaction open) | yes |
+//! | clean (`reset`) | dirty: an empty query (behind the `ROLLBACK` a dropped [`Transaction`](tokio_postgres::Transaction) queued), then `ROLLBACK` if a raw `BEGIN` is still open; with `reset_on_return`, `DISCARD ALL` | only when dirty or `reset_on_return` |
 //! | server timeouts | `idle_session_timeout`, `idle_in_transaction_session_timeout` from `pg_settings`, one simple query; the next sessions reuse the answer for 60 s | once a minute, not per connection |
 //!
 //! # What is seen without a round trip, and what is not
@@ -36,11 +36,16 @@
 //! nothing is learned; the keepalive ping, TCP keepalives and
 //! `tcp_user_timeout` below find it), a kill that lands between the check
 //! and the borrower's next query (that one query fails; the connection is
-//! then closed and never lent again), and a transaction opened with a raw
-//! `BEGIN` and never ended (tokio-postgres does not expose the session's
-//! transaction status). Use [`Client::transaction`], or set
-//! `reset_on_return` (or `Pooled::reset_on_return` for one borrow), which
-//! rolls it back.
+//! then closed and never lent again), and session state other than a
+//! transaction (`SET`, temporary tables, prepared statements, advisory
+//! locks): set `reset_on_return` (or `Pooled::reset_on_return` for one
+//! borrow) for `DISCARD ALL`. A transaction left open is seen: the watch
+//! reads the status byte of every `ReadyForQuery`, and a connection
+//! returned inside a transaction block is rolled back before it is lent
+//! again, whether it was a dropped [`Transaction`](tokio_postgres::Transaction)
+//! or a raw `BEGIN`. (Sessions the driver opens itself, with `hostaddr` or
+//! `load_balance_hosts=random`, are not watched: there only the EOF is
+//! seen, and only a dropped `Transaction` is rolled back, by the driver.)
 //!
 //! # Connect options vigil sets
 //!
@@ -65,7 +70,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -224,10 +229,10 @@ impl fmt::Debug for TokioPgManager {
 pub struct PgClient {
     client: Client,
     connection: JoinHandle<()>,
-    /// Set by the socket under the session the moment a `FATAL` (or
-    /// `PANIC`) error arrives from the server, before the driver hands it
-    /// to the query that gets it; see [`FatalWatch`].
-    fatal: Arc<AtomicBool>,
+    /// What the socket under the session saw: a `FATAL` (or `PANIC`) error
+    /// the moment it arrives, before the driver hands it to the query that
+    /// gets it, and the transaction status; see [`FatalWatch`].
+    seen: Arc<Seen>,
 }
 
 impl PgClient {
@@ -309,7 +314,7 @@ impl TokioPgManager {
         Ok(PgClient {
             client,
             connection: spawn_connection(connection),
-            fatal: Arc::default(),
+            seen: Arc::default(),
         })
     }
 
@@ -422,8 +427,8 @@ impl TokioPgManager {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let fatal = Arc::new(AtomicBool::new(false));
-        let stream = FatalWatch::new(socket, &fatal);
+        let seen = Arc::new(Seen::default());
+        let stream = FatalWatch::new(socket, &seen);
         let (client, connection) = match self.config.get_connect_timeout() {
             Some(t) => tokio::time::timeout(*t, self.config.connect_raw(stream, NoTls))
                 .await
@@ -439,7 +444,7 @@ impl TokioPgManager {
         let client = PgClient {
             client,
             connection: spawn_connection(connection),
-            fatal,
+            seen,
         };
         let wanted = self.config.get_target_session_attrs();
         if wanted != TargetSessionAttrs::Any {
@@ -522,26 +527,60 @@ impl AsyncWrite for Failed {
     }
 }
 
+/// What the watch on a session's socket saw, shared with its [`PgClient`].
+#[derive(Debug)]
+struct Seen {
+    /// A `FATAL` or `PANIC` error arrived: the session is over.
+    fatal: AtomicBool,
+    /// The transaction status of the last `ReadyForQuery`: `I` idle, `T`
+    /// in a transaction block, `E` in a failed one.
+    status: AtomicU8,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Seen {
+            fatal: AtomicBool::new(false),
+            status: AtomicU8::new(IDLE),
+        }
+    }
+}
+
+/// `ReadyForQuery` status: not in a transaction block.
+const IDLE: u8 = b'I';
+
+impl Seen {
+    /// The last `ReadyForQuery` said a transaction block is open (or failed).
+    fn in_transaction(&self) -> bool {
+        self.status.load(Ordering::Acquire) != IDLE
+    }
+}
+
 /// The socket under a session, reading the server's messages as they pass
-/// for an `ErrorResponse` of severity `FATAL` or `PANIC`.
+/// for two things the driver does not expose:
 ///
-/// The server sends that error and then closes the socket; the driver hands
-/// the error to the query in flight at once, but learns of the close only
-/// when the EOF arrives, and between the two `Client::is_closed` is still
-/// false. A borrower who got the error and gave the connection back would
-/// see it lent again. The flag is set while the driver reads the error,
-/// before any caller sees it, so `has_broken` is true from then on.
+/// - An `ErrorResponse` of severity `FATAL` or `PANIC`. The server sends
+///   it and then closes the socket; the driver hands the error to the query
+///   in flight at once, but learns of the close only when the EOF arrives,
+///   and between the two `Client::is_closed` is still false. A borrower who
+///   got the error and gave the connection back would see it lent again.
+///   The flag is set while the driver reads the error, before any caller
+///   sees it, so `has_broken` is true from then on.
+/// - The transaction status byte of each `ReadyForQuery`, so a transaction
+///   a borrower opened with a raw `BEGIN` and left open is seen at return
+///   without a round trip.
 ///
 /// It frames the stream (a type byte, a 4-byte length, the body) and keeps
-/// only the bodies of error messages, at most [`ERROR_KEPT`] bytes of them.
+/// only the bodies of those two messages, at most [`KEPT`] bytes of each.
 struct FatalWatch<S> {
     inner: S,
-    fatal: Arc<AtomicBool>,
+    seen: Arc<Seen>,
     scan: Scan,
 }
 
-/// Bytes of an error message's body kept for its severity fields.
-const ERROR_KEPT: usize = 256;
+/// Bytes of a watched message's body kept: enough for an error's severity
+/// fields, which come first.
+const KEPT: usize = 256;
 
 #[derive(Debug, Default)]
 struct Scan {
@@ -549,16 +588,15 @@ struct Scan {
     header: Vec<u8>,
     /// Body bytes still to come.
     remaining: usize,
-    /// The body so far, while reading an `ErrorResponse`.
-    error: Option<Vec<u8>>,
+    /// The type byte and body so far, while reading a watched message.
+    kept: Option<(u8, Vec<u8>)>,
 }
 
 impl Scan {
-    /// Feeds the next bytes from the server; true once a fatal error was read.
-    fn feed(&mut self, mut bytes: &[u8]) -> bool {
-        let mut fatal = false;
+    /// Feeds the next bytes from the server, recording in `seen` what they say.
+    fn feed(&mut self, mut bytes: &[u8], seen: &Seen) {
         while !bytes.is_empty() {
-            if self.remaining == 0 && self.error.is_none() && self.header.len() < 5 {
+            if self.remaining == 0 && self.kept.is_none() && self.header.len() < 5 {
                 let take = (5 - self.header.len()).min(bytes.len());
                 self.header.extend_from_slice(&bytes[..take]);
                 bytes = &bytes[take..];
@@ -570,46 +608,57 @@ impl Scan {
                         self.header[4],
                     ]) as usize;
                     self.remaining = len.saturating_sub(4);
-                    self.error = (self.header[0] == b'E').then(Vec::new);
+                    let tag = self.header[0];
+                    self.kept = matches!(tag, b'E' | b'Z').then(|| (tag, Vec::new()));
                     self.header.clear();
                     if self.remaining == 0 {
-                        fatal |= self.finish();
+                        self.finish(seen);
                     }
                 }
                 continue;
             }
             let take = self.remaining.min(bytes.len());
-            if let Some(kept) = self.error.as_mut() {
-                let room = ERROR_KEPT.saturating_sub(kept.len());
+            if let Some((_, kept)) = self.kept.as_mut() {
+                let room = KEPT.saturating_sub(kept.len());
                 kept.extend_from_slice(&bytes[..take.min(room)]);
             }
             bytes = &bytes[take..];
             self.remaining -= take;
             if self.remaining == 0 {
-                fatal |= self.finish();
+                self.finish(seen);
             }
         }
-        fatal
     }
 
-    /// The message ended; was it a fatal error? Fields are a type byte and
-    /// a NUL-terminated value; `V` (9.6+) is the severity in English, `S`
-    /// the localized one.
-    fn finish(&mut self) -> bool {
-        let Some(body) = self.error.take() else {
-            return false;
-        };
-        body.split(|b| *b == 0).any(|field| {
-            matches!(field, [b'V' | b'S', rest @ ..] if rest == b"FATAL" || rest == b"PANIC")
-        })
+    /// A message ended. An error's fields are a type byte and a
+    /// NUL-terminated value; `V` (9.6+) is the severity in English, `S` the
+    /// localized one. `ReadyForQuery`'s body is its status byte.
+    fn finish(&mut self, seen: &Seen) {
+        match self.kept.take() {
+            Some((b'E', body)) => {
+                let fatal = body.split(|b| *b == 0).any(|field| {
+                    matches!(field, [b'V' | b'S', rest @ ..] if rest == b"FATAL" || rest == b"PANIC")
+                });
+                if fatal {
+                    // Release: whoever sees the flag also sees what came before.
+                    seen.fatal.store(true, Ordering::Release);
+                }
+            }
+            Some((b'Z', body)) => {
+                if let Some(&status) = body.first() {
+                    seen.status.store(status, Ordering::Release);
+                }
+            }
+            _ => {}
+        }
     }
 }
 
 impl<S> FatalWatch<S> {
-    fn new(inner: S, fatal: &Arc<AtomicBool>) -> Self {
+    fn new(inner: S, seen: &Arc<Seen>) -> Self {
         FatalWatch {
             inner,
-            fatal: Arc::clone(fatal),
+            seen: Arc::clone(seen),
             scan: Scan::default(),
         }
     }
@@ -625,10 +674,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for FatalWatch<S> {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
             let this = &mut *self;
-            if this.scan.feed(&buf.filled()[before..]) {
-                // Release: whoever sees the flag also sees what came before.
-                this.fatal.store(true, Ordering::Release);
-            }
+            this.scan.feed(&buf.filled()[before..], &this.seen);
         }
         polled
     }
@@ -694,7 +740,7 @@ impl Manager for TokioPgManager {
     }
 
     fn has_broken(&self, conn: &mut PgClient) -> bool {
-        conn.is_closed() || conn.fatal.load(Ordering::Acquire)
+        conn.is_closed() || conn.seen.fatal.load(Ordering::Acquire)
     }
 
     fn broken_detection(&self) -> BrokenDetection {
@@ -705,14 +751,29 @@ impl Manager for TokioPgManager {
         session_gone(error)
     }
 
+    fn needs_cleanup(&self, conn: &mut PgClient) -> bool {
+        conn.seen.in_transaction()
+    }
+
     async fn reset(&self, conn: &mut PgClient, full: bool) -> Result<(), tokio_postgres::Error> {
+        if conn.seen.in_transaction() {
+            // A dropped `Transaction` has queued its own `ROLLBACK`, which
+            // may not have run yet: an empty query waits for it. Only a
+            // transaction still open after that (a raw `BEGIN`) is rolled
+            // back here, so a clean session never earns the server's
+            // "there is no transaction in progress" warning.
+            conn.simple_query("").await?;
+            if conn.seen.in_transaction() {
+                conn.batch_execute("ROLLBACK").await?;
+            }
+        }
         if !full {
             return Ok(());
         }
         match conn.batch_execute("DISCARD ALL").await {
-            // A raw `BEGIN` left a transaction open, where `DISCARD ALL`
-            // cannot run: roll it back first (only then, so a clean
-            // session pays no `ROLLBACK` warning in the server log).
+            // A session the watch does not see (`hostaddr`, random host
+            // order) can still be in a raw `BEGIN`, where `DISCARD ALL`
+            // cannot run: roll it back first.
             Err(e) if e.code() == Some(&SqlState::ACTIVE_SQL_TRANSACTION) => {
                 conn.batch_execute("ROLLBACK").await?;
                 conn.batch_execute("DISCARD ALL").await
@@ -776,7 +837,9 @@ impl Manager for TokioPgManager {
 
 #[cfg(test)]
 mod tests {
-    use super::Scan;
+    use std::sync::atomic::Ordering;
+
+    use super::{Scan, Seen};
 
     /// A backend message: type byte, length (itself included), body.
     fn message(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -791,28 +854,56 @@ mod tests {
         message(b'E', body.as_bytes())
     }
 
+    /// What a fresh watch sees of `stream` fed in chunks of `chunk` bytes.
+    fn watch(stream: &[u8], chunk: usize) -> Seen {
+        let (mut scan, seen) = (Scan::default(), Seen::default());
+        for c in stream.chunks(chunk) {
+            scan.feed(c, &seen);
+        }
+        seen
+    }
+
+    fn fatal(seen: &Seen) -> bool {
+        seen.fatal.load(Ordering::Acquire)
+    }
+
     #[test]
     fn a_fatal_error_is_seen_however_the_bytes_are_split() {
         let mut stream = message(b'Z', b"I");
         stream.extend(message(b'D', b"\0\x01\0\0\0\x01E"));
         stream.extend(error("FATAL"));
         for chunk in [1, 2, 3, 5, 7, stream.len()] {
-            let mut scan = Scan::default();
-            let seen = stream
-                .chunks(chunk)
-                .fold(false, |seen, c| scan.feed(c) | seen);
-            assert!(seen, "chunks of {chunk}");
+            assert!(fatal(&watch(&stream, chunk)), "chunks of {chunk}");
         }
     }
 
     #[test]
     fn other_messages_and_plain_errors_are_not_fatal() {
-        let mut scan = Scan::default();
-        assert!(!scan.feed(&error("ERROR")));
-        assert!(!scan.feed(&message(b'N', b"SWARNING\0VWARNING\0\0")));
-        assert!(!scan.feed(&message(b'Z', b"I")));
-        // A data row that happens to contain the word is no error message.
-        assert!(!scan.feed(&message(b'D', b"\0\x01\0\0\0\x06VFATAL")));
-        assert!(scan.feed(&error("PANIC")));
+        for stream in [
+            error("ERROR"),
+            message(b'N', b"SWARNING\0VWARNING\0\0"),
+            message(b'Z', b"I"),
+            // A data row that happens to contain the word is no error message.
+            message(b'D', b"\0\x01\0\0\0\x06VFATAL"),
+        ] {
+            assert!(!fatal(&watch(&stream, stream.len())));
+        }
+        assert!(fatal(&watch(&error("PANIC"), 4)));
+    }
+
+    #[test]
+    fn the_last_ready_for_query_gives_the_transaction_status() {
+        let begin = [message(b'C', b"BEGIN\0"), message(b'Z', b"T")].concat();
+        let failed = [error("ERROR"), message(b'Z', b"E")].concat();
+        let commit = [message(b'C', b"COMMIT\0"), message(b'Z', b"I")].concat();
+        for chunk in [1, 3, 6, 64] {
+            assert!(!watch(&[], chunk).in_transaction());
+            assert!(watch(&begin, chunk).in_transaction(), "chunks of {chunk}");
+            assert!(watch(&[begin.clone(), failed.clone()].concat(), chunk).in_transaction());
+            assert!(!watch(&[begin.clone(), commit.clone()].concat(), chunk).in_transaction());
+            // A data row holding a `Z` message's bytes is only data.
+            let row = message(b'D', &message(b'Z', b"T"));
+            assert!(!watch(&row, chunk).in_transaction());
+        }
     }
 }
