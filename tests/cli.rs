@@ -393,7 +393,13 @@ fn metrics_endpoint_serves_the_load_pool_while_running() {
 }
 
 fn probe(url: &str) -> Value {
-    let out = vigil(&["probe", "--url", url, "--json"]);
+    probe_with(url, &[])
+}
+
+fn probe_with(url: &str, flags: &[&str]) -> Value {
+    let mut args = vec!["probe", "--url", url, "--json"];
+    args.extend_from_slice(flags);
+    let out = vigil(&args);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -436,6 +442,17 @@ fn probe_reads_postgres_timeouts() {
     assert!(p["max_connections"].as_u64() > Some(0), "{p:#}");
     assert!(p["recommended"]["max_connections_budget"].is_u64(), "{p:#}");
     assert!(!p["reasoning"].as_array().expect("reasoning").is_empty());
+    assert_eq!(p["driver"], "tokio-postgres", "the default driver: {p:#}");
+}
+
+#[test]
+fn probe_reads_the_same_from_postgres_through_either_driver() {
+    let tokio_pg = probe_with(POSTGRES, &["--driver", "tokio-postgres"]);
+    let sqlx = probe_with(POSTGRES, &["--driver", "sqlx"]);
+    assert_eq!(sqlx["driver"], "sqlx", "{sqlx:#}");
+    for key in ["version", "max_connections", "timeouts", "recommended"] {
+        assert_eq!(tokio_pg[key], sqlx[key], "{key}");
+    }
 }
 
 // ---------------------------------------------------------------- hostile input

@@ -161,7 +161,7 @@ pub(crate) struct LivenessArgs {
     pub(crate) reset_on_return: bool,
 }
 
-/// Which PostgreSQL driver `vigil load` uses.
+/// Which PostgreSQL driver `vigil load` and `vigil probe` use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Driver {
     /// `vigil::backend::tokio_postgres::TokioPgManager`.
@@ -177,6 +177,10 @@ pub(crate) struct ProbeArgs {
     /// read; without either, an in-memory SQLite database is used.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub(crate) url: Option<String>,
+    /// The driver for postgres:// URLs, as for `vigil load`: `tokio-postgres`
+    /// (the default) or `sqlx`.
+    #[arg(long, value_enum, default_value_t = Driver::TokioPostgres)]
+    pub(crate) driver: Driver,
     /// Print JSON instead of text.
     #[arg(long)]
     pub(crate) json: bool,

@@ -13,7 +13,8 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{ConnectOptions, Connection, Row};
 
 use crate::backend::Target;
-use crate::{human_secs, Fail, ProbeArgs};
+use crate::backend::{error_chain, tokio_pg};
+use crate::{human_secs, Driver, Fail, ProbeArgs};
 
 /// vigil's defaults, restated here so the advice names real numbers.
 const MARGIN: f64 = 5.0;
@@ -33,6 +34,8 @@ const ER_UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
 #[derive(Debug, Serialize)]
 struct Probe {
     backend: &'static str,
+    /// The driver the probe connected with: `tokio-postgres`, `sqlx` or `mysql_async`.
+    driver: &'static str,
     target: String,
     /// `MariaDB`, `MySQL`, `PostgreSQL` or `SQLite`.
     server: String,
@@ -79,8 +82,22 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<(), Fail> {
     let within = args.connect_timeout;
     let mut probe = match &target {
         Target::MySql(opts) => mysql(opts.clone(), within).await?,
-        Target::Postgres(opts) => postgres(opts, within).await?,
+        Target::Postgres(opts) => {
+            let facts = match args.driver {
+                Driver::TokioPostgres => {
+                    let url = args.url.as_deref().unwrap_or_default();
+                    pg_facts_tokio_postgres(url, &target, within).await?
+                }
+                Driver::Sqlx => pg_facts_sqlx(opts, &target, within).await?,
+            };
+            postgres(facts)
+        }
         Target::Sqlite(opts) => sqlite(opts).await?,
+    };
+    probe.driver = match (&target, args.driver) {
+        (Target::MySql(_), _) => "mysql_async",
+        (Target::Postgres(_), Driver::TokioPostgres) => "tokio-postgres",
+        _ => "sqlx",
     };
     probe.backend = target.kind();
     probe.target = target.describe();
@@ -191,46 +208,105 @@ fn pg_seconds(setting: &str, unit: Option<&str>) -> Option<f64> {
     Some(value * scale)
 }
 
-async fn postgres(opts: &PgConnectOptions, within: Duration) -> Result<Probe, Fail> {
-    let target = Target::Postgres(opts.clone());
+/// What the PostgreSQL probe reads, through either driver: the version and
+/// `pg_settings`' name, setting and unit for [`PG_SETTINGS`].
+struct PgFacts {
+    version: String,
+    settings: Vec<(String, String, Option<String>)>,
+}
+
+/// `pg_settings` has no row for a setting the server lacks (say
+/// idle_session_timeout before v14); such keys are reported as null.
+const PG_SETTINGS: &str = "SELECT name, setting, unit FROM pg_settings WHERE name IN \
+     ('idle_session_timeout', 'idle_in_transaction_session_timeout', 'tcp_keepalives_idle', \
+      'max_connections', 'superuser_reserved_connections')";
+
+fn no_answer(target: &Target, within: Duration) -> Fail {
+    connect_failed("postgres", target, format!("no answer within {within:?}"))
+}
+
+async fn pg_facts_sqlx(
+    opts: &PgConnectOptions,
+    target: &Target,
+    within: Duration,
+) -> Result<PgFacts, Fail> {
     let opts = opts.clone().application_name("vigil-probe");
     let mut conn = match tokio::time::timeout(within, opts.connect()).await {
         Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return Err(connect_failed("postgres", &target, e)),
-        Err(_) => {
-            return Err(connect_failed(
-                "postgres",
-                &target,
-                format!("no answer within {within:?}"),
-            ))
-        }
+        Ok(Err(e)) => return Err(connect_failed("postgres", target, e)),
+        Err(_) => return Err(no_answer(target, within)),
     };
     let failed = |e: sqlx::Error| Fail::input(format!("probe query failed: {e}"));
     let version: String = sqlx::query_scalar("SELECT current_setting('server_version')")
         .fetch_one(&mut conn)
         .await
         .map_err(failed)?;
-    // `pg_settings` has no row for a setting the server lacks (say
-    // idle_session_timeout before v14); such keys are reported as null.
-    let rows = sqlx::query(
-        "SELECT name, setting, unit FROM pg_settings WHERE name IN \
-         ('idle_session_timeout', 'idle_in_transaction_session_timeout', 'tcp_keepalives_idle', \
-          'max_connections', 'superuser_reserved_connections')",
-    )
-    .fetch_all(&mut conn)
-    .await
-    .map_err(failed)?;
+    let rows = sqlx::query(PG_SETTINGS)
+        .fetch_all(&mut conn)
+        .await
+        .map_err(failed)?;
     let _ = conn.close().await;
+    let mut settings = Vec::with_capacity(rows.len());
+    for row in rows {
+        settings.push((
+            row.try_get(0).map_err(failed)?,
+            row.try_get(1).map_err(failed)?,
+            row.try_get(2).map_err(failed)?,
+        ));
+    }
+    Ok(PgFacts { version, settings })
+}
+
+async fn pg_facts_tokio_postgres(
+    url: &str,
+    target: &Target,
+    within: Duration,
+) -> Result<PgFacts, Fail> {
+    use vigil::Manager;
+    let manager = tokio_pg(url, "vigil-probe", None)?;
+    let conn = match tokio::time::timeout(within, manager.connect()).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return Err(connect_failed("postgres", target, error_chain(&e))),
+        Err(_) => return Err(no_answer(target, within)),
+    };
+    let failed =
+        |e: tokio_postgres::Error| Fail::input(format!("probe query failed: {}", error_chain(&e)));
+    // Simple protocol, both statements in one round trip.
+    let messages = conn
+        .simple_query(&format!(
+            "SELECT current_setting('server_version'); {PG_SETTINGS}"
+        ))
+        .await
+        .map_err(failed)?;
+    manager.close(conn).await;
+    let mut rows = messages.iter().filter_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    });
+    let version = rows
+        .next()
+        .and_then(|row| row.get(0))
+        .ok_or_else(|| Fail::internal("the server answered no row for its version"))?
+        .to_owned();
+    let settings = rows
+        .filter_map(|row| {
+            let name = row.get(0)?.to_owned();
+            let setting = row.get(1)?.to_owned();
+            Some((name, setting, row.get(2).map(str::to_owned)))
+        })
+        .collect();
+    Ok(PgFacts { version, settings })
+}
+
+fn postgres(facts: PgFacts) -> Probe {
+    let PgFacts { version, settings } = facts;
     let mut timeouts = BTreeMap::from([
         ("idle_session_timeout", Value::Null),
         ("idle_in_transaction_session_timeout", Value::Null),
         ("tcp_keepalives_idle", Value::Null),
     ]);
     let (mut max_conn, mut reserved) = (None, 0_u64);
-    for row in rows {
-        let name: String = row.try_get(0).map_err(failed)?;
-        let setting: String = row.try_get(1).map_err(failed)?;
-        let unit: Option<String> = row.try_get(2).map_err(failed)?;
+    for (name, setting, unit) in settings {
         match name.as_str() {
             "max_connections" => max_conn = setting.parse().ok(),
             "superuser_reserved_connections" => reserved = setting.parse().unwrap_or(0),
@@ -260,7 +336,7 @@ async fn postgres(opts: &PgConnectOptions, within: Duration) -> Result<Probe, Fa
              vigil's keepalive_interval does"
         ));
     }
-    Ok(Probe {
+    Probe {
         server: "PostgreSQL".to_owned(),
         version,
         max_connections: max_conn,
@@ -269,7 +345,7 @@ async fn postgres(opts: &PgConnectOptions, within: Duration) -> Result<Probe, Fa
         session_idle_timeout_seconds: idle,
         notes,
         ..Probe::empty()
-    })
+    }
 }
 
 async fn sqlite(opts: &SqliteConnectOptions) -> Result<Probe, Fail> {
@@ -296,6 +372,7 @@ impl Probe {
     fn empty() -> Probe {
         Probe {
             backend: "",
+            driver: "",
             target: String::new(),
             server: String::new(),
             version: String::new(),
@@ -399,8 +476,8 @@ fn advise_size(p: &mut Probe) {
 /// The probe for people.
 fn human(p: &Probe) -> String {
     let mut out = format!(
-        "{} {} at {} ({})\n",
-        p.server, p.version, p.target, p.backend
+        "{} {} at {} ({}, {})\n",
+        p.server, p.version, p.target, p.backend, p.driver
     );
     if let Some(max) = p.max_connections {
         out += &format!("  {:<36} {max}\n", "max_connections");
