@@ -74,10 +74,11 @@ pub struct Config {
     /// Longest a `get()` waits in total: for a slot, a connect, a validation.
     /// Default 30 s.
     pub acquire_timeout: Duration,
-    /// Longest a single connect attempt may take. Default 10 s.
+    /// Longest a single connect attempt may take, the server's timeout
+    /// discovery on the new connection included. Default 10 s.
     pub connect_timeout: Duration,
-    /// Bound on every round trip the pool makes on its own: validation,
-    /// keepalive, reset on return, timeout discovery, polite close. A
+    /// Bound on every round trip the pool makes on its own on an open
+    /// connection: validation, keepalive, reset on return, polite close. A
     /// black-holed connection answers nothing; without a bound it would hold
     /// its slot forever. Default 5 s.
     pub validation_timeout: Duration,
@@ -103,7 +104,7 @@ pub struct Config {
     /// on each new connection. At least 1 s (MySQL's own minimum). Default `None`.
     pub server_idle_timeout_override: Option<Option<Duration>>,
     /// Reset session state (MySQL `COM_RESET_CONNECTION`, PostgreSQL
-    /// `DISCARD ALL`) on every return. Costs a round trip per checkout; an
+    /// `DISCARD ALL`) on every return. Costs a round trip per return; an
     /// open transaction is rolled back on return whatever this says.
     /// Default `false`.
     pub reset_on_return: bool,

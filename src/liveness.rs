@@ -1,9 +1,11 @@
-//! The liveness policy: one pure function decides whether a connection may
-//! be kept or must be retired, and why.
+//! The liveness policy: pure functions decide whether a connection may be
+//! kept or must be retired, and why, and what a checkout does with it.
 //!
-//! Checkout, return and the housekeeper all ask [`assess`]; none of them has
-//! a rule of its own. It does no I/O and reads no clock: the caller passes
-//! `now`, so the whole policy is table-testable.
+//! Return and the housekeeper ask [`assess`]; a checkout asks
+//! [`at_checkout`] (which is `assess` plus the ping rules), through its
+//! precomputed form [`Policy::lend_before`] on the fast path. None of the
+//! pool's code has a rule of its own. Nothing here does I/O or reads a
+//! clock: the caller passes `now`, so the whole policy is table-testable.
 
 use std::fmt;
 use std::time::Duration;
@@ -165,6 +167,73 @@ impl Policy {
     pub fn keepalive_due(&self, last_io: Instant, now: Instant) -> bool {
         self.keepalive_interval
             .is_some_and(|k| now.saturating_duration_since(last_io) >= k)
+    }
+}
+
+/// What a checkout does with an idle connection: the answer of [`at_checkout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkout {
+    /// Lend it as it is.
+    Lend,
+    /// Prove it alive with a validation round trip first.
+    Ping,
+    /// Close it, for this reason.
+    Retire(Reason),
+}
+
+/// The checkout decision. Retire what [`assess`] retires; ping a connection
+/// silent past the bypass window ([`Validation`]) or last heard from before
+/// `suspect_since`, when the pool last saw a sign of trouble (a failed ping,
+/// reset or connect, a broken return: a server that failed one session has
+/// often failed the others, including idle ones used moments ago); lend the
+/// rest. At checkout the pool never shrinks, so pass facts with
+/// `may_shrink: false`.
+pub fn at_checkout(
+    f: &Facts,
+    p: &Policy,
+    suspect_since: Option<Instant>,
+    now: Instant,
+) -> Checkout {
+    if let Verdict::Retire(reason) = assess(f, p, now) {
+        return Checkout::Retire(reason);
+    }
+    let suspect = suspect_since.is_some_and(|s| f.last_io < s);
+    if suspect || p.needs_ping(f.last_io, now) {
+        Checkout::Ping
+    } else {
+        Checkout::Lend
+    }
+}
+
+impl Policy {
+    /// [`at_checkout`] precomputed, for the fast path: a connection with
+    /// these facts that is not broken, not stale and not last heard from
+    /// before a sign of trouble is lent as it is at any `now` before the
+    /// instant returned (exclusive), and at no later one; `None`: at any
+    /// time. Its facts change only when it does I/O, so the pool computes
+    /// this when the connection goes idle and a checkout compares one
+    /// instant. The tests hold it equal to `at_checkout(..) == Lend`.
+    pub fn lend_before(&self, f: &Facts) -> Option<Instant> {
+        // Each rule's last instant, as `assess` and `needs_ping` draw them
+        // (`checked_add`: a bound `Instant` cannot hold never comes).
+        let ping = match self.validation {
+            Validation::Always => Some(f.last_io),
+            Validation::Never => None,
+            // `needs_ping` fires strictly after the window.
+            Validation::IdleFor(window) => f
+                .last_io
+                .checked_add(window)
+                .and_then(|t| t.checked_add(Duration::from_nanos(1))),
+        };
+        [
+            ping,
+            f.lifetime.and_then(|l| f.created.checked_add(l)),
+            f.server_idle_timeout
+                .and_then(|t| f.last_io.checked_add(self.server_deadline(t))),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tokio::time::Instant;
-use vigil::liveness::{assess, Facts, Policy, Verdict};
+use vigil::liveness::{assess, at_checkout, Checkout, Facts, Policy, Verdict};
 use vigil::{Reason, Validation};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
@@ -90,6 +90,52 @@ fn ping_is_skipped_inside_the_bypass_window_only() {
     assert!(!never.needs_ping(t0, t0 + S(86_400)));
 }
 
+#[test]
+fn checkout_table() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let p = policy();
+    let idle = |io_ms: u64| Facts {
+        last_io: t0 + ms(io_ms),
+        may_shrink: false,
+        ..facts(t0, 0, 0)
+    };
+    let at = |f: Facts, suspect: Option<u64>, now_ms: u64| {
+        at_checkout(&f, &p, suspect.map(|s| t0 + ms(s)), t0 + ms(now_ms))
+    };
+    #[rustfmt::skip]
+    let table: Vec<(&str, Checkout, Checkout)> = vec![
+        ("heard from 500 ms ago: inside the window",   at(idle(1_000), None, 1_500), Checkout::Lend),
+        ("501 ms: past the window",                    at(idle(1_000), None, 1_501), Checkout::Ping),
+        ("trouble after its last io: ping",            at(idle(1_000), Some(1_200), 1_300), Checkout::Ping),
+        ("trouble before its last io: lend",           at(idle(1_000), Some(900), 1_300), Checkout::Lend),
+        ("broken: retire, not ping",                   at(Facts { broken: true, ..idle(1_000) }, None, 1_001), Checkout::Retire(Reason::Broken)),
+        ("past the lifetime inside the window",        at(idle(1_799_900), None, 1_800_000), Checkout::Retire(Reason::MaxLifetime)),
+        ("stale inside the window",                    at(Facts { stale: true, ..idle(1_000) }, None, 1_001), Checkout::Retire(Reason::Closed)),
+    ];
+    for (name, got, want) in table {
+        assert_eq!(got, want, "{name}");
+    }
+    let always = Policy {
+        validation: Validation::Always,
+        ..p
+    };
+    assert_eq!(at_checkout(&idle(0), &always, None, t0), Checkout::Ping);
+    let never = Policy {
+        validation: Validation::Never,
+        ..p
+    };
+    assert_eq!(
+        at_checkout(&idle(0), &never, None, t0 + S(1_000)),
+        Checkout::Lend
+    );
+    assert_eq!(
+        at_checkout(&idle(0), &never, Some(t0 + ms(1)), t0 + ms(2)),
+        Checkout::Ping,
+        "trouble makes even `Never` ping: the pool has seen sessions die"
+    );
+}
+
 fn arb_facts(t0: Instant) -> impl Strategy<Value = (Facts, Policy, u64)> {
     (
         (0u64..5_000, 0u64..5_000, 0u64..5_000),
@@ -164,6 +210,56 @@ proptest! {
             } else {
                 prop_assert_eq!(assess(&f, &p, now + S(1_000_000)), Verdict::Keep);
             }
+        }
+    }
+}
+
+fn arb_validation() -> impl Strategy<Value = Validation> {
+    prop_oneof![
+        Just(Validation::Always),
+        Just(Validation::Never),
+        (0u64..3_000).prop_map(|ms| Validation::IdleFor(Duration::from_millis(ms))),
+    ]
+}
+
+proptest! {
+    /// The fast path's one comparison is the checkout decision itself: a
+    /// connection that is not broken, not stale and not suspect is lent
+    /// without a ping exactly before `lend_before`.
+    #[test]
+    fn lend_before_is_at_checkout_precomputed(
+        (f, p, at) in arb_facts(Instant::now()),
+        validation in arb_validation(),
+        step_ms in 0u64..5_000,
+    ) {
+        let f = Facts { broken: false, stale: false, may_shrink: false, ..f };
+        let p = Policy { validation, ..p };
+        let bound = p.lend_before(&f);
+        // Around the bound, where an off-by-one would show, and elsewhere.
+        let mut probes = vec![f.last_io + S(at % 100) + Duration::from_millis(step_ms)];
+        if let Some(b) = bound {
+            probes.extend([b, b - Duration::from_nanos(1), b + Duration::from_nanos(1)]);
+        }
+        for now in probes.into_iter().filter(|n| *n >= f.last_io) {
+            let lend = at_checkout(&f, &p, None, now) == Checkout::Lend;
+            prop_assert_eq!(bound.map_or(true, |b| now < b), lend, "now = last_io + {:?}", now - f.last_io);
+        }
+    }
+
+    /// A checkout never lends what the policy would retire.
+    #[test]
+    fn checkout_lends_only_what_assess_keeps(
+        (f, p, at) in arb_facts(Instant::now()),
+        validation in arb_validation(),
+    ) {
+        let f = Facts { may_shrink: false, ..f };
+        let p = Policy { validation, ..p };
+        let now = f.created + S(at);
+        match (at_checkout(&f, &p, None, now), assess(&f, &p, now)) {
+            (Checkout::Retire(a), Verdict::Retire(b)) => prop_assert_eq!(a, b),
+            (Checkout::Retire(_), Verdict::Keep) => prop_assert!(false, "retired what assess keeps"),
+            (_, Verdict::Retire(_)) => prop_assert!(false, "lent or pinged what assess retires"),
+            _ => {}
         }
     }
 }

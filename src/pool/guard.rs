@@ -2,12 +2,12 @@
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::inner::Shared;
+use super::owners::Permit;
 use super::slots::Conn;
 use crate::liveness::Reason;
 use crate::manager::Manager;
@@ -20,57 +20,60 @@ use crate::manager::Manager;
 /// plain driver types with no reference to the pool.
 #[must_use = "dropping the guard returns the connection at once"]
 pub struct Pooled<M: Manager> {
-    conn: Option<Conn<M::Connection>>,
-    shared: Arc<Shared<M>>,
+    /// The connection and its capacity permit (which knows the pool),
+    /// until the guard is dropped or detached.
+    lent: Option<(Conn<M::Connection>, Permit<M>)>,
     lent_at: Instant,
     /// Reset all session state on return, whatever `reset_on_return` says.
     full_reset: bool,
 }
 
 impl<M: Manager> Pooled<M> {
-    pub(crate) fn new(shared: Arc<Shared<M>>, conn: Conn<M::Connection>, lent_at: Instant) -> Self {
+    pub(crate) fn new(conn: Conn<M::Connection>, permit: Permit<M>, lent_at: Instant) -> Self {
         Pooled {
-            conn: Some(conn),
-            shared,
+            lent: Some((conn, permit)),
             lent_at,
             full_reset: false,
         }
     }
 
     fn conn(&self) -> &Conn<M::Connection> {
-        self.conn
+        &self
+            .lent
             .as_ref()
             .expect("Pooled holds its connection until dropped")
+            .0
     }
 
     fn conn_mut(&mut self) -> &mut Conn<M::Connection> {
-        self.conn
+        &mut self
+            .lent
             .as_mut()
+            .expect("Pooled holds its connection until dropped")
+            .0
+    }
+
+    fn take(this: &mut Self) -> (Conn<M::Connection>, Permit<M>) {
+        this.lent
+            .take()
             .expect("Pooled holds its connection until dropped")
     }
 
     /// Takes the connection out of the pool for good. Its slot is freed; the
     /// pool counts it as closed (reason `closed`).
     pub fn detach(mut this: Self) -> M::Connection {
-        let conn = this
-            .conn
-            .take()
-            .expect("Pooled holds its connection until dropped");
-        this.shared.slots.lock().forget_active(&conn.meta);
-        this.shared.note_retired(&conn.meta, Reason::Closed);
-        this.shared.release_permit();
+        let (conn, permit) = Self::take(&mut this);
+        let shared = permit.shared();
+        shared.slots.lock().forget_active(&conn.meta);
+        shared.note_retired(&conn.meta, Reason::Closed);
         conn.raw
     }
 
     /// Closes the connection instead of returning it (say, after an error
     /// that leaves the session in doubt). Its slot is freed.
     pub fn retire(mut this: Self) {
-        let conn = this
-            .conn
-            .take()
-            .expect("Pooled holds its connection until dropped");
-        this.shared.retire_active(conn, Reason::Closed);
-        this.shared.release_permit();
+        let (conn, permit) = Self::take(&mut this);
+        permit.shared().retire_active(conn, Reason::Closed);
     }
 
     /// Asks for a full session reset (as with `reset_on_return`) when this
@@ -85,9 +88,8 @@ impl<M: Manager> Pooled<M> {
     /// Puts a connection the caller never saw (it gave up first) back into
     /// the idle set, without counting a use.
     pub(crate) fn put_back_unused(mut this: Self) {
-        if let Some(conn) = this.conn.take() {
-            this.shared.make_idle(conn);
-        }
+        let (conn, permit) = Self::take(&mut this);
+        Shared::make_idle(conn, permit);
     }
 
     /// How long this guard has been held.
@@ -117,15 +119,15 @@ impl<M: Manager> DerefMut for Pooled<M> {
 
 impl<M: Manager> Drop for Pooled<M> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.shared.check_in(conn, self.lent_at, self.full_reset);
+        if let Some((conn, permit)) = self.lent.take() {
+            Shared::check_in(conn, permit, self.lent_at, self.full_reset);
         }
     }
 }
 
 impl<M: Manager> fmt::Debug for Pooled<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let meta = self.conn.as_ref().map(|c| c.meta);
+        let meta = self.lent.as_ref().map(|(c, _)| c.meta);
         f.debug_struct("Pooled")
             .field("id", &meta.map(|m| m.id))
             .field("held_for", &self.lent_at.elapsed())

@@ -35,7 +35,7 @@ impl<M: Manager> Shared<M> {
                 self.config.min_idle,
                 self.generation(),
                 |c| self.manager.has_broken(c),
-                || self.try_take_permit(),
+                || self.try_permit(),
             );
             let leaks = match self.config.leak_threshold {
                 Some(threshold) => slots.new_leaks(now, threshold),
@@ -67,30 +67,27 @@ impl<M: Manager> Shared<M> {
             self.note_retired(&conn.meta, reason);
             self.say_goodbye(conn.raw);
         }
-        for mut conn in sweep.keepalive {
-            let shared = Arc::clone(self);
+        for (mut conn, permit) in sweep.keepalive {
             spawner.spawn(async move {
+                let shared = permit.shared();
                 if shared.ping(&mut conn).await {
-                    shared.make_idle(conn);
+                    Shared::make_idle(conn, permit);
                 } else {
                     shared.retire_active(conn, Reason::ValidationFailed);
-                    shared.release_permit();
                 }
             });
         }
         // Replace what was retired as obsolete, so callers do not pay for
         // the reconnect after an idle period; and top up to `min_idle`.
-        let mut inherit = sweep.replace;
+        let inherit = sweep.replace;
         let wanted = inherit.len().max(deficit);
         for i in 0..wanted {
-            if !self.try_take_permit() {
+            let Some(permit) = self.try_permit() else {
                 break;
-            }
+            };
             let last_borrowed = inherit.get(i).copied();
-            let shared = Arc::clone(self);
-            spawner.spawn(async move { shared.open_idle(last_borrowed).await });
+            spawner.spawn(Self::open_idle(permit, last_borrowed));
         }
-        inherit.clear();
         let cap = Instant::now() + HOUSEKEEPING_MAX_SLEEP;
         sweep.next_deadline.map_or(cap, |d| d.min(cap))
     }
@@ -101,16 +98,13 @@ impl<M: Manager> Shared<M> {
         self: &Arc<Self>,
         started: Instant,
     ) -> Result<(), Error<M::Error>> {
-        let Some(permit) = self.permits.try_acquire().ok() else {
+        let Some(permit) = self.try_permit() else {
             // Only if a caller got in first: it will report any failure itself.
             return Ok(());
         };
-        permit.forget();
-        let permit = Permit::new(self);
         match self.open_one(Activity::Opening).await {
             Ok(conn) => {
-                permit.hand_over(); // make_idle gives the permit back
-                self.make_idle(conn);
+                Self::make_idle(conn, permit);
                 Ok(())
             }
             Err(OpenError::Closed) => Err(Error::Closed),
@@ -139,28 +133,16 @@ impl<M: Manager> Shared<M> {
         }
     }
 
-    /// Opens a connection straight into the idle set (the caller took a permit).
+    /// Opens a connection straight into the idle set, on `permit`.
     /// A replacement inherits its predecessor's `last_borrowed`, so
-    /// `idle_timeout` still shrinks a pool nobody uses.
-    async fn open_idle(self: &Arc<Self>, last_borrowed: Option<Instant>) {
-        match self.open_one(Activity::Opening).await {
-            Ok(mut conn) => {
-                if let Some(t) = last_borrowed {
-                    conn.meta.last_borrowed = t;
-                }
-                self.make_idle(conn);
+    /// `idle_timeout` still shrinks a pool nobody uses. A failed connect
+    /// drops the permit, which gives it back.
+    async fn open_idle(permit: Permit<M>, last_borrowed: Option<Instant>) {
+        if let Ok(mut conn) = permit.shared().open_one(Activity::Opening).await {
+            if let Some(t) = last_borrowed {
+                conn.meta.last_borrowed = t;
             }
-            Err(_) => self.release_permit(),
-        }
-    }
-
-    pub(super) fn try_take_permit(&self) -> bool {
-        match self.permits.try_acquire() {
-            Ok(p) => {
-                p.forget();
-                true
-            }
-            Err(_) => false,
+            Self::make_idle(conn, permit);
         }
     }
 }

@@ -6,9 +6,10 @@
 //! connect in flight; idle connections hold none. Waiters queue on the
 //! semaphore, which is FIFO and cancel-safe, so fairness and lost wake-ups
 //! are tokio's proven code, not ours. Each permit is `forget`-ed on
-//! acquisition and given back by exactly one RAII owner: [`Permit`]
-//! during a checkout, the [`Pooled`] guard while lent, a `Returning` task
-//! while a returned connection is cleaned.
+//! acquisition and owned from then on by a [`Permit`] value, which travels
+//! with the work: through a checkout, inside the [`Pooled`] guard while
+//! lent, inside a `Returning` task while a returned connection is cleaned,
+//! and goes back to the semaphore when that value is dropped.
 
 use std::future::Future;
 use std::panic::Location;
@@ -31,7 +32,7 @@ use super::owners::{Connecting, InFlight, Pending, Permit, Returning};
 use super::slots::{Activity, Conn, Meta, Slots};
 use crate::config::Config;
 use crate::error::{Error, TimeoutPhase};
-use crate::liveness::{assess, Policy, Reason, Verdict};
+use crate::liveness::{assess, at_checkout, Checkout, Policy, Reason, Verdict};
 use crate::manager::{Manager, ServerTimeouts};
 use crate::stats::Stats;
 
@@ -114,21 +115,36 @@ impl<M: Manager> Shared<M> {
         self.suspect_since.store(ns, Relaxed);
     }
 
-    /// Does lending this idle connection at `now` need a round trip first:
-    /// it is silent past the bypass window, or it was last heard from before
-    /// the pool last saw trouble.
-    fn must_ping(&self, meta: &Meta, now: Instant) -> bool {
-        if self.policy.needs_ping(meta.last_io, now) {
-            return true;
+    /// When the pool last saw a sign of trouble (see [`Shared::suspect`]).
+    fn suspect_since(&self) -> Option<Instant> {
+        match self.suspect_since.load(Relaxed) {
+            0 => None,
+            ns => Some(self.epoch + Duration::from_nanos(ns)),
         }
-        let suspect = self.suspect_since.load(Relaxed);
-        suspect != 0 && {
-            let last_io = meta
-                .last_io
-                .saturating_duration_since(self.epoch)
-                .as_nanos();
-            last_io < u128::from(suspect)
+    }
+
+    /// What a checkout does with this idle connection at `now`: the
+    /// policy's [`at_checkout`], asked in its precomputed form first (one
+    /// comparison against `Meta::lend_before`), in full only when that does
+    /// not say "lend".
+    fn decide(&self, conn: &mut Conn<M::Connection>, now: Instant) -> Checkout {
+        let broken = self.manager.has_broken(&mut conn.raw);
+        let stale = conn.meta.generation < self.generation();
+        let suspect = self.suspect_since();
+        let meta = &conn.meta;
+        if !broken
+            && !stale
+            && meta.lend_before.map_or(true, |b| now < b)
+            && suspect.map_or(true, |s| meta.last_io >= s)
+        {
+            return Checkout::Lend;
         }
+        at_checkout(
+            &meta.facts(broken, false, self.generation()),
+            &self.policy,
+            suspect,
+            now,
+        )
     }
 
     pub(crate) fn runtime(&self) -> &Handle {
@@ -153,9 +169,10 @@ impl<M: Manager> Shared<M> {
         self.changed.notify_waiters();
     }
 
-    /// Gives one capacity permit back; a waiting `get()` (first in line) gets it.
-    pub(crate) fn release_permit(&self) {
-        self.permits.add_permits(1);
+    /// A capacity permit if one is free now.
+    pub(crate) fn try_permit(self: &Arc<Self>) -> Option<Permit<M>> {
+        self.permits.try_acquire().ok()?.forget();
+        Some(Permit::new(self))
     }
 
     // ---------------------------------------------------------------- checkout
@@ -169,14 +186,10 @@ impl<M: Manager> Shared<M> {
         now: Instant,
         site: &'static Location<'static>,
     ) -> Option<Pooled<M>> {
-        self.permits.try_acquire().ok()?.forget();
-        match self.pop_warm(now, site) {
-            Some(conn) => Some(Pooled::new(Arc::clone(self), conn, now)),
-            None => {
-                self.release_permit();
-                None
-            }
-        }
+        let permit = self.try_permit()?;
+        // No warm connection: the permit goes back as it is dropped.
+        let conn = self.pop_warm(now, site)?;
+        Some(permit.lend(conn, now))
     }
 
     /// The most recently used idle connection, if it needs neither
@@ -192,15 +205,7 @@ impl<M: Manager> Shared<M> {
             if slots.is_closed() {
                 return None;
             }
-            slots.pop_if(now, site, |conn| {
-                let broken = self.manager.has_broken(&mut conn.raw);
-                assess(
-                    &conn.meta.facts(broken, false, self.generation()),
-                    &self.policy,
-                    now,
-                ) == Verdict::Keep
-                    && !self.must_ping(&conn.meta, now)
-            })
+            slots.pop_if(now, site, |conn| self.decide(conn, now) == Checkout::Lend)
         };
         if popped.is_some() {
             Stats::bump(&self.stats.validations_skipped);
@@ -217,13 +222,12 @@ impl<M: Manager> Shared<M> {
         site: &'static Location<'static>,
         deadline: Instant,
     ) -> Result<Option<Pooled<M>>, Error<M::Error>> {
-        if !self.acquire_permit(deadline).await? {
+        // From here the permit is a value: it goes back on every path that
+        // drops it, cancellation included (the timeout drops the future
+        // that owns it), or moves into the `Pooled` that is lent.
+        let Some(permit) = self.acquire_permit(deadline).await? else {
             return Ok(None);
-        }
-        // From here until the connection is handed to `Pooled`, the permit is
-        // ours to give back, on every path including cancellation (the
-        // timeout drops the future that owns it).
-        let permit = Permit::new(self);
+        };
         // What a woken waiter usually finds: the connection just returned.
         let now = Instant::now();
         if let Some(conn) = self.pop_warm(now, site) {
@@ -246,8 +250,8 @@ impl<M: Manager> Shared<M> {
     ) -> Result<Pooled<M>, Error<M::Error>> {
         loop {
             permit = match self.checkout_idle(permit, phase, site).await? {
-                Checkout::Lent(pooled) => return Ok(pooled),
-                Checkout::Empty(permit) => permit,
+                FromIdle::Lent(pooled) => return Ok(pooled),
+                FromIdle::Empty(permit) => permit,
             };
             *phase = TimeoutPhase::Connecting;
             match self.connect_detached(permit, site).await {
@@ -323,12 +327,15 @@ impl<M: Manager> Shared<M> {
         rx.await.unwrap_or(Connected::Closed)
     }
 
-    /// A slot, waiting in line until `deadline`; `Ok(false)` when it passed.
-    async fn acquire_permit(&self, deadline: Instant) -> Result<bool, Error<M::Error>> {
+    /// A slot, waiting in line until `deadline`; `Ok(None)` when it passed.
+    async fn acquire_permit(
+        self: &Arc<Self>,
+        deadline: Instant,
+    ) -> Result<Option<Permit<M>>, Error<M::Error>> {
         match self.permits.try_acquire() {
             Ok(p) => {
                 p.forget();
-                return Ok(true);
+                return Ok(Some(Permit::new(self)));
             }
             Err(TryAcquireError::Closed) => return Err(Error::Closed),
             Err(TryAcquireError::NoPermits) => {}
@@ -350,13 +357,13 @@ impl<M: Manager> Shared<M> {
                 return Poll::Ready(match granted {
                     Ok(p) => {
                         p.forget();
-                        Ok(true)
+                        Ok(Some(Permit::new(self)))
                     }
                     Err(_) => Err(Error::Closed),
                 });
             }
             if ticket.expired(cx) {
-                return Poll::Ready(Ok(false));
+                return Poll::Ready(Ok(None));
             }
             Poll::Pending
         })
@@ -371,7 +378,7 @@ impl<M: Manager> Shared<M> {
         mut permit: Permit<M>,
         phase: &mut TimeoutPhase,
         site: &'static Location<'static>,
-    ) -> Result<Checkout<M>, Error<M::Error>> {
+    ) -> Result<FromIdle<M>, Error<M::Error>> {
         loop {
             let popped = {
                 let mut slots = self.slots.lock();
@@ -381,28 +388,24 @@ impl<M: Manager> Shared<M> {
                 slots.pop(Instant::now(), site)
             };
             let Some(mut conn) = popped else {
-                return Ok(Checkout::Empty(permit));
+                return Ok(FromIdle::Empty(permit));
             };
             let now = Instant::now();
-            let broken = self.manager.has_broken(&mut conn.raw);
-            if let Verdict::Retire(reason) = assess(
-                &conn.meta.facts(broken, false, self.generation()),
-                &self.policy,
-                now,
-            ) {
-                self.retire_active(conn, reason);
-                continue;
+            match self.decide(&mut conn, now) {
+                Checkout::Lend => {
+                    Stats::bump(&self.stats.validations_skipped);
+                    return Ok(FromIdle::Lent(permit.lend(conn, now)));
+                }
+                Checkout::Retire(reason) => self.retire_active(conn, reason),
+                Checkout::Ping => {
+                    *phase = TimeoutPhase::Validating;
+                    permit = match self.validate_detached(conn, permit).await {
+                        Validated::Lent(pooled) => return Ok(FromIdle::Lent(pooled)),
+                        Validated::Failed(permit) => permit,
+                        Validated::Gone => return Err(Error::Closed),
+                    };
+                }
             }
-            if !self.must_ping(&conn.meta, now) {
-                Stats::bump(&self.stats.validations_skipped);
-                return Ok(Checkout::Lent(permit.lend(conn, now)));
-            }
-            *phase = TimeoutPhase::Validating;
-            permit = match self.validate_detached(conn, permit).await {
-                Validated::Lent(pooled) => return Ok(Checkout::Lent(pooled)),
-                Validated::Failed(permit) => permit,
-                Validated::Gone => return Err(Error::Closed),
-            };
         }
     }
 
@@ -421,11 +424,11 @@ impl<M: Manager> Shared<M> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let shared = Arc::clone(self);
         // If the runtime drops the task unrun, `InFlight` retires the
-        // connection and the permit is released.
-        let mut held = InFlight::new(self, conn);
+        // connection and the permit goes back.
+        let mut held = InFlight::new(conn, permit);
         self.runtime.spawn(async move {
             let ok = shared.ping(held.conn()).await;
-            let conn = held.take();
+            let (conn, permit) = held.take();
             let outcome = if ok {
                 Stats::bump(&shared.stats.validations_ok);
                 Validated::Lent(permit.lend(conn, Instant::now()))
@@ -545,6 +548,7 @@ impl<M: Manager> Shared<M> {
             uses: 0,
             slot: usize::MAX,
             generation: self.generation(),
+            lend_before: None,
         };
         Stats::bump(&self.stats.created);
         let ms = server.idle.map_or(0, |d| d.as_millis() as u64);
@@ -578,62 +582,70 @@ impl<M: Manager> Shared<M> {
 
     // ---------------------------------------------------------------- return
 
-    /// Takes back a connection from a dropped [`Pooled`] (which held a permit).
+    /// Takes back a connection from a dropped [`Pooled`], with its permit.
     /// Synchronous: when the connection needs cleaning, the round trip runs
     /// in a task that keeps the permit until it is done, so the pool never
     /// exceeds `max_size` while a connection is being reset.
     pub(crate) fn check_in(
-        self: &Arc<Self>,
         mut conn: Conn<M::Connection>,
+        permit: Permit<M>,
         lent_at: Instant,
         full_reset: bool,
     ) {
+        let this = permit.shared();
         let now = Instant::now();
-        self.stats.usage.observe(now - lent_at);
+        this.stats.usage.observe(now - lent_at);
         conn.meta.last_io = now;
         conn.meta.last_borrowed = now;
         conn.meta.uses += 1;
-        let broken = self.manager.has_broken(&mut conn.raw);
+        let broken = this.manager.has_broken(&mut conn.raw);
         if broken {
-            self.suspect();
+            this.suspect();
         }
         if let Verdict::Retire(reason) = assess(
-            &conn.meta.facts(broken, false, self.generation()),
-            &self.policy,
+            &conn.meta.facts(broken, false, this.generation()),
+            &this.policy,
             now,
         ) {
-            self.retire_active(conn, reason);
-            self.release_permit();
+            this.retire_active(conn, reason);
+            return; // the permit goes back as it is dropped
+        }
+        let full = full_reset || this.config.reset_on_return;
+        let dirty = full || this.manager.needs_cleanup(&mut conn.raw);
+        if !dirty && !this.verify_returns {
+            Self::make_idle(conn, permit);
             return;
         }
-        let full = full_reset || self.config.reset_on_return;
-        let dirty = full || self.manager.needs_cleanup(&mut conn.raw);
-        if !dirty && !self.verify_returns {
-            self.make_idle(conn);
-            return;
-        }
-        let returning = Returning::new(self, conn);
+        let runtime = this.runtime.clone();
+        let returning = Returning::new(conn, permit);
         // A reset is a round trip too, and proves the session alive: a
         // dirty connection is cleaned, a clean one only pinged.
         if dirty {
-            self.runtime.spawn(returning.reset(full));
+            runtime.spawn(returning.reset(full));
         } else {
-            self.runtime.spawn(returning.verify());
+            runtime.spawn(returning.verify());
         }
     }
 
-    /// Puts an active connection into the idle set and gives its permit back.
+    /// Puts an active connection into the idle set, then lets its permit go.
     /// Ordering: the push comes first, so the waiter the permit wakes finds
-    /// the connection in the idle set instead of opening a new one.
-    pub(crate) fn make_idle(self: &Arc<Self>, conn: Conn<M::Connection>) {
-        let refused = self.slots.lock().push(conn);
+    /// the connection in the idle set instead of opening a new one. The
+    /// checkout decision is precomputed here (`Meta::lend_before`): the
+    /// connection's facts change only with I/O, which it does not do idle.
+    pub(crate) fn make_idle(mut conn: Conn<M::Connection>, permit: Permit<M>) {
+        let this = permit.shared();
+        conn.meta.lend_before =
+            this.policy
+                .lend_before(&conn.meta.facts(false, false, conn.meta.generation));
+        let refused = this.slots.lock().push(conn);
         if let Some(conn) = refused {
-            self.retire_active(conn, Reason::Closed);
+            this.retire_active(conn, Reason::Closed);
         }
-        self.release_permit();
+        drop(permit);
     }
 
-    /// Closes a connection counted active (the caller gives back its permit).
+    /// Closes a connection counted active. Its permit, if it has one, is
+    /// the caller's value and goes back when the caller drops it.
     pub(crate) fn retire_active(self: &Arc<Self>, conn: Conn<M::Connection>, reason: Reason) {
         self.slots.lock().forget_active(&conn.meta);
         self.retire(conn, reason);
@@ -706,7 +718,7 @@ pub(crate) enum OpenError {
 }
 
 /// What a look at the idle set gives a checkout.
-enum Checkout<M: Manager> {
+enum FromIdle<M: Manager> {
     Lent(Pooled<M>),
     /// Nothing usable was idle; the permit comes back to connect with.
     Empty(Permit<M>),

@@ -1,7 +1,9 @@
 //! The RAII owners of the pool's undo work: each is made before the first
 //! `.await` of what it guards and gives back a permit, a count or a
 //! connection however the future or task ends (done, failed, cancelled,
-//! dropped with the runtime). Named for what their `Drop` does.
+//! dropped with the runtime). Capacity itself is an owner type, [`Permit`],
+//! carried by whatever uses it, so "who gives the permit back" is answered
+//! by the type system, not by convention.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -15,33 +17,33 @@ use crate::liveness::Reason;
 use crate::manager::Manager;
 use crate::stats::Stats;
 
-/// A capacity permit owned by a checkout in progress. Given back on drop
-/// (the checkout failed or was cancelled) unless it becomes a [`Pooled`].
-pub(crate) struct Permit<M: Manager>(Option<Arc<Shared<M>>>);
+/// One unit of capacity (`max_size`), owned by what uses it: a checkout in
+/// progress, a lent connection (inside [`Pooled`]), a connection the pool
+/// is doing I/O on (a ping, a reset, a connect). It goes back to the
+/// semaphore when dropped, and only then: no code gives a permit back by
+/// hand, so no path can forget one or give one back twice.
+pub(crate) struct Permit<M: Manager>(Arc<Shared<M>>);
 
 impl<M: Manager> Permit<M> {
-    /// Takes ownership of a permit already acquired (and `forget`-ed).
+    /// Owns a permit just taken from the semaphore (and `forget`-ed there).
     pub(super) fn new(shared: &Arc<Shared<M>>) -> Self {
-        Permit(Some(Arc::clone(shared)))
+        Permit(Arc::clone(shared))
     }
 
-    /// Someone else now gives the permit back (the idle set's `make_idle`).
-    pub(super) fn hand_over(mut self) {
-        self.0 = None;
+    pub(super) fn shared(&self) -> &Arc<Shared<M>> {
+        &self.0
     }
 
-    /// The permit moves to the connection being lent.
-    pub(super) fn lend(mut self, conn: Conn<M::Connection>, now: Instant) -> Pooled<M> {
-        let shared = self.0.take().expect("a Permit is lent once");
-        Pooled::new(shared, conn, now)
+    /// The permit moves into the connection being lent.
+    pub(super) fn lend(self, conn: Conn<M::Connection>, now: Instant) -> Pooled<M> {
+        Pooled::new(conn, self, now)
     }
 }
 
 impl<M: Manager> Drop for Permit<M> {
     fn drop(&mut self) {
-        if let Some(shared) = self.0.take() {
-            shared.release_permit();
-        }
+        // A waiting `get()` (first in line) gets it.
+        self.0.permits.add_permits(1);
     }
 }
 
@@ -94,59 +96,51 @@ impl<M: Manager> Drop for Connecting<'_, M> {
     }
 }
 
-/// An active connection in the middle of pool-owned I/O during a checkout.
-/// Dropped before `take` (its task was dropped unfinished) it retires the
-/// connection: its protocol state is unknown.
-pub(super) struct InFlight<M: Manager> {
-    shared: Arc<Shared<M>>,
-    conn: Option<Conn<M::Connection>>,
-}
+/// An active connection in the middle of pool-owned I/O during a checkout,
+/// with its permit. Dropped before `take` (its task was dropped
+/// unfinished) it retires the connection, whose protocol state is unknown,
+/// and the permit goes back.
+pub(super) struct InFlight<M: Manager>(Option<(Conn<M::Connection>, Permit<M>)>);
 
 impl<M: Manager> InFlight<M> {
-    pub(super) fn new(shared: &Arc<Shared<M>>, conn: Conn<M::Connection>) -> Self {
-        InFlight {
-            shared: Arc::clone(shared),
-            conn: Some(conn),
-        }
+    pub(super) fn new(conn: Conn<M::Connection>, permit: Permit<M>) -> Self {
+        InFlight(Some((conn, permit)))
     }
 
     pub(super) fn conn(&mut self) -> &mut Conn<M::Connection> {
-        self.conn
+        &mut self
+            .0
             .as_mut()
             .expect("InFlight holds its connection until take")
+            .0
     }
 
-    pub(super) fn take(&mut self) -> Conn<M::Connection> {
-        self.conn.take().expect("InFlight::take is called once")
+    pub(super) fn take(&mut self) -> (Conn<M::Connection>, Permit<M>) {
+        self.0.take().expect("InFlight::take is called once")
     }
 }
 
 impl<M: Manager> Drop for InFlight<M> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
-            self.shared.retire_active(conn, Reason::Closed);
+        if let Some((conn, permit)) = self.0.take() {
+            permit.shared().retire_active(conn, Reason::Closed);
         }
     }
 }
 
-/// A returned connection being cleaned in its own task. Owns the permit:
+/// A returned connection being cleaned in its own task, with its permit:
 /// however the task ends (done, failed, or dropped with the runtime), the
-/// connection ends up idle or retired and the permit comes back.
-pub(super) struct Returning<M: Manager> {
-    shared: Arc<Shared<M>>,
-    conn: Option<Conn<M::Connection>>,
-}
+/// connection ends up idle or retired and the permit goes back.
+pub(super) struct Returning<M: Manager>(Option<(Conn<M::Connection>, Permit<M>)>);
 
 impl<M: Manager> Returning<M> {
-    pub(super) fn new(shared: &Arc<Shared<M>>, conn: Conn<M::Connection>) -> Self {
-        shared
+    pub(super) fn new(conn: Conn<M::Connection>, permit: Permit<M>) -> Self {
+        permit
+            .shared()
             .slots
             .lock()
             .set_activity(&conn.meta, Activity::Returning);
-        Returning {
-            shared: Arc::clone(shared),
-            conn: Some(conn),
-        }
+        Returning(Some((conn, permit)))
     }
 
     /// Cleans the connection (rollback, and a full reset when `full`), then
@@ -169,11 +163,11 @@ impl<M: Manager> Returning<M> {
             ReturnIo::Verify => ("verify on return", Reason::ValidationFailed),
         };
         // The connection stays in `self` across the await: if this task is
-        // dropped mid-I/O, `Drop` closes it and gives the permit back.
+        // dropped mid-I/O, `Drop` closes it and the permit goes back.
         let result = {
-            let Returning { shared, conn } = &mut self;
-            let raw = &mut conn.as_mut().expect("Returning holds its connection").raw;
-            let manager = &shared.manager;
+            let (conn, permit) = self.0.as_mut().expect("Returning holds its connection");
+            let shared = permit.shared();
+            let (raw, manager) = (&mut conn.raw, &shared.manager);
             timeout(shared.config.validation_timeout, async move {
                 match io {
                     ReturnIo::Reset { full } => manager.reset(raw, full).await,
@@ -182,12 +176,12 @@ impl<M: Manager> Returning<M> {
             })
             .await
         };
-        let shared = Arc::clone(&self.shared);
-        let mut conn = self.conn.take().expect("Returning holds its connection");
+        let (mut conn, permit) = self.0.take().expect("Returning holds its connection");
+        let shared = Arc::clone(permit.shared());
         let reason = match result {
             Ok(Ok(())) => {
                 conn.meta.last_io = Instant::now();
-                shared.make_idle(conn);
+                Shared::make_idle(conn, permit);
                 return;
             }
             Ok(Err(error)) => {
@@ -209,7 +203,7 @@ impl<M: Manager> Returning<M> {
         };
         shared.suspect();
         shared.retire_active(conn, reason);
-        shared.release_permit();
+        drop(permit);
     }
 }
 
@@ -222,13 +216,13 @@ enum ReturnIo {
 
 impl<M: Manager> Drop for Returning<M> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some((conn, permit)) = self.0.take() {
             // The task was dropped unfinished (runtime shutting down): the
             // connection may be mid-reset, so it is closed, never reused.
-            self.shared.slots.lock().forget_active(&conn.meta);
-            self.shared.note_retired(&conn.meta, Reason::ResetFailed);
+            let shared = permit.shared();
+            shared.slots.lock().forget_active(&conn.meta);
+            shared.note_retired(&conn.meta, Reason::ResetFailed);
             drop(conn);
-            self.shared.release_permit();
         }
     }
 }

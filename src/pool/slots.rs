@@ -28,6 +28,9 @@ pub(crate) struct Meta {
     pub(crate) slot: usize,
     /// The pool's generation when this connection was opened.
     pub(crate) generation: u64,
+    /// While idle: the checkout decision, precomputed when it went idle
+    /// ([`Policy::lend_before`](crate::liveness::Policy::lend_before)).
+    pub(crate) lend_before: Option<Instant>,
 }
 
 impl Meta {
@@ -51,12 +54,14 @@ pub(crate) struct Conn<C> {
     pub(crate) meta: Meta,
 }
 
-/// The housekeeper's decision for one pass, taken under the lock.
-pub(crate) struct Sweep<C> {
+/// The housekeeper's decision for one pass, taken under the lock. `P` is
+/// the capacity permit a keepalive ping holds.
+pub(crate) struct Sweep<C, P> {
     /// Removed from the idle set (no longer counted anywhere): close them.
     pub(crate) retired: Vec<(Conn<C>, Reason)>,
-    /// Removed from the idle set and counted active: ping them, then check them in.
-    pub(crate) keepalive: Vec<Conn<C>>,
+    /// Removed from the idle set and counted active, each with the permit
+    /// it holds: ping them, then put them back idle.
+    pub(crate) keepalive: Vec<(Conn<C>, P)>,
     /// `last_borrowed` of each obsolete connection that deserves a replacement.
     pub(crate) replace: Vec<Instant>,
     /// When the verdict on some idle connection next changes.
@@ -235,15 +240,15 @@ impl<C> Slots<C> {
     /// obsolete, takes out those due a keepalive ping (each needs a permit
     /// from `take_permit`; without one it stays idle for now), and notes
     /// which retirements deserve a replacement.
-    pub(crate) fn sweep(
+    pub(crate) fn sweep<P>(
         &mut self,
         now: Instant,
         policy: &Policy,
         min_idle: usize,
         generation: u64,
         mut has_broken: impl FnMut(&mut C) -> bool,
-        mut take_permit: impl FnMut() -> bool,
-    ) -> Sweep<C> {
+        mut take_permit: impl FnMut() -> Option<P>,
+    ) -> Sweep<C, P> {
         let mut out = Sweep {
             retired: Vec::new(),
             keepalive: Vec::new(),
@@ -273,12 +278,15 @@ impl<C> Slots<C> {
                     }
                     out.retired.push((conn, reason));
                 }
-                Verdict::Keep if policy.keepalive_due(conn.meta.last_io, now) && take_permit() => {
-                    self.active.insert(&mut conn.meta, now, Activity::Keepalive);
-                    self.pinging += 1;
-                    out.keepalive.push(conn);
-                }
                 Verdict::Keep => {
+                    if policy.keepalive_due(conn.meta.last_io, now) {
+                        if let Some(permit) = take_permit() {
+                            self.active.insert(&mut conn.meta, now, Activity::Keepalive);
+                            self.pinging += 1;
+                            out.keepalive.push((conn, permit));
+                            continue;
+                        }
+                    }
                     let next = policy.next_deadline(&facts);
                     out.next_deadline = match (out.next_deadline, next) {
                         (Some(a), Some(b)) => Some(a.min(b)),

@@ -138,7 +138,8 @@ pub(crate) struct LoadArgs {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct LivenessArgs {
     /// Bound on every round trip the pool makes on its own (validation,
-    /// keepalive, reset, timeout discovery).
+    /// keepalive, reset, polite close); timeout discovery on a new
+    /// connection is inside the connect.
     #[arg(long, default_value = "5s", value_parser = positive_duration, allow_hyphen_values = true)]
     pub(crate) validation_timeout: Duration,
     /// When a checkout pings: `always`, `never`, or a window such as `500ms`
