@@ -703,7 +703,41 @@ fn args() -> Args {
     }
 }
 
+/// `VIGIL_BENCH_INSTRUCTIONS=<pool>:<cycles>`: warm the pool, run that many
+/// uncontended get + drop cycles on a current-thread runtime, and exit,
+/// for `valgrind --tool=callgrind` (instruction counts are stable on a
+/// noisy machine, where times are not). `scripts/instructions` runs it at
+/// two cycle counts and prints the difference per cycle.
+fn instructions(spec: &str) {
+    async fn cycles<P: BenchPool>(n: u64) {
+        let pool = P::warm().await;
+        for _ in 0..n {
+            let guard = pool.checkout().await;
+            black_box(&*guard);
+        }
+    }
+    let (pool, n) = spec
+        .split_once(':')
+        .expect("VIGIL_BENCH_INSTRUCTIONS=<pool>:<cycles>");
+    let n: u64 = n.parse().expect("a cycle count");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async move {
+        match pool {
+            "vigil" => cycles::<vigil::Pool<Noop>>(n).await,
+            "bb8" => cycles::<bb8::Pool<Noop>>(n).await,
+            "deadpool" => cycles::<deadpool::managed::Pool<Noop>>(n).await,
+            other => panic!("no pool {other} (vigil, bb8, deadpool)"),
+        }
+    });
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("VIGIL_BENCH_INSTRUCTIONS") {
+        return instructions(&spec);
+    }
     let args = args();
     let since = SystemTime::now();
     let mut criterion = Criterion::default()

@@ -214,26 +214,36 @@ impl Policy {
     /// this when the connection goes idle and a checkout compares one
     /// instant. The tests hold it equal to `at_checkout(..) == Lend`.
     pub fn lend_before(&self, f: &Facts) -> Option<Instant> {
-        // Each rule's last instant, as `assess` and `needs_ping` draw them
-        // (`checked_add`: a bound `Instant` cannot hold never comes).
-        let ping = match self.validation {
-            Validation::Always => Some(f.last_io),
+        let expires = f.lifetime.and_then(|l| f.created.checked_add(l));
+        self.lend_before_parts(f.last_io, f.server_idle_timeout, expires)
+    }
+
+    /// [`lend_before`](Policy::lend_before) from the parts the pool keeps:
+    /// `expires` is `created + lifetime`, fixed when the connection opens.
+    pub(crate) fn lend_before_parts(
+        &self,
+        last_io: Instant,
+        server_idle_timeout: Option<Duration>,
+        expires: Option<Instant>,
+    ) -> Option<Instant> {
+        // How long after its last I/O the connection may be lent without a
+        // ping: the bypass window (`needs_ping` fires strictly after it)
+        // and the server's deadline, whichever is shorter.
+        let window = match self.validation {
+            Validation::Always => Some(Duration::ZERO),
             Validation::Never => None,
-            // `needs_ping` fires strictly after the window.
-            Validation::IdleFor(window) => f
-                .last_io
-                .checked_add(window)
-                .and_then(|t| t.checked_add(Duration::from_nanos(1))),
+            Validation::IdleFor(w) => w.checked_add(Duration::from_nanos(1)),
         };
-        [
-            ping,
-            f.lifetime.and_then(|l| f.created.checked_add(l)),
-            f.server_idle_timeout
-                .and_then(|t| f.last_io.checked_add(self.server_deadline(t))),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        let server = server_idle_timeout.map(|t| self.server_deadline(t));
+        let allowance = match (window, server) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // `checked_add`: a bound `Instant` cannot hold never comes.
+        match (allowance.and_then(|a| last_io.checked_add(a)), expires) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 }
 

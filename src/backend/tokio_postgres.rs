@@ -78,7 +78,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -318,7 +318,7 @@ impl TokioPgManager {
         Ok(PgClient {
             client,
             connection: spawn_connection(connection),
-            seen: Arc::default(),
+            seen: Arc::new(Seen::unwatched()),
         })
     }
 
@@ -539,6 +539,13 @@ struct Seen {
     /// The transaction status of the last `ReadyForQuery`: `I` idle, `T`
     /// in a transaction block, `E` in a failed one.
     status: AtomicU8,
+    /// Requests written that each end in a `ReadyForQuery` (`Query`,
+    /// `Sync`, and the startup message), and the `ReadyForQuery`s read:
+    /// while they differ, a reply is still on its way and `status` may be
+    /// stale (the server flushes an error before the `ReadyForQuery`
+    /// behind it, and a borrower can drop a query mid-flight).
+    sent: AtomicU32,
+    answered: AtomicU32,
 }
 
 impl Default for Seen {
@@ -546,6 +553,10 @@ impl Default for Seen {
         Seen {
             fatal: AtomicBool::new(false),
             status: AtomicU8::new(IDLE),
+            // The startup message: answered by the `ReadyForQuery` after
+            // authentication.
+            sent: AtomicU32::new(1),
+            answered: AtomicU32::new(0),
         }
     }
 }
@@ -554,9 +565,27 @@ impl Default for Seen {
 const IDLE: u8 = b'I';
 
 impl Seen {
+    /// For a session whose socket is not watched: nothing is ever seen,
+    /// so it always looks settled and clean.
+    fn unwatched() -> Self {
+        Seen {
+            sent: AtomicU32::new(0),
+            ..Seen::default()
+        }
+    }
+
     /// The last `ReadyForQuery` said a transaction block is open (or failed).
     fn in_transaction(&self) -> bool {
         self.status.load(Ordering::Acquire) != IDLE
+    }
+
+    /// Every request written has had its `ReadyForQuery`, and the last one
+    /// said no transaction is open: nothing to clean.
+    fn settled_clean(&self) -> bool {
+        // `sent` first: `answered` never passes it, so equal means none
+        // was outstanding when `sent` was read.
+        let sent = self.sent.load(Ordering::Acquire);
+        self.answered.load(Ordering::Acquire) == sent && !self.in_transaction()
     }
 }
 
@@ -580,6 +609,7 @@ struct FatalWatch<S> {
     inner: S,
     seen: Arc<Seen>,
     scan: Scan,
+    outgoing: Outgoing,
 }
 
 /// Bytes of a watched message's body kept: enough for an error's severity
@@ -652,8 +682,51 @@ impl Scan {
                 if let Some(&status) = body.first() {
                     seen.status.store(status, Ordering::Release);
                 }
+                // After the status: whoever sees the count sees the status.
+                seen.answered.fetch_add(1, Ordering::Release);
             }
             _ => {}
+        }
+    }
+}
+
+/// The client's side of the stream, framed to count the requests that end
+/// in a `ReadyForQuery`. The first message (startup) has no type byte.
+#[derive(Debug, Default)]
+struct Outgoing {
+    /// Past the startup message.
+    started: bool,
+    /// Header bytes of the message being written.
+    header: Vec<u8>,
+    /// Body bytes still to come.
+    remaining: usize,
+}
+
+impl Outgoing {
+    /// Feeds bytes the socket accepted, counting `Query` and `Sync` in `seen`.
+    fn feed(&mut self, mut bytes: &[u8], seen: &Seen) {
+        while !bytes.is_empty() {
+            if self.remaining > 0 {
+                let take = self.remaining.min(bytes.len());
+                bytes = &bytes[take..];
+                self.remaining -= take;
+                continue;
+            }
+            let header_len = if self.started { 5 } else { 4 };
+            let take = (header_len - self.header.len()).min(bytes.len());
+            self.header.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.header.len() < header_len {
+                continue;
+            }
+            let len = &self.header[header_len - 4..];
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+            self.remaining = len.saturating_sub(4);
+            if self.started && matches!(self.header[0], b'Q' | b'S') {
+                seen.sent.fetch_add(1, Ordering::Release);
+            }
+            self.started = true;
+            self.header.clear();
         }
     }
 }
@@ -664,6 +737,7 @@ impl<S> FatalWatch<S> {
             inner,
             seen: Arc::clone(seen),
             scan: Scan::default(),
+            outgoing: Outgoing::default(),
         }
     }
 }
@@ -690,7 +764,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FatalWatch<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            let this = &mut *self;
+            this.outgoing.feed(&buf[..n], &this.seen);
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -706,7 +785,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FatalWatch<S> {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = polled {
+            let this = &mut *self;
+            let mut left = n;
+            for b in bufs {
+                if left == 0 {
+                    break;
+                }
+                let take = left.min(b.len());
+                this.outgoing.feed(&b[..take], &this.seen);
+                left -= take;
+            }
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -756,13 +848,15 @@ impl Manager for TokioPgManager {
     }
 
     fn needs_cleanup(&self, conn: &mut PgClient) -> bool {
-        conn.seen.in_transaction()
+        !conn.seen.settled_clean()
     }
 
     async fn reset(&self, conn: &mut PgClient, full: bool) -> Result<(), tokio_postgres::Error> {
-        if conn.seen.in_transaction() {
-            // A dropped `Transaction` has queued its own `ROLLBACK`, which
-            // may not have run yet: an empty query waits for it. Only a
+        if !conn.seen.settled_clean() {
+            // A reply is still on its way (an error is flushed before the
+            // `ReadyForQuery` that says what it did to the transaction), or
+            // a dropped `Transaction` has queued its own `ROLLBACK`, which
+            // may not have run yet: an empty query waits for both. Only a
             // transaction still open after that (a raw `BEGIN`) is rolled
             // back here, so a clean session never earns the server's
             // "there is no transaction in progress" warning.
@@ -843,7 +937,7 @@ impl Manager for TokioPgManager {
 mod tests {
     use std::sync::atomic::Ordering;
 
-    use super::{Scan, Seen};
+    use super::{Outgoing, Scan, Seen};
 
     /// A backend message: type byte, length (itself included), body.
     fn message(tag: u8, body: &[u8]) -> Vec<u8> {
@@ -893,6 +987,38 @@ mod tests {
             assert!(!fatal(&watch(&stream, stream.len())));
         }
         assert!(fatal(&watch(&error("PANIC"), 4)));
+    }
+
+    /// A frontend message: type byte, length, body.
+    fn request(tag: u8, body: &[u8]) -> Vec<u8> {
+        message(tag, body)
+    }
+
+    #[test]
+    fn a_session_is_settled_only_when_every_request_has_its_ready_for_query() {
+        // Startup (no type byte), then a simple query and an extended one.
+        let mut out = 12u32.to_be_bytes().to_vec();
+        out.extend_from_slice(&[0, 3, 0, 0, b'u', 0, 0, 0]);
+        out.extend(request(b'Q', b"SELECT 1\0"));
+        out.extend(request(b'P', b"\0SELECT 2\0\0\0"));
+        out.extend(request(b'S', b""));
+        for chunk in [1, 2, 5, out.len()] {
+            let (seen, mut outgoing, mut scan) =
+                (Seen::default(), Outgoing::default(), Scan::default());
+            for c in out.chunks(chunk) {
+                outgoing.feed(c, &seen);
+            }
+            assert_eq!(seen.sent.load(Ordering::Acquire), 3, "chunks of {chunk}");
+            // The startup's and the query's answers: one still to come.
+            scan.feed(&[message(b'Z', b"I"), message(b'Z', b"I")].concat(), &seen);
+            assert!(!seen.settled_clean());
+            // An error before the `ReadyForQuery` that ends it: not settled.
+            scan.feed(&error("ERROR"), &seen);
+            assert!(!seen.settled_clean());
+            scan.feed(&message(b'Z', b"I"), &seen);
+            assert!(seen.settled_clean());
+        }
+        assert!(Seen::unwatched().settled_clean());
     }
 
     #[test]

@@ -49,7 +49,7 @@ impl<M: Manager> Shared<M> {
                 // warn: a guard held this long is almost always a bug in the caller.
                 tracing::warn!(
                     target: TARGET,
-                    conn_id = leak.meta.id,
+                    conn_id = leak.id,
                     held_for = ?now.saturating_duration_since(leak.since),
                     borrowed_at = %site,
                     "connection held longer than leak_threshold; possible leak"

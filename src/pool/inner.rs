@@ -541,10 +541,13 @@ impl<M: Manager> Shared<M> {
         let mut meta = Meta {
             id: self.next_id.fetch_add(1, Relaxed),
             created: now,
-            lifetime: self.config.max_lifetime.map(jitter),
+            expires: self
+                .config
+                .max_lifetime
+                .and_then(|l| now.checked_add(jitter(l))),
             last_io: now,
             last_borrowed: now,
-            server,
+            server_idle: server.idle,
             uses: 0,
             slot: usize::MAX,
             generation: self.generation(),
@@ -602,13 +605,22 @@ impl<M: Manager> Shared<M> {
         if broken {
             this.suspect();
         }
-        if let Verdict::Retire(reason) = assess(
-            &conn.meta.facts(broken, false, this.generation()),
-            &this.policy,
-            now,
-        ) {
-            this.retire_active(conn, reason);
-            return; // the permit goes back as it is dropped
+        // `assess` at the moment of return: the connection was just heard
+        // from and the pool does not shrink here, so only broken, stale and
+        // expired can retire it; asked in full only when one of them holds.
+        let stale = conn.meta.generation < this.generation();
+        let expired = conn.meta.expires.is_some_and(|e| now >= e);
+        // (A server timeout of zero would retire it at once.)
+        let zero = conn.meta.server_idle.is_some_and(|t| t.is_zero());
+        if broken || stale || expired || zero {
+            if let Verdict::Retire(reason) = assess(
+                &conn.meta.facts(broken, false, this.generation()),
+                &this.policy,
+                now,
+            ) {
+                this.retire_active(conn, reason);
+                return; // the permit goes back as it is dropped
+            }
         }
         let full = full_reset || this.config.reset_on_return;
         let dirty = full || this.manager.needs_cleanup(&mut conn.raw);
@@ -634,9 +646,11 @@ impl<M: Manager> Shared<M> {
     /// connection's facts change only with I/O, which it does not do idle.
     pub(crate) fn make_idle(mut conn: Conn<M::Connection>, permit: Permit<M>) {
         let this = permit.shared();
-        conn.meta.lend_before =
+        let meta = &conn.meta;
+        let lend_before =
             this.policy
-                .lend_before(&conn.meta.facts(false, false, conn.meta.generation));
+                .lend_before_parts(meta.last_io, meta.server_idle, meta.expires);
+        conn.meta.lend_before = lend_before;
         let refused = this.slots.lock().push(conn);
         if let Some(conn) = refused {
             this.retire_active(conn, Reason::Closed);

@@ -341,7 +341,7 @@ fn connections_of<M: Manager>(shared: &Shared<M>) -> Vec<ConnectionInfo> {
         uses: m.uses,
         held_for: None,
         borrowed_at: None,
-        server_idle_timeout: m.server.idle,
+        server_idle_timeout: m.server_idle,
     });
     let active = active.into_iter().map(|a| {
         let (state, site) = match a.activity {
@@ -351,14 +351,14 @@ fn connections_of<M: Manager>(shared: &Shared<M>) -> Vec<ConnectionInfo> {
             Activity::Returning => (ConnectionState::Returning, None),
         };
         ConnectionInfo {
-            id: a.meta.id,
+            id: a.id,
             state,
-            age: now.saturating_duration_since(a.meta.created),
+            age: now.saturating_duration_since(a.created),
             idle_for: None,
-            uses: a.meta.uses,
+            uses: a.uses,
             held_for: Some(now.saturating_duration_since(a.since)),
             borrowed_at: site,
-            server_idle_timeout: a.meta.server.idle,
+            server_idle_timeout: a.server_idle,
         }
     });
     idle.chain(active).collect()

@@ -12,17 +12,18 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::liveness::{assess, Facts, Policy, Reason, Verdict};
-use crate::manager::ServerTimeouts;
 
 /// What the pool remembers about one connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Meta {
     pub(crate) id: u64,
     pub(crate) created: Instant,
-    pub(crate) lifetime: Option<Duration>,
+    /// `created` + this connection's (jittered) lifetime: when it expires.
+    pub(crate) expires: Option<Instant>,
     pub(crate) last_io: Instant,
     pub(crate) last_borrowed: Instant,
-    pub(crate) server: ServerTimeouts,
+    /// The server's idle timeout for this session (`ServerTimeouts::idle`).
+    pub(crate) server_idle: Option<Duration>,
     pub(crate) uses: u64,
     /// Index in the active registry while active; meaningless while idle.
     pub(crate) slot: usize,
@@ -37,11 +38,13 @@ impl Meta {
     pub(crate) fn facts(&self, broken: bool, may_shrink: bool, generation: u64) -> Facts {
         Facts {
             created: self.created,
-            lifetime: self.lifetime,
+            lifetime: self
+                .expires
+                .map(|e| e.saturating_duration_since(self.created)),
             last_io: self.last_io,
             last_borrowed: self.last_borrowed,
             broken,
-            server_idle_timeout: self.server.idle,
+            server_idle_timeout: self.server_idle,
             may_shrink,
             stale: self.generation < generation,
         }
@@ -324,10 +327,14 @@ pub(crate) enum Activity {
     Returning,
 }
 
-/// One active connection, for leak detection and status pages.
+/// One active connection, for leak detection and status pages: what those
+/// read of its `Meta` (copied at every checkout, so kept small).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ActiveInfo {
-    pub(crate) meta: Meta,
+    pub(crate) id: u64,
+    pub(crate) created: Instant,
+    pub(crate) uses: u64,
+    pub(crate) server_idle: Option<Duration>,
     /// When the current activity began.
     pub(crate) since: Instant,
     pub(crate) activity: Activity,
@@ -351,7 +358,10 @@ impl Registry {
         });
         meta.slot = slot;
         self.entries[slot] = Some(ActiveInfo {
-            meta: *meta,
+            id: meta.id,
+            created: meta.created,
+            uses: meta.uses,
+            server_idle: meta.server_idle,
             since: now,
             activity,
             leak_reported: false,
@@ -363,7 +373,7 @@ impl Registry {
     fn remove(&mut self, meta: &Meta) -> Option<Activity> {
         let entry = self.entries.get_mut(meta.slot).and_then(Option::take);
         debug_assert!(
-            entry.is_some_and(|e| e.meta.id == meta.id),
+            entry.is_some_and(|e| e.id == meta.id),
             "a connection leaving the active set was in it, at its own slot"
         );
         self.free.push(meta.slot);
