@@ -56,10 +56,12 @@
 //! Not set by default: `tcp_user_timeout`. With it (`tcp_user_timeout=30`
 //! in the URL, [`Config::tcp_user_timeout`]), a query on a black-holed lent
 //! connection fails after 30 s of unacknowledged data instead of the
-//! kernel's ~15 minutes of retransmissions. It is not free: with it set,
-//! `SELECT 1` over loopback ran 7–13 % slower in `benches/realdb.rs`
-//! (16 dedicated clients, with and without it, same run), a cost paid on
-//! every query for a failure that is rare, so it is left to the user.
+//! kernel's ~15 minutes of retransmissions. It may not be free: in three
+//! focused A/B runs of `benches/realdb.rs` (16 dedicated clients over
+//! loopback, with and without it, interleaved) `SELECT 1` ran 7–13 %
+//! slower with it, though the full bench run in BENCHMARKS.md shows the
+//! two within noise (the `vigil-user-timeout` row). Until that is settled
+//! it is left to the user rather than charged to every query.
 //! vigil's own pings are bounded by `validation_timeout` either way.
 //!
 //! Multiple hosts
