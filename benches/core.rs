@@ -30,7 +30,7 @@
 use std::future::Future;
 use std::hint::black_box;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -40,8 +40,11 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::runtime::Runtime;
 
+#[path = "support/common.rs"]
+mod common;
+use common::{env_or, runtime, target_dir, WORKERS};
+
 const POOL_SIZE: usize = 8;
-const WORKERS: usize = 2;
 const TASK_COUNTS: [usize; 3] = [16, 256, 1024];
 const SCRAPE_EVERY: Duration = Duration::from_millis(10);
 
@@ -242,15 +245,6 @@ impl BenchPool for mobc::Pool<Noop> {
     async fn checkout(&self) -> mobc::Connection<Noop> {
         self.get().await.expect("mobc get")
     }
-}
-
-/// The runtime every async workload runs on: multi-thread, 2 workers.
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(WORKERS)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
 }
 
 // ------------------------------------------------------------------ uncontended
@@ -535,14 +529,6 @@ fn print_contended(cells: &[Cell], cycles: u64, runs: usize) -> Vec<Value> {
 
 // ------------------------------------------------------------------ reading criterion's results
 
-/// Criterion's output directory, decided here (not left to criterion) so the
-/// summary can read back its estimates.
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
 fn criterion_dir() -> PathBuf {
     std::env::var_os("CRITERION_HOME")
         .map(PathBuf::from)
@@ -616,13 +602,6 @@ fn print_metrics(since: SystemTime, scrapes: u64) -> Value {
 }
 
 // ------------------------------------------------------------------ main
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Criterion's command line, read only for what the contended group needs:
 /// the mode, and the name filter.

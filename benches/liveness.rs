@@ -55,9 +55,7 @@
 //! `cargo test --benches ...` runs each case with 2 short bursts and a 2 s
 //! hot kill as a smoke test.
 
-use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -66,16 +64,21 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use mysql_async::prelude::Queryable;
 use serde_json::{json, Value};
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlSslMode};
+use sqlx::mysql::{MySqlConnectOptions, MySqlSslMode};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
-use sqlx::{ConnectOptions, Connection, Executor};
+use sqlx::Executor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::Runtime;
+
+#[path = "support/common.rs"]
+mod common;
+use common::{env_list, runtime, target_dir};
+#[path = "support/drivers.rs"]
+mod drivers;
+use drivers::{Driver, PeerManager, TpConn};
 
 const POOL_SIZE: usize = 8;
 const TASKS: usize = 8;
-const WORKERS: usize = 2;
 const SERVER_IDLE_TIMEOUT_S: u64 = 2;
 const MYSQL_SESSION_TIMEOUT: &str = "SET SESSION wait_timeout=2";
 /// A query that takes longer counts as an error (a stuck pool must not
@@ -198,104 +201,6 @@ fn sqlx_mysql_options(proxy: SocketAddr) -> MySqlConnectOptions {
         .ssl_mode(MySqlSslMode::Disabled)
 }
 
-// ------------------------------------------------------------------ drivers (as in realdb.rs)
-
-/// One driver connection type, seen the same way by every pool.
-trait Driver: Sized + Send + 'static {
-    type Opts: Clone + Send + Sync + 'static;
-    type Error: std::error::Error + Send + Sync + 'static;
-    fn connect(opts: &Self::Opts) -> impl Future<Output = Result<Self, Self::Error>> + Send;
-    fn ping(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
-    /// `SELECT 1`, reading the row back.
-    fn select1(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
-    /// The driver's own cheap "this connection is finished" flag, no I/O.
-    fn has_broken(&mut self) -> bool;
-}
-
-impl Driver for PgConnection {
-    type Opts = PgConnectOptions;
-    type Error = sqlx::Error;
-
-    fn connect(opts: &PgConnectOptions) -> impl Future<Output = Result<Self, sqlx::Error>> + Send {
-        opts.connect()
-    }
-
-    fn ping(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
-        Connection::ping(self)
-    }
-
-    async fn select1(&mut self) -> Result<(), sqlx::Error> {
-        let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(self).await?;
-        assert_eq!(one, 1);
-        Ok(())
-    }
-
-    fn has_broken(&mut self) -> bool {
-        false // sqlx 0.8 exposes no such flag
-    }
-}
-
-impl Driver for vigil::backend::tokio_postgres::PgClient {
-    type Opts = tokio_postgres::Config;
-    type Error = tokio_postgres::Error;
-
-    async fn connect(opts: &tokio_postgres::Config) -> Result<Self, tokio_postgres::Error> {
-        // Only vigil's own rows lend `PgClient`, through its manager.
-        use vigil::Manager;
-        vigil::backend::tokio_postgres::TokioPgManager::new(opts.clone())
-            .connect()
-            .await
-    }
-
-    async fn ping(&mut self) -> Result<(), tokio_postgres::Error> {
-        self.simple_query("").await.map(drop)
-    }
-
-    async fn select1(&mut self) -> Result<(), tokio_postgres::Error> {
-        // Unnamed statement, Parse/Bind/Execute in one flight: one round trip.
-        let rows = self.query_typed("SELECT 1", &[]).await?;
-        let one: i32 = rows[0].get(0);
-        assert_eq!(one, 1);
-        Ok(())
-    }
-
-    fn has_broken(&mut self) -> bool {
-        self.is_closed()
-    }
-}
-
-/// A plain tokio-postgres session as the driver opens it, its connection
-/// task spawned: what bb8-postgres, deadpool-postgres and a hand-written
-/// manager lend. Nothing of vigil's (no socket watch, no TCP settings).
-struct RawTp(tokio_postgres::Client);
-
-impl Driver for RawTp {
-    type Opts = tokio_postgres::Config;
-    type Error = tokio_postgres::Error;
-
-    async fn connect(opts: &tokio_postgres::Config) -> Result<Self, tokio_postgres::Error> {
-        let (client, connection) = opts.connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(connection);
-        Ok(RawTp(client))
-    }
-
-    async fn ping(&mut self) -> Result<(), tokio_postgres::Error> {
-        self.0.simple_query("").await.map(drop)
-    }
-
-    async fn select1(&mut self) -> Result<(), tokio_postgres::Error> {
-        let rows = self.0.query_typed("SELECT 1", &[]).await?;
-        assert_eq!(rows[0].get::<_, i32>(0), 1);
-        Ok(())
-    }
-
-    fn has_broken(&mut self) -> bool {
-        self.0.is_closed()
-    }
-}
-
-type TpConn = RawTp;
-
 /// tokio-postgres options through the proxy, with the same 2 s
 /// `idle_session_timeout` for this session only.
 fn tp_config(proxy: SocketAddr) -> tokio_postgres::Config {
@@ -312,104 +217,6 @@ fn tp_config(proxy: SocketAddr) -> tokio_postgres::Config {
         config.password(password);
     }
     config
-}
-
-impl Driver for MySqlConnection {
-    type Opts = MySqlConnectOptions;
-    type Error = sqlx::Error;
-
-    fn connect(
-        opts: &MySqlConnectOptions,
-    ) -> impl Future<Output = Result<Self, sqlx::Error>> + Send {
-        opts.connect()
-    }
-
-    fn ping(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
-        Connection::ping(self)
-    }
-
-    async fn select1(&mut self) -> Result<(), sqlx::Error> {
-        let one: i64 = sqlx::query_scalar("SELECT 1").fetch_one(self).await?;
-        assert_eq!(one, 1);
-        Ok(())
-    }
-
-    fn has_broken(&mut self) -> bool {
-        false
-    }
-}
-
-impl Driver for mysql_async::Conn {
-    type Opts = mysql_async::Opts;
-    type Error = mysql_async::Error;
-
-    fn connect(
-        opts: &mysql_async::Opts,
-    ) -> impl Future<Output = Result<Self, mysql_async::Error>> + Send {
-        mysql_async::Conn::new(opts.clone())
-    }
-
-    fn ping(&mut self) -> impl Future<Output = Result<(), mysql_async::Error>> + Send {
-        Queryable::ping(self)
-    }
-
-    async fn select1(&mut self) -> Result<(), mysql_async::Error> {
-        let one: Option<i64> = self.query_first("SELECT 1").await?;
-        assert_eq!(one, Some(1));
-        Ok(())
-    }
-
-    fn has_broken(&mut self) -> bool {
-        self.is_disconnected()
-    }
-}
-
-/// The small manager a bb8 or deadpool user writes (as in realdb.rs).
-struct PeerManager<D: Driver> {
-    opts: D::Opts,
-    ping: bool,
-}
-
-impl<D: Driver> bb8::ManageConnection for PeerManager<D> {
-    type Connection = D;
-    type Error = D::Error;
-
-    fn connect(&self) -> impl Future<Output = Result<D, D::Error>> + Send {
-        D::connect(&self.opts)
-    }
-
-    fn is_valid(&self, conn: &mut D) -> impl Future<Output = Result<(), D::Error>> + Send {
-        conn.ping()
-    }
-
-    fn has_broken(&self, conn: &mut D) -> bool {
-        conn.has_broken()
-    }
-}
-
-impl<D: Driver> deadpool::managed::Manager for PeerManager<D> {
-    type Type = D;
-    type Error = D::Error;
-
-    fn create(&self) -> impl Future<Output = Result<D, D::Error>> + Send {
-        D::connect(&self.opts)
-    }
-
-    async fn recycle(
-        &self,
-        conn: &mut D,
-        _: &deadpool::managed::Metrics,
-    ) -> deadpool::managed::RecycleResult<D::Error> {
-        if conn.has_broken() {
-            return Err(deadpool::managed::RecycleError::message("broken"));
-        }
-        if self.ping {
-            conn.ping()
-                .await
-                .map_err(deadpool::managed::RecycleError::Backend)?;
-        }
-        Ok(())
-    }
 }
 
 // ------------------------------------------------------------------ the pools, one interface
@@ -1070,14 +877,6 @@ fn all_cases() -> Vec<Case> {
 
 // ------------------------------------------------------------------ the workload
 
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(WORKERS)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 struct Outcome {
     ok: u64,
     /// Errors per burst; for the hot kill, per phase: phase 0 is before the
@@ -1551,18 +1350,6 @@ fn report_hot_kill(results: &[(Case, Outcome)], shape: KillShape) -> (Vec<Value>
 const RT_TARGET: f64 = 1.05;
 
 // ------------------------------------------------------------------ main
-
-/// A comma list from the environment; `None` (everything) when unset.
-fn env_list(name: &str) -> Option<Vec<String>> {
-    let v = std::env::var(name).ok()?;
-    Some(v.split(',').map(|s| s.trim().to_owned()).collect())
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
 
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();

@@ -42,8 +42,6 @@
 //! none configured) and mysql_async uses `prefer_socket(false)`, so every
 //! MariaDB pool talks plain TCP to 127.0.0.1, like the sqlx one.
 
-use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -51,16 +49,20 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
-use mysql_async::prelude::Queryable;
 use serde_json::{json, Value};
-use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlSslMode};
+use sqlx::mysql::{MySqlConnectOptions, MySqlSslMode};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgSslMode};
-use sqlx::{ConnectOptions, Connection};
-use tokio::runtime::Runtime;
+use sqlx::Connection;
+
+#[path = "support/common.rs"]
+mod common;
+use common::{env_list, env_or, runtime, target_dir, WORKERS};
+#[path = "support/drivers.rs"]
+mod drivers;
+use drivers::{Driver, PeerManager, TpConn};
 
 const POOL_SIZE: usize = 16;
 const TASKS: usize = 64;
-const WORKERS: usize = 2;
 /// A query that takes longer than this counts as an error (a stuck pool
 /// must not stall the bench).
 const QUERY_DEADLINE: Duration = Duration::from_secs(30);
@@ -112,215 +114,11 @@ fn sqlx_mysql_options() -> MySqlConnectOptions {
         .ssl_mode(MySqlSslMode::Disabled)
 }
 
-// ------------------------------------------------------------------ drivers
-
-/// One driver connection type, seen the same way by every pool.
-trait Driver: Sized + Send + 'static {
-    type Opts: Clone + Send + Sync + 'static;
-    type Error: std::error::Error + Send + Sync + 'static;
-    fn connect(opts: &Self::Opts) -> impl Future<Output = Result<Self, Self::Error>> + Send;
-    fn ping(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
-    /// `SELECT 1`, reading the row back.
-    fn select1(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send;
-    /// The driver's own cheap "this connection is finished" flag, no I/O.
-    fn has_broken(&mut self) -> bool;
-}
-
-impl Driver for PgConnection {
-    type Opts = PgConnectOptions;
-    type Error = sqlx::Error;
-
-    fn connect(opts: &PgConnectOptions) -> impl Future<Output = Result<Self, sqlx::Error>> + Send {
-        opts.connect()
-    }
-
-    fn ping(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
-        Connection::ping(self)
-    }
-
-    async fn select1(&mut self) -> Result<(), sqlx::Error> {
-        // Prepared once per connection, then cached by sqlx: one round trip.
-        let one: i32 = sqlx::query_scalar("SELECT 1").fetch_one(self).await?;
-        assert_eq!(one, 1);
-        Ok(())
-    }
-
-    fn has_broken(&mut self) -> bool {
-        false // sqlx 0.8 exposes no such flag
-    }
-}
-
-impl Driver for MySqlConnection {
-    type Opts = MySqlConnectOptions;
-    type Error = sqlx::Error;
-
-    fn connect(
-        opts: &MySqlConnectOptions,
-    ) -> impl Future<Output = Result<Self, sqlx::Error>> + Send {
-        opts.connect()
-    }
-
-    fn ping(&mut self) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
-        Connection::ping(self)
-    }
-
-    async fn select1(&mut self) -> Result<(), sqlx::Error> {
-        let one: i64 = sqlx::query_scalar("SELECT 1").fetch_one(self).await?;
-        assert_eq!(one, 1);
-        Ok(())
-    }
-
-    fn has_broken(&mut self) -> bool {
-        false
-    }
-}
-
-impl Driver for mysql_async::Conn {
-    type Opts = mysql_async::Opts;
-    type Error = mysql_async::Error;
-
-    fn connect(
-        opts: &mysql_async::Opts,
-    ) -> impl Future<Output = Result<Self, mysql_async::Error>> + Send {
-        mysql_async::Conn::new(opts.clone())
-    }
-
-    fn ping(&mut self) -> impl Future<Output = Result<(), mysql_async::Error>> + Send {
-        Queryable::ping(self)
-    }
-
-    async fn select1(&mut self) -> Result<(), mysql_async::Error> {
-        // Text protocol (COM_QUERY): one round trip.
-        let one: Option<i64> = self.query_first("SELECT 1").await?;
-        assert_eq!(one, Some(1));
-        Ok(())
-    }
-
-    fn has_broken(&mut self) -> bool {
-        self.is_disconnected()
-    }
-}
-
-impl Driver for vigil::backend::tokio_postgres::PgClient {
-    type Opts = tokio_postgres::Config;
-    type Error = tokio_postgres::Error;
-
-    async fn connect(opts: &tokio_postgres::Config) -> Result<Self, tokio_postgres::Error> {
-        // Only vigil's own rows lend `PgClient`, through its manager.
-        use vigil::Manager;
-        vigil::backend::tokio_postgres::TokioPgManager::new(opts.clone())
-            .connect()
-            .await
-    }
-
-    async fn ping(&mut self) -> Result<(), tokio_postgres::Error> {
-        self.simple_query("").await.map(drop)
-    }
-
-    async fn select1(&mut self) -> Result<(), tokio_postgres::Error> {
-        // Unnamed statement, Parse/Bind/Execute in one flight: one round trip.
-        let rows = self.query_typed("SELECT 1", &[]).await?;
-        let one: i32 = rows[0].get(0);
-        assert_eq!(one, 1);
-        Ok(())
-    }
-
-    fn has_broken(&mut self) -> bool {
-        self.is_closed()
-    }
-}
-
 /// tokio-postgres options for the PostgreSQL server (plain TCP).
 fn tp_config() -> tokio_postgres::Config {
     let url = std::env::var("VIGIL_BENCH_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     url.parse().expect("VIGIL_BENCH_PG_URL parses")
-}
-
-/// A plain tokio-postgres session as the driver opens it, its connection
-/// task spawned: what bb8-postgres, deadpool-postgres and a hand-written
-/// manager lend. Nothing of vigil's (no socket watch, no TCP settings).
-struct RawTp(tokio_postgres::Client);
-
-impl Driver for RawTp {
-    type Opts = tokio_postgres::Config;
-    type Error = tokio_postgres::Error;
-
-    async fn connect(opts: &tokio_postgres::Config) -> Result<Self, tokio_postgres::Error> {
-        let (client, connection) = opts.connect(tokio_postgres::NoTls).await?;
-        tokio::spawn(connection);
-        Ok(RawTp(client))
-    }
-
-    async fn ping(&mut self) -> Result<(), tokio_postgres::Error> {
-        self.0.simple_query("").await.map(drop)
-    }
-
-    async fn select1(&mut self) -> Result<(), tokio_postgres::Error> {
-        let rows = self.0.query_typed("SELECT 1", &[]).await?;
-        assert_eq!(rows[0].get::<_, i32>(0), 1);
-        Ok(())
-    }
-
-    fn has_broken(&mut self) -> bool {
-        self.0.is_closed()
-    }
-}
-
-type TpConn = RawTp;
-
-// ------------------------------------------------------------------ bb8 and deadpool managers
-
-/// The small manager a bb8 or deadpool user writes over a driver connection.
-/// bb8: `is_valid` is a ping (called only with `test_on_check_out(true)`),
-/// `has_broken` the driver's flag. deadpool: `recycle` rejects what the
-/// driver flags and, when `ping`, pings (deadpool-postgres' `Verified`;
-/// without, its `Fast`).
-struct PeerManager<D: Driver> {
-    opts: D::Opts,
-    ping: bool,
-}
-
-impl<D: Driver> bb8::ManageConnection for PeerManager<D> {
-    type Connection = D;
-    type Error = D::Error;
-
-    fn connect(&self) -> impl Future<Output = Result<D, D::Error>> + Send {
-        D::connect(&self.opts)
-    }
-
-    fn is_valid(&self, conn: &mut D) -> impl Future<Output = Result<(), D::Error>> + Send {
-        conn.ping()
-    }
-
-    fn has_broken(&self, conn: &mut D) -> bool {
-        conn.has_broken()
-    }
-}
-
-impl<D: Driver> deadpool::managed::Manager for PeerManager<D> {
-    type Type = D;
-    type Error = D::Error;
-
-    fn create(&self) -> impl Future<Output = Result<D, D::Error>> + Send {
-        D::connect(&self.opts)
-    }
-
-    async fn recycle(
-        &self,
-        conn: &mut D,
-        _: &deadpool::managed::Metrics,
-    ) -> deadpool::managed::RecycleResult<D::Error> {
-        if conn.has_broken() {
-            return Err(deadpool::managed::RecycleError::message("broken"));
-        }
-        if self.ping {
-            conn.ping()
-                .await
-                .map_err(deadpool::managed::RecycleError::Backend)?;
-        }
-        Ok(())
-    }
 }
 
 // ------------------------------------------------------------------ the pools, one interface
@@ -845,16 +643,6 @@ fn all_cases() -> Vec<Case> {
 
 // ------------------------------------------------------------------ the workload
 
-/// The runtime every case runs on: multi-thread, 2 workers (the machine's
-/// cores, shared with the servers).
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(WORKERS)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
 struct RunResult {
     queries_per_sec: f64,
     /// Per successful query, get + query + drop, in ns.
@@ -1210,25 +998,6 @@ fn over_tokio_postgres(pool: &str) -> bool {
 }
 
 // ------------------------------------------------------------------ main
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// A comma list from the environment; `None` (everything) when unset.
-fn env_list(name: &str) -> Option<Vec<String>> {
-    let v = std::env::var(name).ok()?;
-    Some(v.split(',').map(|s| s.trim().to_owned()).collect())
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
 
 fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
