@@ -389,3 +389,164 @@ impl Registry {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The sweep and the counts, without a runtime: `Slots` is plain data.
+    use super::*;
+    use crate::config::Validation;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    fn policy() -> Policy {
+        Policy {
+            idle_timeout: Some(S(600)),
+            server_timeout_margin: S(5),
+            keepalive_interval: Some(S(120)),
+            validation: Validation::IdleFor(Duration::from_millis(500)),
+        }
+    }
+
+    /// Opens connection `id` at `at` (server idle timeout `server`, used
+    /// `uses` times) straight into the idle set, as the pool does.
+    fn open(slots: &mut Slots<u64>, id: u64, at: Instant, server: Option<u64>, uses: u64) {
+        let mut meta = Meta {
+            id,
+            created: at,
+            expires: None,
+            last_io: at,
+            last_borrowed: at,
+            server_idle: server.map(S),
+            uses,
+            slot: usize::MAX,
+            generation: 0,
+            lend_before: None,
+        };
+        slots.start_connect();
+        slots.finish_connect(Some((&mut meta, Activity::Opening)), at);
+        assert!(slots.push(Conn { raw: id, meta }).is_none());
+    }
+
+    fn sweep(
+        slots: &mut Slots<u64>,
+        now: Instant,
+        min_idle: usize,
+        permits: &mut u32,
+    ) -> Sweep<u64, ()> {
+        slots.sweep(
+            now,
+            &policy(),
+            min_idle,
+            0,
+            |_| false,
+            || (*permits > 0).then(|| *permits -= 1),
+        )
+    }
+
+    #[test]
+    fn obsolete_connections_are_retired_and_only_used_ones_replaced() {
+        let t0 = Instant::now();
+        let mut slots = Slots::new();
+        open(&mut slots, 1, t0, Some(60), 3); // used, server deadline 55 s
+        open(&mut slots, 2, t0, Some(60), 0); // never lent
+        open(&mut slots, 3, t0 + S(30), Some(60), 1); // deadline at 85 s
+        let out = sweep(&mut slots, t0 + S(55), 0, &mut 0);
+        let retired: Vec<_> = out.retired.iter().map(|(c, r)| (c.raw, *r)).collect();
+        assert_eq!(
+            retired,
+            [(1, Reason::ServerTimeout), (2, Reason::ServerTimeout)]
+        );
+        assert_eq!(
+            out.replace,
+            [t0],
+            "only the used one deserves a warm replacement"
+        );
+        assert_eq!(
+            out.next_deadline,
+            Some(t0 + S(85)),
+            "the survivor's server deadline"
+        );
+        assert_eq!(
+            slots.counts(),
+            Counts {
+                idle: 1,
+                active: 0,
+                connecting: 0
+            }
+        );
+    }
+
+    #[test]
+    fn a_keepalive_needs_a_permit_and_counts_toward_min_idle() {
+        let t0 = Instant::now();
+        let mut slots = Slots::new();
+        open(&mut slots, 1, t0, None, 1);
+        open(&mut slots, 2, t0, None, 1);
+        let now = t0 + S(120);
+        let mut permits = 1;
+        let out = sweep(&mut slots, now, 2, &mut permits);
+        assert_eq!(out.keepalive.len(), 1, "one permit, one ping");
+        assert_eq!(permits, 0);
+        assert_eq!(
+            slots.counts(),
+            Counts {
+                idle: 1,
+                active: 1,
+                connecting: 0
+            }
+        );
+        assert_eq!(
+            slots.idle_deficit(2),
+            0,
+            "the one out for a ping still counts"
+        );
+        // The one left idle is due now: the housekeeper looks again at once.
+        assert_eq!(out.next_deadline, Some(now));
+    }
+
+    #[test]
+    fn idle_timeout_shrinks_oldest_first_down_to_min_idle() {
+        let t0 = Instant::now();
+        let mut slots = Slots::new();
+        for id in 1..=4 {
+            open(&mut slots, id, t0 + S(id), None, 1);
+        }
+        let out = sweep(&mut slots, t0 + S(700), 2, &mut 0);
+        let retired: Vec<_> = out.retired.iter().map(|(c, r)| (c.raw, *r)).collect();
+        assert_eq!(
+            retired,
+            [(1, Reason::IdleTimeout), (2, Reason::IdleTimeout)]
+        );
+        assert!(out.replace.is_empty(), "a shrink is not replaced");
+        assert_eq!(slots.counts().idle, 2);
+    }
+
+    #[test]
+    fn after_close_a_returned_connection_is_handed_back_to_be_retired() {
+        let t0 = Instant::now();
+        let mut slots = Slots::new();
+        open(&mut slots, 1, t0, None, 0);
+        let conn = slots.pop(t0, Location::caller()).expect("the idle one");
+        assert_eq!(
+            slots.counts(),
+            Counts {
+                idle: 0,
+                active: 1,
+                connecting: 0
+            }
+        );
+        assert_eq!(slots.close().len(), 0);
+        let refused = slots.push(conn).expect("refused after close");
+        assert_eq!(refused.raw, 1);
+        slots.forget_active(&refused.meta);
+        assert_eq!(
+            slots.counts(),
+            Counts {
+                idle: 0,
+                active: 0,
+                connecting: 0
+            }
+        );
+        assert_eq!(slots.idle_deficit(5), 0, "a closed pool wants nothing");
+    }
+}
