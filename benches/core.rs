@@ -682,32 +682,56 @@ fn args() -> Args {
     }
 }
 
-/// `VIGIL_BENCH_INSTRUCTIONS=<pool>:<cycles>`: warm the pool, run that many
-/// uncontended get + drop cycles on a current-thread runtime, and exit,
+/// `VIGIL_BENCH_INSTRUCTIONS=<pool>:<cycles>[:<tasks>]`: warm the pool, run
+/// that many get + drop cycles (uncontended, or shared by `tasks` tasks on
+/// a pool of 8) on a current-thread runtime, and exit,
 /// for `valgrind --tool=callgrind` (instruction counts are stable on a
 /// noisy machine, where times are not). `scripts/instructions` runs it at
 /// two cycle counts and prints the difference per cycle.
 fn instructions(spec: &str) {
-    async fn cycles<P: BenchPool>(n: u64) {
+    /// `n` get + drop cycles shared by `tasks` tasks; with more tasks than
+    /// connections, each cycle goes through the waiters' queue, and a
+    /// `yield_now` while holding lets the others queue up.
+    async fn cycles<P: BenchPool>(n: u64, tasks: usize) {
         let pool = P::warm().await;
-        for _ in 0..n {
-            let guard = pool.checkout().await;
-            black_box(&*guard);
+        if tasks <= 1 {
+            for _ in 0..n {
+                let guard = pool.checkout().await;
+                black_box(&*guard);
+            }
+            return;
         }
+        let left = Arc::new(AtomicU64::new(n));
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..tasks {
+            let (pool, left) = (pool.clone(), Arc::clone(&left));
+            set.spawn(async move {
+                while left
+                    .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    let guard = pool.checkout().await;
+                    tokio::task::yield_now().await;
+                    black_box(&*guard);
+                }
+            });
+        }
+        while set.join_next().await.is_some() {}
     }
-    let (pool, n) = spec
-        .split_once(':')
-        .expect("VIGIL_BENCH_INSTRUCTIONS=<pool>:<cycles>");
-    let n: u64 = n.parse().expect("a cycle count");
+    let mut parts = spec.split(':');
+    let (pool, n, tasks) = (parts.next(), parts.next(), parts.next());
+    let pool = pool.expect("VIGIL_BENCH_INSTRUCTIONS=<pool>:<cycles>[:<tasks>]");
+    let n: u64 = n.and_then(|n| n.parse().ok()).expect("a cycle count");
+    let tasks: usize = tasks.map_or(1, |t| t.parse().expect("a task count"));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     rt.block_on(async move {
         match pool {
-            "vigil" => cycles::<vigil::Pool<Noop>>(n).await,
-            "bb8" => cycles::<bb8::Pool<Noop>>(n).await,
-            "deadpool" => cycles::<deadpool::managed::Pool<Noop>>(n).await,
+            "vigil" => cycles::<vigil::Pool<Noop>>(n, tasks).await,
+            "bb8" => cycles::<bb8::Pool<Noop>>(n, tasks).await,
+            "deadpool" => cycles::<deadpool::managed::Pool<Noop>>(n, tasks).await,
             other => panic!("no pool {other} (vigil, bb8, deadpool)"),
         }
     });

@@ -68,6 +68,7 @@ pub(crate) fn pg_duration(
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(any(feature = "postgres", feature = "tokio-postgres"))]
     use std::time::Duration;
 
     #[test]
