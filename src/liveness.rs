@@ -247,6 +247,25 @@ impl Policy {
     }
 }
 
+/// [`assess`] at the moment a borrower returns a connection, cheaply: the
+/// connection was just heard from (`last_io == now`) and the pool does not
+/// shrink on a return, so only a broken or stale session, an expired
+/// lifetime or a server timeout of zero can retire it. `false` means
+/// `assess` keeps it; `true` means ask `assess` for the verdict and reason.
+/// The tests hold this to `assess`.
+pub fn may_retire_at_return(
+    broken: bool,
+    stale: bool,
+    expires: Option<Instant>,
+    server_idle_timeout: Option<Duration>,
+    now: Instant,
+) -> bool {
+    broken
+        || stale
+        || expires.is_some_and(|e| now >= e)
+        || server_idle_timeout.is_some_and(|t| t.is_zero())
+}
+
 /// Close-if-unusable-or-obsolete: keep the connection, or retire it with a
 /// reason. Checked in order of certainty: a broken connection is retired
 /// whatever its age; then lifetime; then whichever idle rule fires first.

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tokio::time::Instant;
-use vigil::liveness::{assess, at_checkout, Checkout, Facts, Policy, Verdict};
+use vigil::liveness::{
+    assess, at_checkout, may_retire_at_return, Checkout, Facts, Policy, Verdict,
+};
 use vigil::{Reason, Validation};
 
 const S: fn(u64) -> Duration = Duration::from_secs;
@@ -260,6 +262,30 @@ proptest! {
             (Checkout::Retire(_), Verdict::Keep) => prop_assert!(false, "retired what assess keeps"),
             (_, Verdict::Retire(_)) => prop_assert!(false, "lent or pinged what assess retires"),
             _ => {}
+        }
+    }
+}
+
+proptest! {
+    /// The return path's shortcut never keeps what `assess` would retire.
+    #[test]
+    fn the_return_shortcut_never_keeps_what_assess_retires(
+        (f, p, at) in arb_facts(Instant::now()),
+        stale in any::<bool>(),
+        zero_server in any::<bool>(),
+    ) {
+        let now = f.created + S(at);
+        let f = Facts {
+            last_io: now,
+            last_borrowed: now,
+            may_shrink: false,
+            stale,
+            server_idle_timeout: if zero_server { Some(Duration::ZERO) } else { f.server_idle_timeout },
+            ..f
+        };
+        let expires = f.lifetime.and_then(|l| f.created.checked_add(l));
+        if !may_retire_at_return(f.broken, f.stale, expires, f.server_idle_timeout, now) {
+            prop_assert_eq!(assess(&f, &p, now), Verdict::Keep);
         }
     }
 }

@@ -32,7 +32,9 @@ use super::owners::{Connecting, InFlight, Pending, Permit, Returning};
 use super::slots::{Activity, Conn, Meta, Slots};
 use crate::config::Config;
 use crate::error::{Error, TimeoutPhase};
-use crate::liveness::{assess, at_checkout, Checkout, Policy, Reason, Verdict};
+use crate::liveness::{
+    assess, at_checkout, may_retire_at_return, Checkout, Policy, Reason, Verdict,
+};
 use crate::manager::{Manager, ServerTimeouts};
 use crate::stats::Stats;
 
@@ -605,14 +607,9 @@ impl<M: Manager> Shared<M> {
         if broken {
             this.suspect();
         }
-        // `assess` at the moment of return: the connection was just heard
-        // from and the pool does not shrink here, so only broken, stale and
-        // expired can retire it; asked in full only when one of them holds.
         let stale = conn.meta.generation < this.generation();
-        let expired = conn.meta.expires.is_some_and(|e| now >= e);
-        // (A server timeout of zero would retire it at once.)
-        let zero = conn.meta.server_idle.is_some_and(|t| t.is_zero());
-        if broken || stale || expired || zero {
+        let meta = &conn.meta;
+        if may_retire_at_return(broken, stale, meta.expires, meta.server_idle, now) {
             if let Verdict::Retire(reason) = assess(
                 &conn.meta.facts(broken, false, this.generation()),
                 &this.policy,
