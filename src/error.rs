@@ -7,7 +7,10 @@ use std::time::Duration;
 /// Why [`Pool::get`](crate::Pool::get) did not return a connection.
 ///
 /// `E` is the manager's error type. A timeout carries the last connect error,
-/// so wrong credentials read as wrong credentials, not as "timed out".
+/// so wrong credentials read as wrong credentials, not as "timed out". Every
+/// variant is one `get()` can return; [`Builder::connect`](crate::Builder::connect)
+/// has its own [`ConnectError`], [`Pool::get_blocking`](crate::Pool::get_blocking)
+/// its own [`BlockingError`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error<E: std::error::Error + 'static> {
@@ -33,22 +36,54 @@ pub enum Error<E: std::error::Error + 'static> {
         /// `connect_timeout` (an unreachable or black-holed host): how long it waited.
         last_connect_timeout: Option<Duration>,
     },
-    /// [`Builder::connect`](crate::Builder::connect) could not open its first connection.
-    #[error("could not open a connection: {0}")]
-    Connect(#[source] E),
     /// `max_waiters` callers were already waiting: refused at once (load shedding).
     #[error("the pool is busy: {max_waiters} callers are already waiting for a connection")]
     Busy {
         /// The `max_waiters` setting.
         max_waiters: usize,
     },
-    /// [`Pool::get_blocking`](crate::Pool::get_blocking) was called on a
-    /// thread inside a tokio runtime, where blocking would stall it.
-    #[error("Pool::get_blocking called inside a tokio runtime; use `pool.get().await` there")]
-    BlockingInRuntime,
-    /// [`Builder::connect`](crate::Builder::connect) was given invalid settings.
+}
+
+/// Why [`Builder::connect`](crate::Builder::connect) did not return a pool.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConnectError<E: std::error::Error + 'static> {
+    /// The settings are invalid, or there is no tokio runtime.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The first connect failed with the driver's error (wrong host name,
+    /// refused, bad credentials, an unknown database, ...).
+    #[error("could not open a connection: {0}")]
+    Connect(#[source] Arc<E>),
+    /// The server did not answer the first connect within `connect_timeout`
+    /// (an unreachable or black-holed host).
+    #[error("could not open a connection: no answer within {connect_timeout:?}")]
+    NoAnswer {
+        /// The `connect_timeout` setting.
+        connect_timeout: Duration,
+    },
+}
+
+impl<E: std::error::Error + 'static> ConnectError<E> {
+    /// The driver's error, if the connect got one.
+    pub fn last_connect_error(&self) -> Option<&E> {
+        match self {
+            ConnectError::Connect(e) => Some(e),
+            ConnectError::Build(_) | ConnectError::NoAnswer { .. } => None,
+        }
+    }
+}
+
+/// Why [`Pool::get_blocking`](crate::Pool::get_blocking) did not return a connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlockingError<E: std::error::Error + 'static> {
+    /// Called on a thread inside a tokio runtime, where blocking would stall it.
+    #[error("Pool::get_blocking called inside a tokio runtime; use `pool.get().await` there")]
+    InRuntime,
+    /// What [`Pool::get`](crate::Pool::get) would have said.
+    #[error(transparent)]
+    Get(#[from] Error<E>),
 }
 
 struct LastError<'a, E>(&'a Option<Arc<E>>);
@@ -78,8 +113,7 @@ impl<E: std::error::Error + 'static> Error<E> {
     pub fn last_connect_error(&self) -> Option<&E> {
         match self {
             Error::Timeout { last_error, .. } => last_error.as_deref(),
-            Error::Connect(e) => Some(e),
-            Error::Closed | Error::Build(_) | Error::Busy { .. } | Error::BlockingInRuntime => None,
+            Error::Closed | Error::Busy { .. } => None,
         }
     }
 }

@@ -60,7 +60,7 @@ pub mod server;
 mod stats;
 
 pub use config::{Config, Validation, VerifyOnReturn};
-pub use error::{BuildError, ConfigError, Error, TimeoutPhase};
+pub use error::{BlockingError, BuildError, ConfigError, ConnectError, Error, TimeoutPhase};
 pub use liveness::Reason;
 pub use manager::{BrokenDetection, Manager, ServerTimeouts};
 pub use pool::{Builder, Pool, Pooled};

@@ -18,7 +18,7 @@ use sqlx::postgres::PgConnection;
 use sqlx::Connection;
 use vigil::backend::mysql::MySqlManager;
 use vigil::backend::sqlx::PgManager;
-use vigil::{Error, Manager, Pool, Reason};
+use vigil::{BlockingError, Error, Manager, Pool, Reason};
 
 use support::db::{maria_connect, maria_opts, pg_connect, pg_options, MARIA_URL};
 
@@ -207,7 +207,7 @@ fn get_blocking_serves_plain_threads_and_refuses_runtime_threads<S: Server>() {
     );
     let refused = rt.block_on(async { pool.get_blocking().map(drop) });
     match refused {
-        Err(err @ Error::BlockingInRuntime) => {
+        Err(err @ BlockingError::InRuntime) => {
             assert!(err.to_string().contains("get().await"), "{err}");
         }
         other => panic!("a runtime thread must be refused: {other:?}"),

@@ -80,11 +80,8 @@ pub(super) fn map_error<E: std::error::Error + 'static>(
                 last_connect_timeout,
             }
         }
-        // `Pool::get` never returns `Connect` (only `Builder::connect` does).
-        Error::Connect(_) | Error::Closed => Error::Closed,
+        Error::Closed => Error::Closed,
         Error::Busy { max_waiters } => Error::Busy { max_waiters },
-        Error::BlockingInRuntime => Error::BlockingInRuntime,
-        Error::Build(b) => Error::Build(b),
     }
 }
 

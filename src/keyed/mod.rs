@@ -324,7 +324,7 @@ impl<K: PoolKey, M: Manager> KeyedPool<K, M> {
             let demand = Demand::new(&entry.usage);
             return Ok((Arc::clone(entry), demand));
         }
-        let entry = Arc::new(shared.new_entry(manager, key.label())?);
+        let entry = Arc::new(shared.new_entry(manager, key.label()));
         let demand = Demand::new(&entry.usage);
         keys.insert(digest, Arc::clone(&entry));
         Ok((entry, demand))

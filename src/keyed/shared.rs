@@ -125,13 +125,10 @@ impl<M: Manager> Shared<M> {
             .map(|e| (Arc::clone(e), Demand::new(&e.usage))))
     }
 
-    /// Builds a key's sub-pool. Called under the key map's lock (build is
-    /// synchronous: it spawns the housekeeper and opens nothing).
-    pub(super) fn new_entry(
-        self: &Arc<Self>,
-        manager: M,
-        label: Option<&str>,
-    ) -> Result<Entry<M>, Error<M::Error>> {
+    /// Builds a key's sub-pool, from the template its builder validated.
+    /// Called under the key map's lock (build is synchronous: it spawns the
+    /// housekeeper and opens nothing).
+    pub(super) fn new_entry(self: &Arc<Self>, manager: M, label: Option<&str>) -> Entry<M> {
         let id = self.next_key_id.fetch_add(1, Relaxed);
         let usage = Arc::new(Usage {
             id,
@@ -161,15 +158,17 @@ impl<M: Manager> Shared<M> {
             usage: Arc::clone(&usage),
             connect_timeout: self.template.connect_timeout,
         };
-        let pool = Pool::builder(capped).config(config).build()?;
+        let pool = Pool::builder(capped)
+            .config(config)
+            .build_in(self.runtime.clone());
         let exported = self.export(&pool, label);
         // debug: a new key is routine; the label is public by contract.
         tracing::debug!(target: TARGET, key = id, label, exported, "key created");
-        Ok(Entry {
+        Entry {
             pool,
             usage,
             exported,
-        })
+        }
     }
 
     #[cfg(feature = "metrics")]

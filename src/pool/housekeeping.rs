@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::inner::{ConnectFailure, OpenError, Shared, TARGET};
 use super::owners::Permit;
 use super::slots::Activity;
-use crate::error::{Error, TimeoutPhase};
+use crate::error::ConnectError;
 use crate::liveness::Reason;
 use crate::manager::Manager;
 use crate::stats::Stats;
@@ -93,13 +93,11 @@ impl<M: Manager> Shared<M> {
     }
 
     /// `Builder::connect`'s single attempt: one connect into the idle set,
-    /// or the driver's own error (taken, not copied: nobody else has seen it).
-    pub(crate) async fn open_first(
-        self: &Arc<Self>,
-        started: Instant,
-    ) -> Result<(), Error<M::Error>> {
+    /// or the driver's own error.
+    pub(crate) async fn open_first(self: &Arc<Self>) -> Result<(), ConnectError<M::Error>> {
+        // Nobody else holds the pool yet, so a permit is free; without one
+        // (cannot happen) the first `get()` reports any failure itself.
         let Some(permit) = self.try_permit() else {
-            // Only if a caller got in first: it will report any failure itself.
             return Ok(());
         };
         match self.open_one(Activity::Opening).await {
@@ -107,27 +105,19 @@ impl<M: Manager> Shared<M> {
                 Self::make_idle(conn, permit);
                 Ok(())
             }
-            Err(OpenError::Closed) => Err(Error::Closed),
+            // Closed cannot happen either (the caller owns the pool): its
+            // first `get()` would say so.
+            Err(OpenError::Closed) => Ok(()),
+            // The failure is in `last_connect_failure`, unless a concurrent
+            // connect of the housekeeper (`min_idle`) succeeded meanwhile: then
+            // the server is reachable and the pool is fine.
             Err(OpenError::Failed | OpenError::NotYet | OpenError::Declined) => {
-                match self.last_connect_failure.lock().take() {
-                    Some(ConnectFailure::Error(e)) => match Arc::try_unwrap(e) {
-                        Ok(e) => Err(Error::Connect(e)),
-                        Err(e) => Err(Error::Timeout {
-                            phase: TimeoutPhase::Connecting,
-                            waited: started.elapsed(),
-                            last_error: Some(e),
-                            last_connect_timeout: None,
-                        }),
-                    },
-                    other => Err(Error::Timeout {
-                        phase: TimeoutPhase::Connecting,
-                        waited: started.elapsed(),
-                        last_error: None,
-                        last_connect_timeout: match other {
-                            Some(ConnectFailure::TimedOut(d)) => Some(d),
-                            _ => None,
-                        },
-                    }),
+                match &*self.last_connect_failure.lock() {
+                    Some(ConnectFailure::Error(e)) => Err(ConnectError::Connect(Arc::clone(e))),
+                    &Some(ConnectFailure::TimedOut(connect_timeout)) => {
+                        Err(ConnectError::NoAnswer { connect_timeout })
+                    }
+                    None => Ok(()),
                 }
             }
         }

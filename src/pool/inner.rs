@@ -31,7 +31,7 @@ use super::guard::Pooled;
 use super::owners::{Connecting, InFlight, Pending, Permit, Returning};
 use super::slots::{Activity, Conn, Meta, Slots};
 use crate::config::Config;
-use crate::error::{Error, TimeoutPhase};
+use crate::error::TimeoutPhase;
 use crate::liveness::{
     assess, at_checkout, may_retire_at_return, Checkout, Policy, Reason, Verdict,
 };
@@ -215,32 +215,28 @@ impl<M: Manager> Shared<M> {
         popped
     }
 
-    /// The body of `Pool::get`, run under `acquire_timeout` by the caller,
-    /// which reads `phase` if the time runs out.
-    /// `Ok(None)`: `deadline` passed.
+    /// The slow path of `Pool::get`, until `deadline`; `phase` says what
+    /// it was doing when it stopped with [`Stop::TimedOut`].
     pub(crate) async fn acquire(
         self: &Arc<Self>,
         phase: &mut TimeoutPhase,
         site: &'static Location<'static>,
         deadline: Instant,
-    ) -> Result<Option<Pooled<M>>, Error<M::Error>> {
+    ) -> Result<Pooled<M>, Stop> {
         // From here the permit is a value: it goes back on every path that
         // drops it, cancellation included (the timeout drops the future
         // that owns it), or moves into the `Pooled` that is lent.
-        let Some(permit) = self.acquire_permit(deadline).await? else {
-            return Ok(None);
-        };
+        let permit = self.acquire_permit(deadline).await?;
         // What a woken waiter usually finds: the connection just returned.
         let now = Instant::now();
         if let Some(conn) = self.pop_warm(now, site) {
-            return Ok(Some(permit.lend(conn, now)));
+            return Ok(permit.lend(conn, now));
         }
         // Otherwise a tokio timer, registered only if this phase waits (a
         // ping, a connect, a backoff).
-        match tokio::time::timeout_at(deadline, self.lend_on(permit, phase, site)).await {
-            Ok(lent) => lent.map(Some),
-            Err(_) => Ok(None),
-        }
+        tokio::time::timeout_at(deadline, self.lend_on(permit, phase, site))
+            .await
+            .unwrap_or(Err(Stop::TimedOut))
     }
 
     /// With a slot in hand: an idle connection that passes, or a new one.
@@ -249,30 +245,29 @@ impl<M: Manager> Shared<M> {
         mut permit: Permit<M>,
         phase: &mut TimeoutPhase,
         site: &'static Location<'static>,
-    ) -> Result<Pooled<M>, Error<M::Error>> {
+    ) -> Result<Pooled<M>, Stop> {
         loop {
             permit = match self.checkout_idle(permit, phase, site).await? {
                 FromIdle::Lent(pooled) => return Ok(pooled),
                 FromIdle::Empty(permit) => permit,
             };
             *phase = TimeoutPhase::Connecting;
-            match self.connect_detached(permit, site).await {
+            permit = match self.connect_detached(permit, site).await {
                 Connected::Lent(pooled) => return Ok(pooled),
-                Connected::Closed => return Err(Error::Closed),
-                // The pool is backing off: wait for the next attempt's turn
-                // (or another caller's success), then look at the idle set
-                // again: a connection may have come back meanwhile.
-                Connected::Failed(p) | Connected::NotYet(p) => {
-                    permit = p;
-                    self.backoff_wait().await;
+                Connected::Closed => return Err(Stop::Closed),
+                Connected::Retry(permit, retry) => {
+                    match retry {
+                        // The pool is backing off: wait for the next attempt's
+                        // turn (or another caller's success).
+                        Retry::AfterBackoff => self.backoff_wait().await,
+                        // Not the server's doing, so no backoff; a short pause
+                        // keeps a manager that declines again from spinning us.
+                        Retry::AfterPause => tokio::time::sleep(BACKOFF_START).await,
+                    }
+                    // Then the idle set again: a connection may have come back.
+                    permit
                 }
-                // Not the server's doing, so no backoff; a short pause
-                // keeps a manager that declines again from spinning us.
-                Connected::Declined(p) => {
-                    permit = p;
-                    tokio::time::sleep(BACKOFF_START).await;
-                }
-            }
+            };
         }
     }
 
@@ -311,9 +306,10 @@ impl<M: Manager> Shared<M> {
         self.runtime.spawn(async move {
             let outcome = match shared.open_one(Activity::Lent(site)).await {
                 Ok(conn) => Connected::Lent(permit.lend(conn, Instant::now())),
-                Err(OpenError::Failed) => Connected::Failed(permit),
-                Err(OpenError::NotYet) => Connected::NotYet(permit),
-                Err(OpenError::Declined) => Connected::Declined(permit),
+                Err(OpenError::Failed | OpenError::NotYet) => {
+                    Connected::Retry(permit, Retry::AfterBackoff)
+                }
+                Err(OpenError::Declined) => Connected::Retry(permit, Retry::AfterPause),
                 Err(OpenError::Closed) => Connected::Closed,
             };
             // If the caller is gone, `send` hands the outcome back: a new
@@ -329,24 +325,19 @@ impl<M: Manager> Shared<M> {
         rx.await.unwrap_or(Connected::Closed)
     }
 
-    /// A slot, waiting in line until `deadline`; `Ok(None)` when it passed.
-    async fn acquire_permit(
-        self: &Arc<Self>,
-        deadline: Instant,
-    ) -> Result<Option<Permit<M>>, Error<M::Error>> {
+    /// A slot, waiting in line until `deadline`.
+    async fn acquire_permit(self: &Arc<Self>, deadline: Instant) -> Result<Permit<M>, Stop> {
         match self.permits.try_acquire() {
             Ok(p) => {
                 p.forget();
-                return Ok(Some(Permit::new(self)));
+                return Ok(Permit::new(self));
             }
-            Err(TryAcquireError::Closed) => return Err(Error::Closed),
+            Err(TryAcquireError::Closed) => return Err(Stop::Closed),
             Err(TryAcquireError::NoPermits) => {}
         }
         let Some(_pending) = Pending::enter(&self.stats, self.config.max_waiters) else {
             Stats::bump(&self.stats.rejected);
-            return Err(Error::Busy {
-                max_waiters: self.config.max_waiters.unwrap_or_default(),
-            });
+            return Err(Stop::Busy);
         };
         // The deadline is kept by the pool's watchdog, not a timer of our
         // own (see `deadlines.rs`). The permit is polled first: one granted
@@ -359,13 +350,13 @@ impl<M: Manager> Shared<M> {
                 return Poll::Ready(match granted {
                     Ok(p) => {
                         p.forget();
-                        Ok(Some(Permit::new(self)))
+                        Ok(Permit::new(self))
                     }
-                    Err(_) => Err(Error::Closed),
+                    Err(_) => Err(Stop::Closed),
                 });
             }
             if ticket.expired(cx) {
-                return Poll::Ready(Ok(None));
+                return Poll::Ready(Err(Stop::TimedOut));
             }
             Poll::Pending
         })
@@ -380,12 +371,12 @@ impl<M: Manager> Shared<M> {
         mut permit: Permit<M>,
         phase: &mut TimeoutPhase,
         site: &'static Location<'static>,
-    ) -> Result<FromIdle<M>, Error<M::Error>> {
+    ) -> Result<FromIdle<M>, Stop> {
         loop {
             let popped = {
                 let mut slots = self.slots.lock();
                 if slots.is_closed() {
-                    return Err(Error::Closed);
+                    return Err(Stop::Closed);
                 }
                 slots.pop(Instant::now(), site)
             };
@@ -404,7 +395,7 @@ impl<M: Manager> Shared<M> {
                     permit = match self.validate_detached(conn, permit).await {
                         Validated::Lent(pooled) => return Ok(FromIdle::Lent(pooled)),
                         Validated::Failed(permit) => permit,
-                        Validated::Gone => return Err(Error::Closed),
+                        Validated::Gone => return Err(Stop::Closed),
                     };
                 }
             }
@@ -747,8 +738,29 @@ enum Validated<M: Manager> {
 /// What a detached connect hands back to its caller.
 enum Connected<M: Manager> {
     Lent(Pooled<M>),
-    Failed(Permit<M>),
-    NotYet(Permit<M>),
-    Declined(Permit<M>),
+    /// No connection; the permit comes back to try again with.
+    Retry(Permit<M>, Retry),
     Closed,
+}
+
+/// When a checkout whose connect failed tries again.
+enum Retry {
+    /// When the pool's backoff allows the next attempt (the connect failed,
+    /// or was not attempted because the pool is backing off).
+    AfterBackoff,
+    /// After a short pause: the manager declined (`Manager::connect_declined`).
+    AfterPause,
+}
+
+/// Why the slow path of a checkout stopped without a connection: the one
+/// way it says so, turned into the caller's [`Error`] by `Pool::get`, which
+/// knows the phase and the time waited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The pool is closed.
+    Closed,
+    /// `max_waiters` callers are already waiting.
+    Busy,
+    /// The deadline passed.
+    TimedOut,
 }

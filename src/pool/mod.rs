@@ -20,10 +20,10 @@ use tokio::time::Instant;
 use tokio::runtime::Handle;
 
 pub use guard::Pooled;
-use inner::{Shared, TARGET};
+use inner::{Shared, Stop, TARGET};
 
 use crate::config::{Config, Validation};
-use crate::error::{BuildError, Error, TimeoutPhase};
+use crate::error::{BlockingError, BuildError, ConnectError, Error, TimeoutPhase};
 use crate::liveness::Reason;
 use crate::manager::Manager;
 use crate::stats::{ConnectionInfo, ConnectionState, State};
@@ -134,9 +134,12 @@ impl<M: Manager> Pool<M> {
         let result = shared.acquire(&mut phase, site, deadline).await;
         shared.stats.acquire.observe(started.elapsed());
         match result {
-            Ok(Some(conn)) => Ok(conn),
-            Err(error) => Err(error),
-            Ok(None) => {
+            Ok(conn) => Ok(conn),
+            Err(Stop::Closed) => Err(Error::Closed),
+            Err(Stop::Busy) => Err(Error::Busy {
+                max_waiters: shared.config.max_waiters.unwrap_or_default(),
+            }),
+            Err(Stop::TimedOut) => {
                 shared.stats.acquire_timeouts.fetch_add(1, Relaxed);
                 let (last_error, last_connect_timeout) = shared.last_connect_failure();
                 let waited = started.elapsed();
@@ -282,14 +285,15 @@ impl<M: Manager> Pool<M> {
     /// is lent. The returned guard may be dropped on any thread.
     ///
     /// # Errors
-    /// As [`get`](Pool::get), and [`Error::BlockingInRuntime`] when called
+    /// [`BlockingError::Get`] with what [`get`](Pool::get) says, and
+    /// [`BlockingError::InRuntime`] when called
     /// on a thread inside a tokio runtime, where blocking would stall the
     /// runtime (from `spawn_blocking`, use
     /// `tokio::runtime::Handle::current().block_on(pool.get())`).
     ///
     /// ```
     /// # #[cfg(feature = "sqlite")] {
-    /// use vigil::{backend::sqlx::SqliteManager, Error, Pool, Pooled};
+    /// use vigil::{backend::sqlx::SqliteManager, BlockingError, Pool, Pooled};
     ///
     /// let rt = tokio::runtime::Runtime::new().unwrap();
     /// let manager = SqliteManager::from_url("sqlite::memory:").unwrap();
@@ -302,16 +306,16 @@ impl<M: Manager> Pool<M> {
     /// assert!(worker.join().unwrap() > 0);
     /// // On a runtime thread it refuses instead of stalling the runtime:
     /// let refused = rt.block_on(async { pool.get_blocking().map(drop) });
-    /// assert!(matches!(refused, Err(Error::BlockingInRuntime)));
+    /// assert!(matches!(refused, Err(BlockingError::InRuntime)));
     /// # }
     /// ```
     #[track_caller]
-    pub fn get_blocking(&self) -> Result<Pooled<M>, Error<M::Error>> {
+    pub fn get_blocking(&self) -> Result<Pooled<M>, BlockingError<M::Error>> {
         if Handle::try_current().is_ok() {
-            return Err(Error::BlockingInRuntime);
+            return Err(BlockingError::InRuntime);
         }
         let site = Location::caller();
-        self.shared().runtime().block_on(self.get_at(site))
+        Ok(self.shared().runtime().block_on(self.get_at(site))?)
     }
 
     /// Whether [`close`](Pool::close) was called (or every handle dropped).
@@ -480,12 +484,23 @@ impl<M: Manager> Builder<M> {
     pub fn build(self) -> Result<Pool<M>, BuildError> {
         self.config.validate()?;
         let runtime = Handle::try_current().map_err(|_| BuildError::NoRuntime)?;
+        Ok(self.build_in(runtime))
+    }
+
+    /// Starts the pool on `runtime`, with settings already validated (the
+    /// keyed pool's sub-pools: their template was checked once, by its
+    /// builder).
+    pub(crate) fn build_in(self, runtime: Handle) -> Pool<M> {
+        debug_assert!(
+            self.config.validate().is_ok(),
+            "build_in is given validated settings"
+        );
         let shared = Arc::new(Shared::new(self.manager, self.config, runtime.clone()));
         runtime.spawn(housekeeper(Arc::clone(&shared)));
         runtime.spawn(Arc::clone(&shared.deadlines).watch());
-        Ok(Pool {
+        Pool {
             handle: Arc::new(Owner { shared }),
-        })
+        }
     }
 
     /// Like [`build`](Builder::build), then makes one connect attempt
@@ -494,16 +509,15 @@ impl<M: Manager> Builder<M> {
     /// error — not after retrying for `acquire_timeout`.
     ///
     /// # Errors
-    /// [`Error::Build`] for invalid settings; [`Error::Connect`] with the
-    /// driver's error; [`Error::Timeout`] (phase `Connecting`, with
-    /// `last_connect_timeout`) when the server did not answer in time.
+    /// [`ConnectError::Build`] for invalid settings; [`ConnectError::Connect`]
+    /// with the driver's error; [`ConnectError::NoAnswer`] when the server did
+    /// not answer within `connect_timeout`.
     ///
     /// # Cancel safety
     /// Dropping the future drops the new pool, which closes it.
-    pub async fn connect(self) -> Result<Pool<M>, Error<M::Error>> {
-        let started = Instant::now();
+    pub async fn connect(self) -> Result<Pool<M>, ConnectError<M::Error>> {
         let pool = self.build()?;
-        pool.shared().open_first(started).await?;
+        pool.shared().open_first().await?;
         Ok(pool)
     }
 }

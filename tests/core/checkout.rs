@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::{advance, Instant};
-use vigil::{Error, Pool, Reason, TimeoutPhase, Validation};
+use vigil::{BlockingError, Error, Pool, Reason, TimeoutPhase, Validation};
 
 use crate::support::fake::Fake;
 use crate::{pool, settle, MS};
@@ -282,7 +282,7 @@ fn get_blocking_serves_plain_threads_and_refuses_runtime_threads() {
     let err = rt
         .block_on(async { pool.get_blocking().map(drop) })
         .unwrap_err();
-    assert!(matches!(err, Error::BlockingInRuntime), "{err:?}");
+    assert!(matches!(err, BlockingError::InRuntime), "{err:?}");
     assert!(err.to_string().contains("get().await"), "{err}");
     // Every connection came back from the plain threads. Whether the threads
     // ever overlapped (and so opened the second slot) is up to the scheduler.

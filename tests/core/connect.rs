@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use vigil::{Error, Pool, TimeoutPhase};
+use vigil::{ConnectError, Error, Pool, TimeoutPhase};
 
 use crate::support::fake::Fake;
 use crate::{pool, MS};
@@ -44,7 +44,7 @@ async fn eager_connect_fails_with_the_real_error() {
         .connect()
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Connect(_)), "{err:?}");
+    assert!(matches!(err, ConnectError::Connect(_)), "{err:?}");
     assert!(err.to_string().contains("unknown database 'nope'"), "{err}");
     assert_eq!(
         started.elapsed(),

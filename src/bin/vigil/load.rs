@@ -284,7 +284,7 @@ async fn open_pool<B: Backend>(manager: B, plan: &Plan) -> Result<Pool<B>, Fail>
         .connect()
         .await
         .map_err(|e| match e {
-            vigil::Error::Build(vigil::BuildError::Config(e)) => Fail::input(format!(
+            vigil::ConnectError::Build(vigil::BuildError::Config(e)) => Fail::input(format!(
                 "--{}: {}",
                 e.setting.replace('_', "-"),
                 e.reason.replace("None means never", "`off` means never")
