@@ -150,10 +150,7 @@ impl<M: Manager> ::bb8::ManageConnection for Bb8Manager<M> {
     async fn connect(&self) -> Result<Self::Connection, Self::Error> {
         let mut conn = self.manager.connect().await.map_err(Bb8Error::Driver)?;
         let server = match self.config.server_idle_timeout_override {
-            Some(idle) => ServerTimeouts {
-                idle,
-                idle_in_transaction: None,
-            },
+            Some(idle) => ServerTimeouts { idle },
             None => timeout(
                 self.config.validation_timeout,
                 self.manager.server_timeouts(&mut conn),

@@ -11,12 +11,6 @@ pub struct ServerTimeouts {
     /// transaction) this long: MySQL/MariaDB session `wait_timeout`,
     /// PostgreSQL `idle_session_timeout`. `None` when the server never does.
     pub idle: Option<Duration>,
-    /// The server closes the session after it has been idle inside a
-    /// transaction this long (PostgreSQL `idle_in_transaction_session_timeout`,
-    /// MariaDB `idle_transaction_timeout`). The pool rolls back open
-    /// transactions on return, so this only bounds how long a borrower may
-    /// sit in a transaction; it is reported, not enforced.
-    pub idle_in_transaction: Option<Duration>,
 }
 
 /// What a manager's [`has_broken`](Manager::has_broken) can see without a

@@ -9,7 +9,7 @@
 //! | dirty? (`needs_cleanup`) | `SERVER_STATUS_IN_TRANS` in the last OK packet | no |
 //! | alive? (`is_valid`) | `COM_PING` | yes |
 //! | clean (`reset`) | `ROLLBACK`; with `reset_on_return`, `COM_RESET_CONNECTION` | yes |
-//! | server timeouts | session `wait_timeout`, MariaDB `idle_transaction_timeout`, with `max_allowed_packet`; the next connects reuse them (and hand mysql_async the two it would query) for 60 s | once a minute, not per connection |
+//! | server timeouts | session `wait_timeout`, with `max_allowed_packet`; the next connects reuse them (and hand mysql_async the two it would query) for 60 s | once a minute, not per connection |
 //!
 //! # What a plain return cleans
 //!
@@ -55,9 +55,6 @@ use crate::manager::{Manager, ServerTimeouts};
 
 /// Tracing target of this backend.
 const TARGET: &str = "vigil::mysql";
-
-/// `ER_UNKNOWN_SYSTEM_VARIABLE`: the server has no such variable.
-const ER_UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
 
 /// A [`Manager`] for MySQL and MariaDB connections through
 /// [`mysql_async::Conn`].
@@ -301,46 +298,20 @@ impl Manager for MySqlManager {
     }
 
     /// One query per [`RELEARN_AFTER`], not per connection: the session
-    /// `wait_timeout`, `max_allowed_packet`, and `idle_transaction_timeout`
-    /// on MariaDB (10.3+). Every session of one manager opens with the same
-    /// options (its `init` commands included), so what one found holds for
-    /// the next; see [`Learned`]. MariaDB is recognised by its version (10
-    /// and up; MySQL went from 5.7 to 8 and 9); a server without the
-    /// variable answers `ER_UNKNOWN_SYSTEM_VARIABLE` and is asked again
-    /// without it.
+    /// `wait_timeout` and `max_allowed_packet`. Every session of one manager
+    /// opens with the same options (its `init` commands included), so what
+    /// one found holds for the next; see [`Learned`].
     async fn server_timeouts(&self, conn: &mut Conn) -> Result<ServerTimeouts, mysql_async::Error> {
         if let Some(learned) = self.learned() {
             return Ok(learned.timeouts);
         }
-        if conn.server_version().0 >= 10 {
-            let all: Result<Option<(u64, u64, u64)>, _> = conn
-                .query_first(
-                    "SELECT @@SESSION.wait_timeout, @@max_allowed_packet, \
-                     @@SESSION.idle_transaction_timeout",
-                )
-                .await;
-            match all {
-                Ok(row) => {
-                    // A SELECT of variables always answers one row.
-                    let (idle, packet, in_tx) = row.unwrap_or_default();
-                    let timeouts = ServerTimeouts {
-                        idle: seconds(idle),
-                        idle_in_transaction: seconds(in_tx),
-                    };
-                    self.learn(timeouts, usize::try_from(packet).ok(), idle);
-                    return Ok(timeouts);
-                }
-                Err(mysql_async::Error::Server(e)) if e.code == ER_UNKNOWN_SYSTEM_VARIABLE => {}
-                Err(e) => return Err(e),
-            }
-        }
+        // A SELECT of variables always answers one row.
         let row: Option<(u64, u64)> = conn
             .query_first("SELECT @@SESSION.wait_timeout, @@max_allowed_packet")
             .await?;
         let (idle, packet) = row.unwrap_or_default();
         let timeouts = ServerTimeouts {
             idle: seconds(idle),
-            idle_in_transaction: None,
         };
         self.learn(timeouts, usize::try_from(packet).ok(), idle);
         Ok(timeouts)

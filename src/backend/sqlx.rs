@@ -10,7 +10,7 @@
 //!
 //! | | idle timeouts read on connect | cleanup of an open transaction | full reset (`reset_on_return`) |
 //! |---|---|---|---|
-//! | PostgreSQL | `idle_session_timeout`, `idle_in_transaction_session_timeout` (session values, from `pg_settings`) | `ROLLBACK` | `ROLLBACK`, `DISCARD ALL`, clear sqlx's statement cache |
+//! | PostgreSQL | `idle_session_timeout` (the session value, from `pg_settings`) | `ROLLBACK` | `ROLLBACK`, `DISCARD ALL`, clear sqlx's statement cache |
 //! | SQLite | none | `ROLLBACK` | `ROLLBACK` |
 //! | MySQL | session `wait_timeout` | `ROLLBACK` | `ROLLBACK`, clear sqlx's statement cache (no `COM_RESET_CONNECTION`: session variables survive) |
 //!
@@ -312,7 +312,7 @@ mod postgres {
             let rows = conn
                 .fetch_all(sqlx::raw_sql(
                     "SELECT name, setting, unit FROM pg_settings \
-                     WHERE name IN ('idle_session_timeout', 'idle_in_transaction_session_timeout')",
+                     WHERE name = 'idle_session_timeout'",
                 ))
                 .await?;
             let mut timeouts = ServerTimeouts::default();
@@ -323,10 +323,7 @@ mod postgres {
                 let value = pg_duration(&setting, unit.as_deref()).map_err(|e| {
                     sqlx::Error::Protocol(format!("cannot read PostgreSQL {name}: {e}"))
                 })?;
-                match name.as_str() {
-                    "idle_session_timeout" => timeouts.idle = value,
-                    _ => timeouts.idle_in_transaction = value,
-                }
+                timeouts.idle = value;
             }
             Ok(timeouts)
         }
@@ -356,9 +353,8 @@ mod postgres {
 
     /// A [`Manager`] for PostgreSQL through sqlx.
     ///
-    /// Reads the session's `idle_session_timeout` (the pool retires idle
-    /// connections before it fires) and `idle_in_transaction_session_timeout`
-    /// on each new connection. A full reset is `ROLLBACK`, `DISCARD ALL` and
+    /// Reads the session's `idle_session_timeout` on each new connection (the
+    /// pool retires idle connections before it fires). A full reset is `ROLLBACK`, `DISCARD ALL` and
     /// clearing sqlx's prepared-statement cache.
     ///
     /// ```no_run
@@ -475,7 +471,6 @@ mod mysql {
             })?;
             Ok(ServerTimeouts {
                 idle: (secs > 0).then(|| std::time::Duration::from_secs(secs)),
-                idle_in_transaction: None,
             })
         }
 

@@ -16,7 +16,7 @@
 //! | dirty? (`needs_cleanup`) | the transaction status of the server's last `ReadyForQuery`, read as it passed: a transaction block is open or failed | no |
 //! | alive? (`is_valid`) | an empty simple query | yes |
 //! | clean (`reset`) | dirty: an empty query (behind the `ROLLBACK` a dropped [`Transaction`](tokio_postgres::Transaction) queued), then `ROLLBACK` if a raw `BEGIN` is still open; with `reset_on_return`, `DISCARD ALL` | only when dirty or `reset_on_return` |
-//! | server timeouts | `idle_session_timeout`, `idle_in_transaction_session_timeout` from `pg_settings`, one simple query; the next sessions reuse the answer for 60 s | once a minute, not per connection |
+//! | server timeouts | `idle_session_timeout` from `pg_settings`, one simple query; the next sessions reuse the answer for 60 s | once a minute, not per connection |
 //!
 //! # What is seen without a round trip, and what is not
 //!
@@ -897,7 +897,7 @@ impl Manager for TokioPgManager {
         let messages = conn
             .simple_query(
                 "SELECT name, setting, unit FROM pg_settings \
-                 WHERE name IN ('idle_session_timeout', 'idle_in_transaction_session_timeout')",
+                 WHERE name = 'idle_session_timeout'",
             )
             .await?;
         let mut timeouts = ServerTimeouts::default();
@@ -909,8 +909,7 @@ impl Manager for TokioPgManager {
                 continue;
             };
             match pg_duration(setting, row.get(2)) {
-                Ok(value) if name == "idle_session_timeout" => timeouts.idle = value,
-                Ok(value) => timeouts.idle_in_transaction = value,
+                Ok(value) => timeouts.idle = value,
                 // A unit this code does not know: better no timeout than a
                 // failed connect; warn so it is noticed.
                 Err(error) => {

@@ -494,10 +494,7 @@ impl<M: Manager> Shared<M> {
         let result = timeout(self.config.connect_timeout, async {
             let mut raw = self.manager.connect().await?;
             let server = match self.config.server_idle_timeout_override {
-                Some(idle) => ServerTimeouts {
-                    idle,
-                    idle_in_transaction: None,
-                },
+                Some(idle) => ServerTimeouts { idle },
                 None => self.manager.server_timeouts(&mut raw).await?,
             };
             Ok::<_, M::Error>((raw, server))

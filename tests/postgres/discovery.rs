@@ -18,20 +18,19 @@ async fn server_idle_timeouts_are_read_from_the_session() {
     };
     assert_eq!(
         read(pg_options(&app).options([
-            ("idle_session_timeout", "7s"),
-            ("idle_in_transaction_session_timeout", "3500ms"),
+            ("idle_session_timeout", "3500ms"),
+            // Not a timeout the pool acts on (it rolls back on return).
+            ("idle_in_transaction_session_timeout", "7s"),
         ]))
         .await,
         ServerTimeouts {
-            idle: Some(7 * SEC),
-            idle_in_transaction: Some(3500 * MS),
+            idle: Some(3500 * MS),
         }
     );
     assert_eq!(
         read(pg_options(&app).options([("idle_session_timeout", "1min")])).await,
         ServerTimeouts {
             idle: Some(60 * SEC),
-            idle_in_transaction: None,
         },
         "units other than ms"
     );

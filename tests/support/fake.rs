@@ -163,7 +163,6 @@ impl Manager for Fake {
         let ms = self.script.server_idle_ms.load(SeqCst);
         Ok(ServerTimeouts {
             idle: (ms > 0).then(|| Duration::from_millis(ms)),
-            idle_in_transaction: None,
         })
     }
 
