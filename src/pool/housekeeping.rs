@@ -1,4 +1,4 @@
-//! The housekeeper's pass and the connects it makes: retiring obsolete idle
+//! The housekeeper: its loop, its pass and the connects it makes: retiring obsolete idle
 //! connections before the server would, keepalive pings, replacements and
 //! `min_idle`, plus `Builder::connect`'s eager first connect. The decisions
 //! are taken under the lock (`Slots::sweep`); every piece of I/O runs in a
@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::inner::{ConnectFailure, OpenError, Shared, TARGET};
+use super::inner::{ConnectFailure, OpenError, Shared};
 use super::owners::Permit;
 use super::slots::Activity;
+use super::TARGET;
 use crate::error::ConnectError;
 use crate::liveness::Reason;
 use crate::manager::Manager;
@@ -133,6 +134,26 @@ impl<M: Manager> Shared<M> {
                 conn.meta.last_borrowed = t;
             }
             Self::make_idle(conn, permit);
+        }
+    }
+}
+
+/// The background task: retires obsolete idle connections, pings silent
+/// ones, replaces what it retires and keeps `min_idle`. Holds no lock across
+/// I/O (the sweep decides under the lock; the I/O happens after). Ends when
+/// the pool closes.
+pub(super) async fn housekeeper<M: Manager>(shared: Arc<Shared<M>>) {
+    loop {
+        let next = shared.housekeep();
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        if shared.slots.lock().is_closed() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = changed => {}
         }
     }
 }

@@ -1,5 +1,7 @@
-//! The pool's async flow: checkout, connect, check-in and retirement (the
-//! housekeeper is in `housekeeping.rs`, the RAII owners in `owners.rs`).
+//! The pool's shared state and its way out: checkout (the fast path, the
+//! wait for a slot, validation) and connect. The way back (check-in,
+//! cleaning, retirement) is in `returns.rs`, the housekeeper in
+//! `housekeeping.rs`, the RAII owners in `owners.rs`.
 //!
 //! Capacity is a semaphore with `max_size` permits. A permit is held by every
 //! connection that is lent out or held by the pool for I/O, and by every
@@ -28,18 +30,14 @@ use tokio::time::timeout;
 use super::backoff::{Backoff, BACKOFF_START};
 use super::deadlines::Deadlines;
 use super::guard::Pooled;
-use super::owners::{Connecting, InFlight, Pending, Permit, Returning};
+use super::owners::{Connecting, InFlight, Pending, Permit};
 use super::slots::{Activity, Conn, Meta, Slots};
+use super::TARGET;
 use crate::config::Config;
 use crate::error::TimeoutPhase;
-use crate::liveness::{
-    assess, at_checkout, may_retire_at_return, Checkout, Policy, Reason, Verdict,
-};
+use crate::liveness::{at_checkout, Checkout, Policy, Reason};
 use crate::manager::{Manager, ServerTimeouts};
 use crate::stats::Stats;
-
-/// Tracing target for every event of the pool.
-pub(crate) const TARGET: &str = "vigil::pool";
 
 pub(crate) struct Shared<M: Manager> {
     pub(crate) manager: M,
@@ -58,7 +56,7 @@ pub(crate) struct Shared<M: Manager> {
     /// Wakes callers waiting out the backoff: a connect succeeded, or the
     /// pool was closed.
     pub(crate) backoff_over: Notify,
-    runtime: Handle,
+    pub(super) runtime: Handle,
     next_id: AtomicU64,
     /// When the pool last saw a sign of trouble (a failed ping, reset or
     /// connect, a broken return), in ns since `epoch`; 0 = never.
@@ -74,10 +72,10 @@ pub(crate) struct Shared<M: Manager> {
     /// Goodbyes (`Manager::close`) running in their own tasks; `close()`
     /// waits for them, so a process that exits after it leaves no session
     /// to be cut off mid-goodbye.
-    goodbyes: AtomicU64,
+    pub(super) goodbyes: AtomicU64,
     /// Returned connections are pinged: `verify_on_return`, resolved
     /// against what the manager's `has_broken` can see.
-    verify_returns: bool,
+    pub(super) verify_returns: bool,
 }
 
 impl<M: Manager> Shared<M> {
@@ -571,124 +569,6 @@ impl<M: Manager> Shared<M> {
             Some(ConnectFailure::TimedOut(d)) => (None, Some(*d)),
             None => (None, None),
         }
-    }
-
-    // ---------------------------------------------------------------- return
-
-    /// Takes back a connection from a dropped [`Pooled`], with its permit.
-    /// Synchronous: when the connection needs cleaning, the round trip runs
-    /// in a task that keeps the permit until it is done, so the pool never
-    /// exceeds `max_size` while a connection is being reset.
-    pub(crate) fn check_in(
-        mut conn: Conn<M::Connection>,
-        permit: Permit<M>,
-        lent_at: Instant,
-        full_reset: bool,
-    ) {
-        let this = permit.shared();
-        let now = Instant::now();
-        this.stats.usage.observe(now - lent_at);
-        conn.meta.last_io = now;
-        conn.meta.last_borrowed = now;
-        conn.meta.uses += 1;
-        let broken = this.manager.has_broken(&mut conn.raw);
-        if broken {
-            this.suspect();
-        }
-        let stale = conn.meta.generation < this.generation();
-        let meta = &conn.meta;
-        if may_retire_at_return(broken, stale, meta.expires, meta.server_idle, now) {
-            if let Verdict::Retire(reason) = assess(
-                &conn.meta.facts(broken, false, this.generation()),
-                &this.policy,
-                now,
-            ) {
-                this.retire_active(conn, reason);
-                return; // the permit goes back as it is dropped
-            }
-        }
-        let full = full_reset || this.config.reset_on_return;
-        let dirty = full || this.manager.needs_cleanup(&mut conn.raw);
-        if !dirty && !this.verify_returns {
-            Self::make_idle(conn, permit);
-            return;
-        }
-        let runtime = this.runtime.clone();
-        let returning = Returning::new(conn, permit);
-        // A reset is a round trip too, and proves the session alive: a
-        // dirty connection is cleaned, a clean one only pinged.
-        if dirty {
-            runtime.spawn(returning.reset(full));
-        } else {
-            runtime.spawn(returning.verify());
-        }
-    }
-
-    /// Puts an active connection into the idle set, then lets its permit go.
-    /// Ordering: the push comes first, so the waiter the permit wakes finds
-    /// the connection in the idle set instead of opening a new one. The
-    /// checkout decision is precomputed here (`Meta::lend_before`): the
-    /// connection's facts change only with I/O, which it does not do idle.
-    pub(crate) fn make_idle(mut conn: Conn<M::Connection>, permit: Permit<M>) {
-        let this = permit.shared();
-        let meta = &conn.meta;
-        let lend_before =
-            this.policy
-                .lend_before_parts(meta.last_io, meta.server_idle, meta.expires);
-        conn.meta.lend_before = lend_before;
-        let refused = this.slots.lock().push(conn);
-        if let Some(conn) = refused {
-            this.retire_active(conn, Reason::Closed);
-        }
-        drop(permit);
-    }
-
-    /// Closes a connection counted active. Its permit, if it has one, is
-    /// the caller's value and goes back when the caller drops it.
-    pub(crate) fn retire_active(self: &Arc<Self>, conn: Conn<M::Connection>, reason: Reason) {
-        self.slots.lock().forget_active(&conn.meta);
-        self.retire(conn, reason);
-    }
-
-    /// Counts, logs and politely closes a connection no longer counted anywhere.
-    pub(crate) fn retire(self: &Arc<Self>, conn: Conn<M::Connection>, reason: Reason) {
-        self.note_retired(&conn.meta, reason);
-        self.say_goodbye(conn.raw);
-    }
-
-    /// Closes `raw` politely in a task of its own, counted in `goodbyes`.
-    pub(super) fn say_goodbye(self: &Arc<Self>, raw: M::Connection) {
-        self.goodbyes.fetch_add(1, Relaxed);
-        let shared = Arc::clone(self);
-        self.runtime.spawn(async move {
-            shared.close_raw(raw).await;
-            shared.goodbyes.fetch_sub(1, Relaxed);
-            shared.changed.notify_waiters();
-        });
-    }
-
-    /// Goodbyes still running.
-    pub(crate) fn goodbyes(&self) -> u64 {
-        self.goodbyes.load(Relaxed)
-    }
-
-    pub(crate) fn note_retired(&self, meta: &Meta, reason: Reason) {
-        self.stats.closed(reason);
-        // debug, not info: retirement is the pool doing its job.
-        tracing::debug!(
-            target: TARGET,
-            conn_id = meta.id,
-            reason = reason.as_str(),
-            age = ?meta.created.elapsed(),
-            uses = meta.uses,
-            "connection retired"
-        );
-        self.changed.notify_waiters();
-    }
-
-    /// A goodbye to the server, bounded: a black-holed socket must not hang a task.
-    pub(crate) async fn close_raw(&self, raw: M::Connection) {
-        let _ = timeout(self.config.validation_timeout, self.manager.close(raw)).await;
     }
 }
 

@@ -6,6 +6,7 @@ mod guard;
 mod housekeeping;
 mod inner;
 mod owners;
+mod returns;
 mod slots;
 
 use std::fmt;
@@ -20,7 +21,7 @@ use tokio::time::Instant;
 use tokio::runtime::Handle;
 
 pub use guard::Pooled;
-use inner::{Shared, Stop, TARGET};
+use inner::{Shared, Stop};
 
 use crate::config::{Config, Validation};
 use crate::error::{BlockingError, BuildError, ConnectError, Error, TimeoutPhase};
@@ -28,6 +29,9 @@ use crate::liveness::Reason;
 use crate::manager::Manager;
 use crate::stats::{ConnectionInfo, ConnectionState, State};
 use slots::Activity;
+
+/// Tracing target for every event of the pool.
+pub(crate) const TARGET: &str = "vigil::pool";
 
 /// An async connection pool that never lends a dead connection.
 ///
@@ -496,7 +500,7 @@ impl<M: Manager> Builder<M> {
             "build_in is given validated settings"
         );
         let shared = Arc::new(Shared::new(self.manager, self.config, runtime.clone()));
-        runtime.spawn(housekeeper(Arc::clone(&shared)));
+        runtime.spawn(housekeeping::housekeeper(Arc::clone(&shared)));
         runtime.spawn(Arc::clone(&shared.deadlines).watch());
         Pool {
             handle: Arc::new(Owner { shared }),
@@ -519,25 +523,5 @@ impl<M: Manager> Builder<M> {
         let pool = self.build()?;
         pool.shared().open_first().await?;
         Ok(pool)
-    }
-}
-
-/// The background task: retires obsolete idle connections, pings silent
-/// ones, replaces what it retires and keeps `min_idle`. Holds no lock across
-/// I/O (the sweep decides under the lock; the I/O happens after). Ends when
-/// the pool closes.
-async fn housekeeper<M: Manager>(shared: Arc<Shared<M>>) {
-    loop {
-        let next = shared.housekeep();
-        let changed = shared.changed.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        if shared.slots.lock().is_closed() {
-            return;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
-            _ = changed => {}
-        }
     }
 }

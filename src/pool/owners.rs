@@ -8,10 +8,10 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
-use tokio::time::{timeout, Instant};
+use tokio::time::Instant;
 
 use super::guard::Pooled;
-use super::inner::{Shared, TARGET};
+use super::inner::Shared;
 use super::slots::{Activity, Conn, Meta};
 use crate::liveness::Reason;
 use crate::manager::Manager;
@@ -124,105 +124,6 @@ impl<M: Manager> Drop for InFlight<M> {
     fn drop(&mut self) {
         if let Some((conn, permit)) = self.0.take() {
             permit.shared().retire_active(conn, Reason::Closed);
-        }
-    }
-}
-
-/// A returned connection being cleaned in its own task, with its permit:
-/// however the task ends (done, failed, or dropped with the runtime), the
-/// connection ends up idle or retired and the permit goes back.
-pub(super) struct Returning<M: Manager>(Option<(Conn<M::Connection>, Permit<M>)>);
-
-impl<M: Manager> Returning<M> {
-    pub(super) fn new(conn: Conn<M::Connection>, permit: Permit<M>) -> Self {
-        permit
-            .shared()
-            .slots
-            .lock()
-            .set_activity(&conn.meta, Activity::Returning);
-        Returning(Some((conn, permit)))
-    }
-
-    /// Cleans the connection (rollback, and a full reset when `full`), then
-    /// puts it back idle, or retires it if the cleaning failed.
-    pub(super) async fn reset(self, full: bool) {
-        self.finish(ReturnIo::Reset { full }).await;
-    }
-
-    /// Pings the connection (`verify_on_return`), then puts it back idle, or
-    /// retires it if the session did not survive its borrower.
-    pub(super) async fn verify(self) {
-        self.finish(ReturnIo::Verify).await;
-    }
-
-    /// Runs `io` on the connection, bounded by `validation_timeout`, and
-    /// files the connection by its outcome.
-    async fn finish(mut self, io: ReturnIo) {
-        let (what, failed) = match io {
-            ReturnIo::Reset { .. } => ("reset on return", Reason::ResetFailed),
-            ReturnIo::Verify => ("verify on return", Reason::ValidationFailed),
-        };
-        // The connection stays in `self` across the await: if this task is
-        // dropped mid-I/O, `Drop` closes it and the permit goes back.
-        let result = {
-            let (conn, permit) = self.0.as_mut().expect("Returning holds its connection");
-            let shared = permit.shared();
-            let (raw, manager) = (&mut conn.raw, &shared.manager);
-            timeout(shared.config.validation_timeout, async move {
-                match io {
-                    ReturnIo::Reset { full } => manager.reset(raw, full).await,
-                    ReturnIo::Verify => manager.is_valid(raw).await,
-                }
-            })
-            .await
-        };
-        let (mut conn, permit) = self.0.take().expect("Returning holds its connection");
-        let shared = Arc::clone(permit.shared());
-        let reason = match result {
-            Ok(Ok(())) => {
-                conn.meta.last_io = Instant::now();
-                Shared::make_idle(conn, permit);
-                return;
-            }
-            Ok(Err(error)) => {
-                let manager = &shared.manager;
-                if manager.error_ends_session(&error) || manager.has_broken(&mut conn.raw) {
-                    // The session died while it was lent (a restart, a kill):
-                    // the borrower saw that already; debug, like every retirement.
-                    tracing::debug!(target: TARGET, conn_id = conn.meta.id, %error, "returned connection's session is gone ({what})");
-                    Reason::Broken
-                } else {
-                    tracing::warn!(target: TARGET, conn_id = conn.meta.id, %error, "{what} failed");
-                    failed
-                }
-            }
-            Err(_) => {
-                tracing::warn!(target: TARGET, conn_id = conn.meta.id, "{what} timed out");
-                failed
-            }
-        };
-        shared.suspect();
-        shared.retire_active(conn, reason);
-        drop(permit);
-    }
-}
-
-/// What a `Returning` task does to its connection.
-#[derive(Clone, Copy)]
-enum ReturnIo {
-    Reset { full: bool },
-    Verify,
-}
-
-impl<M: Manager> Drop for Returning<M> {
-    fn drop(&mut self) {
-        if let Some((conn, permit)) = self.0.take() {
-            // The task was dropped unfinished (runtime shutting down): the
-            // connection may be mid-reset, so it is closed, never reused.
-            let shared = permit.shared();
-            shared.slots.lock().forget_active(&conn.meta);
-            shared.note_retired(&conn.meta, Reason::ResetFailed);
-            drop(conn);
         }
     }
 }
