@@ -32,7 +32,7 @@ use sqlx::{ConnectOptions, Connection};
 use tokio::sync::watch;
 
 use crate::backend::Target;
-use crate::load::Live;
+use crate::live::Live;
 
 /// Kill only sessions the server has seen idle longer than this.
 pub(crate) const IDLE_FOR: Duration = Duration::from_secs(1);

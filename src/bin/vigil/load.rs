@@ -2,7 +2,7 @@
 //! get → query → return, in one or more bursts; then a report.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,20 +16,11 @@ use vigil::backend::tokio_postgres::TokioPgManager;
 use vigil::Pool;
 
 use crate::backend::{error_chain, tokio_pg, Backend, Target};
-use crate::kill::{kill_loop, KillTally, Killer, SessionIds};
+use crate::kill::{kill_loop, KillTally, Killer};
+use crate::live::{micros, Amount, Live};
 use crate::progress::{progress_bar, tick};
 use crate::report::{self, Acquire, Latency, PoolFigures, Report};
 use crate::{redact, Driver, Fail, LivenessArgs, LoadArgs};
-
-/// Error messages kept for the report.
-const SAMPLES: usize = 5;
-
-/// How much work in all, before it is split across bursts.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Amount {
-    Requests(u64),
-    Duration(Duration),
-}
 
 /// The killer and how often it runs its rounds, if `--kill-idle-every` was given.
 type KillPlan = Option<(Killer, Duration)>;
@@ -52,36 +43,6 @@ struct Plan {
     session_idle_timeout: Option<Duration>,
     kill_idle_every: Option<Duration>,
     live: Arc<Live>,
-}
-
-/// State shared by the workers, the progress bar, the killer and Ctrl-C.
-#[derive(Default)]
-pub(crate) struct Live {
-    pub(crate) started: AtomicU64,
-    pub(crate) done: AtomicU64,
-    pub(crate) errors: AtomicU64,
-    samples: Mutex<Vec<String>>,
-    pub(crate) killed: AtomicU64,
-    /// Ctrl-C was pressed: workers stop at their next request.
-    interrupted: AtomicBool,
-    /// The burst running (1-based), for the progress bar.
-    pub(crate) burst: AtomicU32,
-    pub(crate) in_gap: AtomicBool,
-    /// MySQL connection ids of the pool's sessions, for the killer.
-    ids: SessionIds,
-    /// Held for reading around `get()` and by the killer for writing; see
-    /// the `kill` module docs. `None` when nothing is killed.
-    pub(crate) gate: Option<RwLock<()>>,
-}
-
-impl Live {
-    fn error(&self, message: String) {
-        self.errors.fetch_add(1, Relaxed);
-        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
-        if samples.len() < SAMPLES {
-            samples.push(redact(&message));
-        }
-    }
 }
 
 /// Runs `vigil load`; returns the exit code (0, or 1 when requests failed).
@@ -483,10 +444,6 @@ enum Limit {
     Count(Arc<AtomicU64>, u64),
     /// At this instant.
     Until(Instant),
-}
-
-pub(crate) fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Loops get → query → return, recording into its shard.

@@ -27,6 +27,7 @@ macro_rules! out {
 
 mod backend;
 mod kill;
+mod live;
 mod load;
 mod probe;
 mod progress;

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use vigil::Pool;
 
 use crate::backend::Backend;
-use crate::load::{micros, Amount, Live};
+use crate::live::{micros, Amount, Live};
 
 /// The bar on screen, if any, for [`LogWriter`] to step around.
 static SHOWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
