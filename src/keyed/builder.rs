@@ -10,10 +10,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
-use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
-use super::cap::Eviction;
+use super::cap::Cap;
 #[cfg(feature = "metrics")]
 use super::shared::Exported;
 use super::shared::{sweeper, Shared};
@@ -137,9 +136,7 @@ impl<K: PoolKey, M: Manager> KeyedBuilder<K, M> {
             key_idle_timeout: self.key_idle_timeout,
             salt: rand::random(),
             keys: Mutex::new(HashMap::new()),
-            cap: Arc::new(Semaphore::new(self.max_open)),
-            changed: Notify::new(),
-            eviction: Mutex::new(Eviction::default()),
+            cap: Arc::new(Cap::new(self.max_open, runtime.clone())),
             next_key_id: AtomicU64::new(1),
             epoch: Instant::now(),
             closed: AtomicBool::new(false),

@@ -1,30 +1,45 @@
 //! The global cap: the semaphore every connect of every key takes a unit
 //! of, the FIFO queue for it, and the eviction of idle connections to make
-//! room (see the [module docs](super) for the order of attempts).
+//! room (see the [module docs](super) for the order of attempts). It knows
+//! the sub-pools only as [`Victims`], so it sits below them: the key map
+//! (`shared.rs`) and the wrapped manager (`capped.rs`) use it, it uses
+//! neither.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use super::capped::Capped;
-use super::shared::{Entry, Shared, Usage};
+use super::usage::Usage;
 use super::TARGET;
-use crate::manager::Manager;
-use crate::pool::Pool;
 
 /// A connect queued for the cap looks for something to evict at least this
 /// often, besides each time a connection comes back: a return that needs a
 /// cleaning round trip reaches the idle set a little after its guard drops.
 const CAP_RECHECK: Duration = Duration::from_millis(50);
 
+/// The cap and its queue.
+pub(super) struct Cap {
+    units: Arc<Semaphore>,
+    max_open: usize,
+    /// Wakes connects queued for the cap: a connection came back or an
+    /// eviction finished, so there may be something (else) to evict.
+    changed: Notify,
+    eviction: Mutex<Eviction>,
+    runtime: Handle,
+}
+
 /// Connects queued for the cap, and evictions started for them. An
 /// eviction is started only while `evicting < waiting`, so a crowd of
 /// waiters woken together does not close more connections than it needs.
 #[derive(Default)]
-pub(super) struct Eviction {
-    pub(super) waiting: usize,
+struct Eviction {
+    waiting: usize,
     evicting: usize,
 }
 
@@ -36,14 +51,60 @@ pub(super) enum CapError {
     Abandoned,
 }
 
-impl<M: Manager> Shared<M> {
-    /// One unit of the cap for a connect of the key `usage`; see the module
-    /// docs for the order of attempts.
+/// Where the cap finds an idle connection to close for a queued connect.
+pub(super) trait Victims: Send + Sync + 'static {
+    /// The idle connection to close for a connect of the key `own`, if any
+    /// is idle.
+    fn pick(&self, own: u64) -> Option<Victim>;
+}
+
+/// An idle connection chosen to make room: its key, and the future that
+/// closes it (politely, so it may take up to `validation_timeout`).
+pub(super) struct Victim {
+    pub(super) key: u64,
+    pub(super) close: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+impl Cap {
+    pub(super) fn new(max_open: usize, runtime: Handle) -> Self {
+        Cap {
+            units: Arc::new(Semaphore::new(max_open)),
+            max_open,
+            changed: Notify::new(),
+            eviction: Mutex::default(),
+            runtime,
+        }
+    }
+
+    /// A connection came back: queued connects look again for something
+    /// to evict.
+    pub(super) fn returned(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Fails queued and later connects.
+    pub(super) fn close(&self) {
+        self.units.close();
+    }
+
+    /// Connections open (or connecting) under the cap.
+    pub(super) fn open(&self) -> usize {
+        self.max_open.saturating_sub(self.units.available_permits())
+    }
+
+    /// Connects queued for the cap.
+    pub(super) fn waiting(&self) -> usize {
+        self.eviction.lock().waiting
+    }
+
+    /// One unit of the cap for a connect of the key `usage`, evicting from
+    /// `victims` while it waits; see the module docs for the order of attempts.
     pub(super) async fn obtain(
         self: &Arc<Self>,
         usage: &Arc<Usage>,
+        victims: &dyn Victims,
     ) -> Result<OwnedSemaphorePermit, CapError> {
-        match Arc::clone(&self.cap).try_acquire_owned() {
+        match Arc::clone(&self.units).try_acquire_owned() {
             Ok(permit) => return Ok(permit),
             Err(TryAcquireError::Closed) => return Err(CapError::Closed),
             Err(TryAcquireError::NoPermits) => {}
@@ -57,7 +118,7 @@ impl<M: Manager> Shared<M> {
         let _queued = Queued::enter(self, usage);
         // Our place in the FIFO queue, kept across every wake-up below:
         // fairness between keys is the semaphore's.
-        let acquire = Arc::clone(&self.cap).acquire_owned();
+        let acquire = Arc::clone(&self.units).acquire_owned();
         tokio::pin!(acquire);
         loop {
             // Registered before the checks, so a return or a departure
@@ -71,7 +132,7 @@ impl<M: Manager> Shared<M> {
                 tracing::debug!(target: TARGET, key = usage.id, "caller gone; leaving the cap queue");
                 return Err(CapError::Abandoned);
             }
-            self.evict_for(usage);
+            self.evict_for(usage, victims);
             tokio::select! {
                 biased;
                 permit = &mut acquire => return permit.map_err(|_| CapError::Closed),
@@ -84,7 +145,7 @@ impl<M: Manager> Shared<M> {
 
     /// Starts closing one idle connection for a queued connect of `usage`,
     /// unless enough evictions are already under way or nothing is idle.
-    fn evict_for(self: &Arc<Self>, usage: &Usage) {
+    fn evict_for(self: &Arc<Self>, usage: &Usage, victims: &dyn Victims) {
         {
             let mut ev = self.eviction.lock();
             if ev.evicting >= ev.waiting {
@@ -92,52 +153,34 @@ impl<M: Manager> Shared<M> {
             }
             ev.evicting += 1;
         }
-        let Some((victim, pool)) = self.pick_victim(usage.id) else {
+        let Some(victim) = victims.pick(usage.id) else {
             self.eviction.lock().evicting -= 1;
             return;
         };
-        tracing::debug!(target: TARGET, key = victim, for_key = usage.id, "closing an idle connection to make room");
+        tracing::debug!(target: TARGET, key = victim.key, for_key = usage.id, "closing an idle connection to make room");
         let done = EvictionDone(Arc::clone(self));
         // In a task of its own: the goodbye may take up to
         // `validation_timeout`, and the freed unit belongs to the head of the
         // queue, whoever started the eviction.
         self.runtime.spawn(async move {
-            pool.close_oldest_idle().await;
+            victim.close.await;
             drop(done);
         });
-    }
-
-    /// The sub-pool to shrink: the one whose least recently used idle
-    /// connection has been idle longest, preferring other keys to `own`.
-    fn pick_victim(&self, own: u64) -> Option<(u64, Pool<Capped<M>>)> {
-        let keys = self.keys.lock();
-        // Ranked by (another key's?, idle for): the greatest wins.
-        let mut best: Option<((bool, Duration), &Entry<M>)> = None;
-        for entry in keys.values() {
-            let Some(idle_for) = entry.pool.oldest_idle_for() else {
-                continue;
-            };
-            let rank = (entry.usage.id != own, idle_for);
-            if best.as_ref().map_or(true, |(b, _)| rank > *b) {
-                best = Some((rank, entry));
-            }
-        }
-        best.map(|(_, e)| (e.usage.id, e.pool.clone()))
     }
 }
 
 /// A connect queued for the cap, for `Eviction::waiting` and `KeyedState`.
-struct Queued<'a, M: Manager>(&'a Shared<M>, &'a Usage);
+struct Queued<'a>(&'a Cap, &'a Usage);
 
-impl<'a, M: Manager> Queued<'a, M> {
-    fn enter(shared: &'a Shared<M>, usage: &'a Usage) -> Self {
-        shared.eviction.lock().waiting += 1;
+impl<'a> Queued<'a> {
+    fn enter(cap: &'a Cap, usage: &'a Usage) -> Self {
+        cap.eviction.lock().waiting += 1;
         usage.cap_waiting.fetch_add(1, SeqCst);
-        Queued(shared, usage)
+        Queued(cap, usage)
     }
 }
 
-impl<M: Manager> Drop for Queued<'_, M> {
+impl Drop for Queued<'_> {
     fn drop(&mut self) {
         self.0.eviction.lock().waiting -= 1;
         self.1.cap_waiting.fetch_sub(1, SeqCst);
@@ -146,9 +189,9 @@ impl<M: Manager> Drop for Queued<'_, M> {
 
 /// An eviction in flight; when it ends (done or dropped), queued connects
 /// may start another.
-struct EvictionDone<M: Manager>(Arc<Shared<M>>);
+struct EvictionDone(Arc<Cap>);
 
-impl<M: Manager> Drop for EvictionDone<M> {
+impl Drop for EvictionDone {
     fn drop(&mut self) {
         self.0.eviction.lock().evicting -= 1;
         self.0.changed.notify_waiters();

@@ -9,8 +9,8 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 
-use super::cap::CapError;
-use super::shared::{Shared, Usage};
+use super::cap::{Cap, CapError, Victims};
+use super::usage::Usage;
 use crate::error::{Error, TimeoutPhase};
 use crate::manager::{Manager, ServerTimeouts};
 
@@ -88,7 +88,10 @@ pub(super) fn map_error<E: std::error::Error + 'static>(
 /// The key's manager, wrapped: `connect` takes a unit of the cap first.
 pub(super) struct Capped<M: Manager> {
     pub(super) inner: M,
-    pub(super) keyed: Weak<Shared<M>>,
+    pub(super) cap: Arc<Cap>,
+    /// The keyed pool's sub-pools, to evict from while the cap is full;
+    /// gone once the keyed pool is.
+    pub(super) victims: Weak<dyn Victims>,
     pub(super) usage: Arc<Usage>,
     /// The template's `connect_timeout`, for the backend's own connect.
     pub(super) connect_timeout: Duration,
@@ -105,9 +108,9 @@ impl<M: Manager> Manager for Capped<M> {
     type Error = CappedError<M::Error>;
 
     async fn connect(&self) -> Result<Self::Connection, Self::Error> {
-        let keyed = self.keyed.upgrade().ok_or(CappedError::Closed)?;
-        let permit = keyed.obtain(&self.usage).await?;
-        drop(keyed);
+        let victims = self.victims.upgrade().ok_or(CappedError::Closed)?;
+        let permit = self.cap.obtain(&self.usage, &*victims).await?;
+        drop(victims);
         match timeout(self.connect_timeout, self.inner.connect()).await {
             Ok(Ok(raw)) => Ok(CappedConn { raw, permit }),
             Ok(Err(e)) => Err(backend(e)),

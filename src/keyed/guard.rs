@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 
 use super::capped::{Capped, CappedConn};
-use super::shared::{Shared, Usage};
+use super::shared::Shared;
+use super::usage::Usage;
 use crate::manager::Manager;
 use crate::pool::Pooled;
 
@@ -103,7 +104,7 @@ impl<M: Manager> Drop for KeyedPooled<M> {
         drop(self.pooled.take());
         self.usage.touch();
         self.usage.lent.fetch_sub(1, SeqCst);
-        self.shared.changed.notify_waiters();
+        self.shared.cap.returned();
     }
 }
 

@@ -141,6 +141,7 @@ mod capped;
 mod guard;
 mod key;
 mod shared;
+mod usage;
 
 pub use builder::KeyedBuilder;
 pub use guard::KeyedPooled;
@@ -156,7 +157,8 @@ use crate::stats::State;
 
 use builder::Factory;
 use capped::map_error;
-use shared::{Claimed, Demand, Shared};
+use shared::{Claimed, Shared};
+use usage::Demand;
 
 /// Tracing target for every event of keyed pools.
 const TARGET: &str = "vigil::keyed";

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
-use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
-use super::cap::Eviction;
+use super::cap::{Cap, Victim, Victims};
 use super::capped::Capped;
 use super::key::{Digest, PoolKey};
+use super::usage::{Demand, Usage};
 use super::{KeyedState, TARGET};
 use crate::config::Config;
 use crate::error::Error;
@@ -27,12 +27,8 @@ pub(super) struct Shared<M: Manager> {
     pub(super) key_idle_timeout: Duration,
     pub(super) salt: [u8; 32],
     pub(super) keys: Mutex<HashMap<Digest, Arc<Entry<M>>>>,
-    /// The global cap: one permit per open connection; see the module docs.
-    pub(super) cap: Arc<Semaphore>,
-    /// Wakes connects queued for the cap: a connection came back or an
-    /// eviction finished, so there may be something (else) to evict.
-    pub(super) changed: Notify,
-    pub(super) eviction: Mutex<Eviction>,
+    /// The global cap: one unit per open connection; see the module docs.
+    pub(super) cap: Arc<Cap>,
     pub(super) next_key_id: AtomicU64,
     pub(super) epoch: Instant,
     pub(super) closed: AtomicBool,
@@ -57,59 +53,6 @@ pub(super) struct Entry<M: Manager> {
     pub(super) exported: bool,
 }
 
-/// One key's counters, shared by its entry, its manager and its guards.
-pub(super) struct Usage {
-    pub(super) id: u64,
-    pub(super) label: Option<String>,
-    /// Callers inside `KeyedPool::get` for this key.
-    pub(super) demand: AtomicUsize,
-    /// Guards alive.
-    pub(super) lent: AtomicUsize,
-    /// Connects of this key queued for the cap.
-    pub(super) cap_waiting: AtomicUsize,
-    /// Last checkout or return, in ms since `epoch`.
-    last_used_ms: AtomicU64,
-    epoch: Instant,
-    /// Notified when `demand` drops to zero.
-    pub(super) no_demand: Notify,
-}
-
-impl Usage {
-    pub(super) fn touch(&self) {
-        let ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_used_ms.store(ms, Relaxed);
-    }
-
-    /// Nothing lent, nobody waiting, unused for `timeout`. Read under the
-    /// key map's lock, where `demand` is raised, so a caller cannot slip in.
-    fn is_unused_for(&self, timeout: Duration, now: Instant) -> bool {
-        let idle_since = self.epoch + Duration::from_millis(self.last_used_ms.load(Relaxed));
-        self.demand.load(SeqCst) == 0
-            && self.lent.load(SeqCst) == 0
-            && now.saturating_duration_since(idle_since) >= timeout
-    }
-}
-
-/// A caller inside `get` for a key; dropping it wakes a connect queued for
-/// the cap when it was the last one.
-pub(super) struct Demand(Arc<Usage>);
-
-impl Demand {
-    pub(super) fn new(usage: &Arc<Usage>) -> Self {
-        usage.demand.fetch_add(1, SeqCst);
-        usage.touch();
-        Demand(Arc::clone(usage))
-    }
-}
-
-impl Drop for Demand {
-    fn drop(&mut self) {
-        if self.0.demand.fetch_sub(1, SeqCst) == 1 {
-            self.0.no_demand.notify_waiters();
-        }
-    }
-}
-
 impl<M: Manager> Shared<M> {
     pub(super) fn digest<K: PoolKey>(&self, key: &K) -> Digest {
         Digest::of(self.salt, key)
@@ -130,17 +73,7 @@ impl<M: Manager> Shared<M> {
     /// housekeeper and opens nothing).
     pub(super) fn new_entry(self: &Arc<Self>, manager: M, label: Option<&str>) -> Entry<M> {
         let id = self.next_key_id.fetch_add(1, Relaxed);
-        let usage = Arc::new(Usage {
-            id,
-            label: label.map(str::to_owned),
-            demand: AtomicUsize::new(0),
-            lent: AtomicUsize::new(0),
-            cap_waiting: AtomicUsize::new(0),
-            last_used_ms: AtomicU64::new(0),
-            epoch: self.epoch,
-            no_demand: Notify::new(),
-        });
-        usage.touch();
+        let usage = Arc::new(Usage::new(id, label.map(str::to_owned), self.epoch));
         let mut config = self.template.clone();
         config.name = match label {
             Some(label) => format!("{}/{label}", self.name),
@@ -152,9 +85,11 @@ impl<M: Manager> Shared<M> {
         config.connect_timeout = config
             .connect_timeout
             .saturating_add(config.acquire_timeout);
+        let victims: Weak<dyn Victims> = Arc::downgrade(self) as Weak<Self>;
         let capped = Capped {
             inner: manager,
-            keyed: Arc::downgrade(self),
+            cap: Arc::clone(&self.cap),
+            victims,
             usage: Arc::clone(&usage),
             connect_timeout: self.template.connect_timeout,
         };
@@ -227,13 +162,13 @@ impl<M: Manager> Shared<M> {
         let open = if self.closed.load(SeqCst) {
             0
         } else {
-            self.max_open.saturating_sub(self.cap.available_permits())
+            self.cap.open()
         };
         KeyedState {
             keys: keys.len(),
             open,
             max_open: self.max_open,
-            waiting: self.eviction.lock().waiting,
+            waiting: self.cap.waiting(),
             exported_keys: keys.values().filter(|e| e.exported).count(),
         }
     }
@@ -253,6 +188,35 @@ impl<M: Manager> Shared<M> {
         for entry in removed {
             self.forget(&entry, "idle");
         }
+    }
+}
+
+/// The cap closes idle connections of the sub-pools to make room for a
+/// queued connect of another key.
+impl<M: Manager> Victims for Shared<M> {
+    /// The sub-pool whose least recently used idle connection has been idle
+    /// longest, preferring other keys to `own`.
+    fn pick(&self, own: u64) -> Option<Victim> {
+        let keys = self.keys.lock();
+        // Ranked by (another key's?, idle for): the greatest wins.
+        let mut best: Option<((bool, Duration), &Entry<M>)> = None;
+        for entry in keys.values() {
+            let Some(idle_for) = entry.pool.oldest_idle_for() else {
+                continue;
+            };
+            let rank = (entry.usage.id != own, idle_for);
+            if best.as_ref().map_or(true, |(b, _)| rank > *b) {
+                best = Some((rank, entry));
+            }
+        }
+        let (_, entry) = best?;
+        let pool = entry.pool.clone();
+        Some(Victim {
+            key: entry.usage.id,
+            close: Box::pin(async move {
+                pool.close_oldest_idle().await;
+            }),
+        })
     }
 }
 
