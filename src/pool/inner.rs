@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, Semaphore, TryAcquireError};
@@ -43,9 +44,12 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) manager: M,
     pub(crate) config: Config,
     pub(crate) policy: Policy,
-    pub(crate) slots: Mutex<Slots<M::Connection>>,
+    /// The lock and the semaphore are each on a cache line of their own:
+    /// every checkout and return writes both, and the settings and counters
+    /// beside them are read by every thread.
+    pub(crate) slots: CachePadded<Mutex<Slots<M::Connection>>>,
     /// Capacity: `max_size` permits; see the module docs.
-    pub(crate) permits: Semaphore,
+    pub(crate) permits: CachePadded<Semaphore>,
     /// Bounds connects in flight (`max_concurrent_connects`).
     connects: Semaphore,
     pub(crate) stats: Stats,
@@ -85,8 +89,8 @@ impl<M: Manager> Shared<M> {
             verify_returns,
             manager,
             policy: Policy::from(&config),
-            slots: Mutex::new(Slots::new()),
-            permits: Semaphore::new(config.max_size),
+            slots: CachePadded::new(Mutex::new(Slots::new())),
+            permits: CachePadded::new(Semaphore::new(config.max_size)),
             connects: Semaphore::new(config.max_concurrent_connects),
             stats: Stats::new(),
             last_connect_failure: Mutex::new(None),
@@ -193,24 +197,18 @@ impl<M: Manager> Shared<M> {
     }
 
     /// The most recently used idle connection, if it needs neither
-    /// retirement nor a ping (counted as a skipped validation); `None`
-    /// leaves the idle set as it was. The caller holds a permit.
+    /// retirement nor a ping; `None` leaves the idle set as it was. The
+    /// caller holds a permit, and counts the skipped validation.
     fn pop_warm(
         &self,
         now: Instant,
         site: &'static Location<'static>,
     ) -> Option<Conn<M::Connection>> {
-        let popped = {
-            let mut slots = self.slots.lock();
-            if slots.is_closed() {
-                return None;
-            }
-            slots.pop_if(now, site, |conn| self.decide(conn, now) == Checkout::Lend)
-        };
-        if popped.is_some() {
-            Stats::bump(&self.stats.validations_skipped);
+        let mut slots = self.slots.lock();
+        if slots.is_closed() {
+            return None;
         }
-        popped
+        slots.pop_if(now, site, |conn| self.decide(conn, now) == Checkout::Lend)
     }
 
     /// The slow path of `Pool::get`, until `deadline`; `phase` says what
@@ -228,6 +226,7 @@ impl<M: Manager> Shared<M> {
         // What a woken waiter usually finds: the connection just returned.
         let now = Instant::now();
         if let Some(conn) = self.pop_warm(now, site) {
+            Stats::bump(&self.stats.validations_skipped);
             return Ok(permit.lend(conn, now));
         }
         // Otherwise a tokio timer, registered only if this phase waits (a
