@@ -1,7 +1,10 @@
 //! Random operation sequences against the pool core (fake manager, paused
 //! time), checking after every step what must always hold: capacity is
 //! conserved, nobody waits while a connection is idle, counts add up, and
-//! close wakes everyone.
+//! close wakes everyone. The operations move a capacity permit through
+//! every owner that carries one: a checkout, a lent guard (returned,
+//! retired, detached), a `Returning` task (dirty or failed rollback), a
+//! detached ping or connect, a keepalive.
 
 mod support;
 
@@ -25,6 +28,18 @@ enum Op {
     Retire,
     /// Take a guard and keep it in the test.
     Keep,
+    /// Take the oldest guard held by the test out of the pool for good: its
+    /// permit must come back although the connection never does.
+    Detach,
+    /// Return the oldest guard held by the test with a transaction open: a
+    /// `Returning` task owns connection and permit while it rolls back.
+    ReturnDirty,
+    /// Return the oldest guard held by the test with its session broken.
+    ReturnBroken,
+    /// Rollbacks on return fail / succeed.
+    Resets(bool),
+    /// `retire_all`: a new generation; what is lent now is closed on return.
+    RetireAll,
     /// The next connects fail / succeed again.
     Connects(bool),
     /// Pings fail / succeed.
@@ -39,6 +54,11 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Release),
         1 => Just(Op::Retire),
         2 => Just(Op::Keep),
+        1 => Just(Op::Detach),
+        1 => Just(Op::ReturnDirty),
+        1 => Just(Op::ReturnBroken),
+        1 => any::<bool>().prop_map(Op::Resets),
+        1 => Just(Op::RetireAll),
         1 => any::<bool>().prop_map(Op::Connects),
         1 => any::<bool>().prop_map(Op::Pings),
         3 => (0u64..1_500).prop_map(Op::Advance),
@@ -104,8 +124,21 @@ async fn run(ops: Vec<Op>) {
                 }
             }
             Op::Pings(ok) => fake.script.ping_fails.store(!ok, SeqCst),
+            Op::Detach if !kept.is_empty() => drop(Pooled::detach(kept.remove(0))),
+            Op::ReturnDirty if !kept.is_empty() => {
+                let mut conn = kept.remove(0);
+                conn.in_transaction = true;
+                drop(conn);
+            }
+            Op::ReturnBroken if !kept.is_empty() => {
+                let mut conn = kept.remove(0);
+                conn.broken = true;
+                drop(conn);
+            }
+            Op::Resets(ok) => fake.script.reset_fails.store(!ok, SeqCst),
+            Op::RetireAll => pool.retire_all(),
             Op::Advance(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
-            Op::Release | Op::Retire => {}
+            Op::Release | Op::Retire | Op::Detach | Op::ReturnDirty | Op::ReturnBroken => {}
         }
         tokio::task::yield_now().await;
         check_invariants(&pool, kept.len());
@@ -117,6 +150,7 @@ async fn run(ops: Vec<Op>) {
     }
     fake.script.heal_connects();
     fake.script.ping_fails.store(false, SeqCst);
+    fake.script.reset_fails.store(false, SeqCst);
     drop(kept);
     // The housekeeper may be replacing a retired connection at any instant;
     // a connect takes 5 ms, so activity must drain well within a second.
