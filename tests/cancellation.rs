@@ -223,3 +223,73 @@ async fn close_racing_a_get_at_each_await_point_ends_it_and_closes_everything() 
         );
     }
 }
+
+/// What a pool-owned task is doing when its runtime goes away.
+#[derive(Debug, Clone, Copy)]
+enum MidIo {
+    /// A `Returning` task rolling back a dirty return (the rollback hangs).
+    Reset,
+    /// A checkout's detached ping (`InFlight`).
+    Ping,
+    /// A checkout's detached connect (`Connecting`, and its permit).
+    Connect,
+}
+
+/// The owner types give back counts and capacity even when their task is
+/// dropped unfinished with the runtime: no phantom active or connecting
+/// connection, `created - closed == open`, and the state stays readable.
+#[test]
+fn a_runtime_dropped_mid_io_leaves_exact_counts() {
+    for mid in [MidIo::Reset, MidIo::Ping, MidIo::Connect] {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let fake = Fake::new();
+        let pool = rt.block_on(async {
+            let pool = pool(&fake);
+            match mid {
+                MidIo::Reset => {
+                    fake.script.reset_hangs.store(true, SeqCst);
+                    let mut conn = pool.get().await.unwrap();
+                    conn.in_transaction = true;
+                    drop(conn);
+                }
+                MidIo::Ping => {
+                    drop(pool.get().await.unwrap());
+                    tokio::time::sleep(Duration::from_secs(1)).await; // past the window
+                    *fake.script.ping_delay.lock().unwrap() = Duration::from_secs(1);
+                    tokio::spawn({
+                        let pool = pool.clone();
+                        async move { drop(pool.get().await) }
+                    });
+                }
+                MidIo::Connect => {
+                    fake.script.set_connect_delay(Duration::from_secs(1));
+                    tokio::spawn({
+                        let pool = pool.clone();
+                        async move { drop(pool.get().await) }
+                    });
+                }
+            }
+            tokio::time::sleep(20 * MS).await;
+            let s = pool.state();
+            assert_eq!(s.active + s.connecting, 1, "{mid:?}: mid-I/O: {s:?}");
+            pool
+        });
+        drop(rt);
+        let s = pool.state();
+        assert_eq!(
+            (s.active, s.connecting, s.pending),
+            (0, 0, 0),
+            "{mid:?}: nothing phantom after the runtime is gone: {s:?}"
+        );
+        assert_eq!(
+            s.created - s.closed.total(),
+            s.open as u64,
+            "{mid:?}: {s:?}"
+        );
+        drop(pool);
+    }
+}
