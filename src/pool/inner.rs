@@ -3,6 +3,18 @@
 //! cleaning, retirement) is in `returns.rs`, the housekeeper in
 //! `housekeeping.rs`, the RAII owners in `owners.rs`.
 //!
+//! Time: every instant is tokio's clock (`tokio::time::Instant`), so paused
+//! time in tests (the pool's own and its users') moves the pool's liveness
+//! rules too. A checkout reads it once (the fast path's decision, the
+//! guard's `lent_at`, the slow path's deadline all use that reading; the
+//! slow path reads again only after it waited), a return once (the usage
+//! histogram needs the precise figure, and `last_io` takes the same
+//! reading). A coarse clock (`CLOCK_MONOTONIC_COARSE`, ≈ 11 ns instead of
+//! ≈ 30 here, 4 ms resolution) would be fine for the liveness rules, which
+//! work at 100 ms to seconds, but it cannot follow tokio's paused clock and
+//! would leave the return's histogram without a precise reading anyway, so
+//! it would save one read's difference at the price of deterministic tests.
+//!
 //! Capacity is a semaphore with `max_size` permits. A permit is held by every
 //! connection that is lent out or held by the pool for I/O, and by every
 //! connect in flight; idle connections hold none. Waiters queue on the
@@ -370,17 +382,19 @@ impl<M: Manager> Shared<M> {
         site: &'static Location<'static>,
     ) -> Result<FromIdle<M>, Stop> {
         loop {
+            // One clock read per look: a ping below takes time, so the next
+            // connection is judged at a new `now`.
+            let now = Instant::now();
             let popped = {
                 let mut slots = self.slots.lock();
                 if slots.is_closed() {
                     return Err(Stop::Closed);
                 }
-                slots.pop(Instant::now(), site)
+                slots.pop(now, site)
             };
             let Some(mut conn) = popped else {
                 return Ok(FromIdle::Empty(permit));
             };
-            let now = Instant::now();
             match self.decide(&mut conn, now) {
                 Checkout::Lend => {
                     Stats::bump(&self.stats.validations_skipped);
