@@ -92,6 +92,11 @@ impl<M: Manager> Pooled<M> {
         Shared::make_idle(conn, permit);
     }
 
+    /// When the connection was lent (the checkout's last clock reading).
+    pub(crate) fn lent_at(this: &Self) -> Instant {
+        this.lent_at
+    }
+
     /// How long this guard has been held.
     pub fn held_for(this: &Self) -> Duration {
         this.lent_at.elapsed()

@@ -137,14 +137,29 @@ impl<M: Manager> Pool<M> {
         let mut phase = TimeoutPhase::WaitingForConnection;
         let deadline = started + shared.config.acquire_timeout;
         let result = shared.acquire(&mut phase, site, deadline).await;
-        shared.stats.acquire.observe(started.elapsed());
         match result {
-            Ok(conn) => Ok(conn),
-            Err(Stop::Closed) => Err(Error::Closed),
-            Err(Stop::Busy) => Err(Error::Busy {
+            // The guard's `lent_at` is the checkout's last clock reading.
+            Ok(conn) => {
+                let waited = Pooled::lent_at(&conn).saturating_duration_since(started);
+                shared.stats.acquire.observe(waited);
+                Ok(conn)
+            }
+            Err(stop) => {
+                shared.stats.acquire.observe(started.elapsed());
+                Err(self.explain(stop, phase, started))
+            }
+        }
+    }
+
+    /// The caller's error for why the slow path stopped.
+    fn explain(&self, stop: Stop, phase: TimeoutPhase, started: Instant) -> Error<M::Error> {
+        let shared = self.shared();
+        match stop {
+            Stop::Closed => Error::Closed,
+            Stop::Busy => Error::Busy {
                 max_waiters: shared.config.max_waiters.unwrap_or_default(),
-            }),
-            Err(Stop::TimedOut) => {
+            },
+            Stop::TimedOut => {
                 shared.stats.acquire_timeouts.fetch_add(1, Relaxed);
                 let (last_error, last_connect_timeout) = shared.last_connect_failure();
                 let waited = started.elapsed();
@@ -156,12 +171,12 @@ impl<M: Manager> Pool<M> {
                     ?last_connect_timeout,
                     "acquire timed out"
                 );
-                Err(Error::Timeout {
+                Error::Timeout {
                     phase,
                     waited,
                     last_error,
                     last_connect_timeout,
-                })
+                }
             }
         }
     }
