@@ -7,7 +7,8 @@
 //! the same timeout, so deadlines come in arrival order: the watchdog only
 //! ever sleeps until the oldest waiter's deadline, marks whoever is due as
 //! expired and wakes exactly those. A waiter's cost is a place in a queue
-//! (two short lock holds) and a waker kept up to date.
+//! and a short lock hold to join it, to leave it and at each poll (where
+//! its waker is kept up to date); nothing is allocated per waiter.
 //!
 //! Timeouts after the slot is taken (connect, validation, backoff) still use
 //! a tokio timer, registered only if that phase actually waits.
@@ -31,11 +32,13 @@ pub(crate) struct Deadlines {
 }
 
 /// Waiters in arrival order; entry `i` has id `base + i`. A waiter that left
-/// is `None` until everything before it has left too.
+/// is `None` until everything before it has left too. Everything a waiter
+/// shares with the watchdog lives here, under the one lock: no allocation
+/// per waiter beyond the queue's own (amortised) growth.
 #[derive(Default)]
 struct Queue {
     base: u64,
-    entries: VecDeque<Option<Arc<Cell>>>,
+    entries: VecDeque<Option<Cell>>,
     /// The watchdog found no deadline to wait for and waits for `changed`.
     /// Kept under the lock with the entries: a waiter that joins while
     /// expired ones are still queued (so the queue is not empty) must still
@@ -46,28 +49,33 @@ struct Queue {
 /// One waiter's deadline, as shared with the watchdog.
 struct Cell {
     deadline: Instant,
-    expired: AtomicBool,
-    waker: Mutex<Option<Waker>>,
+    expired: bool,
+    waker: Option<Waker>,
+}
+
+impl Queue {
+    fn cell(&mut self, id: u64) -> Option<&mut Cell> {
+        let i = usize::try_from(id.checked_sub(self.base)?).ok()?;
+        self.entries.get_mut(i)?.as_mut()
+    }
 }
 
 /// A waiter's place in the queue; leaves it on drop, however the wait ends.
 pub(crate) struct Ticket<'a> {
     deadlines: &'a Deadlines,
     id: u64,
-    cell: Arc<Cell>,
 }
 
 impl Deadlines {
     /// Joins the queue with `deadline`.
     pub(crate) fn enter(&self, deadline: Instant) -> Ticket<'_> {
-        let cell = Arc::new(Cell {
-            deadline,
-            expired: AtomicBool::new(false),
-            waker: Mutex::new(None),
-        });
         let (id, wake) = {
             let mut q = self.queue.lock();
-            q.entries.push_back(Some(Arc::clone(&cell)));
+            q.entries.push_back(Some(Cell {
+                deadline,
+                expired: false,
+                waker: None,
+            }));
             let wake = std::mem::take(&mut q.watchdog_idle);
             (q.base + q.entries.len() as u64 - 1, wake)
         };
@@ -77,7 +85,6 @@ impl Deadlines {
         Ticket {
             deadlines: self,
             id,
-            cell,
         }
     }
 
@@ -109,13 +116,13 @@ impl Deadlines {
         let next = {
             let mut q = self.queue.lock();
             let mut next = None;
-            for cell in q.entries.iter().flatten() {
-                if cell.expired.load(SeqCst) {
+            for cell in q.entries.iter_mut().flatten() {
+                if cell.expired {
                     continue;
                 }
                 if cell.deadline <= now {
-                    cell.expired.store(true, SeqCst);
-                    due.push(Arc::clone(cell));
+                    cell.expired = true;
+                    due.extend(cell.waker.take());
                 } else {
                     // Deadlines come in arrival order (give or take the
                     // moments between a caller's clock read and its entry):
@@ -128,14 +135,11 @@ impl Deadlines {
             next
         };
         // Woken outside the lock: a waker may run code of its own.
-        for cell in due {
-            if let Some(waker) = cell.waker.lock().take() {
-                waker.wake();
-            }
+        for waker in due {
+            waker.wake();
         }
         next
     }
-
     /// The watchdog: sleeps until the oldest waiter's deadline, expires who
     /// is due, repeats; parks while nobody waits. Ends when the pool closes.
     pub(crate) async fn watch(self: Arc<Self>) {
@@ -165,21 +169,22 @@ impl Deadlines {
 
 impl Ticket<'_> {
     /// Whether this waiter's deadline has passed; if not, `cx`'s waker is
-    /// kept to be woken when it does.
+    /// kept to be woken when it does. The flag and the waker are read and
+    /// set under the queue's lock, where the watchdog sets and takes them,
+    /// so no wake-up falls between the two.
     pub(crate) fn expired(&self, cx: &mut Context<'_>) -> bool {
-        if self.cell.expired.load(SeqCst) {
+        let mut q = self.deadlines.queue.lock();
+        let Some(cell) = q.cell(self.id) else {
+            return false;
+        };
+        if cell.expired {
             return true;
         }
-        {
-            let mut waker = self.cell.waker.lock();
-            match &*waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                _ => *waker = Some(cx.waker().clone()),
-            }
+        match &cell.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => cell.waker = Some(cx.waker().clone()),
         }
-        // Checked again after the waker is in place: the watchdog sets the
-        // flag before it takes the waker, so one of the two sees the other.
-        self.cell.expired.load(SeqCst)
+        false
     }
 }
 
