@@ -76,6 +76,9 @@ use common::{env_list, runtime, target_dir};
 #[path = "support/drivers.rs"]
 mod drivers;
 use drivers::{Driver, PeerManager, TpConn};
+#[path = "support/servers.rs"]
+mod servers;
+use servers::{mysql_url, pg_url, Server};
 
 const POOL_SIZE: usize = 8;
 const TASKS: usize = 8;
@@ -131,31 +134,6 @@ enum Workload {
 }
 
 // ------------------------------------------------------------------ servers
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Server {
-    Pg,
-    Maria,
-}
-
-impl Server {
-    fn name(self) -> &'static str {
-        match self {
-            Server::Pg => "pg",
-            Server::Maria => "mariadb",
-        }
-    }
-}
-
-fn pg_url() -> String {
-    std::env::var("VIGIL_BENCH_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-fn mysql_url() -> String {
-    std::env::var("VIGIL_BENCH_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
-}
 
 /// The real server's address, for the proxy.
 fn upstream(server: Server) -> String {

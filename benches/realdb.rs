@@ -60,6 +60,9 @@ use common::{env_list, env_or, runtime, target_dir, WORKERS};
 #[path = "support/drivers.rs"]
 mod drivers;
 use drivers::{Driver, PeerManager, TpConn};
+#[path = "support/servers.rs"]
+mod servers;
+use servers::{mysql_url, pg_url, Server};
 
 const POOL_SIZE: usize = 16;
 const TASKS: usize = 64;
@@ -69,32 +72,10 @@ const QUERY_DEADLINE: Duration = Duration::from_secs(30);
 
 // ------------------------------------------------------------------ servers
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Server {
-    Pg,
-    Maria,
-}
-
-impl Server {
-    fn name(self) -> &'static str {
-        match self {
-            Server::Pg => "pg",
-            Server::Maria => "mariadb",
-        }
-    }
-}
-
 fn pg_options() -> PgConnectOptions {
-    let url = std::env::var("VIGIL_BENCH_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    PgConnectOptions::from_str(&url)
+    PgConnectOptions::from_str(&pg_url())
         .expect("VIGIL_BENCH_PG_URL parses")
         .ssl_mode(PgSslMode::Disable)
-}
-
-fn mysql_url() -> String {
-    std::env::var("VIGIL_BENCH_MYSQL_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
 }
 
 /// mysql_async options: TCP only (no switch to the Unix socket).
@@ -116,9 +97,7 @@ fn sqlx_mysql_options() -> MySqlConnectOptions {
 
 /// tokio-postgres options for the PostgreSQL server (plain TCP).
 fn tp_config() -> tokio_postgres::Config {
-    let url = std::env::var("VIGIL_BENCH_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    url.parse().expect("VIGIL_BENCH_PG_URL parses")
+    pg_url().parse().expect("VIGIL_BENCH_PG_URL parses")
 }
 
 // ------------------------------------------------------------------ the pools, one interface
