@@ -25,227 +25,33 @@
 //!
 //! Settings: every pool is sized 8 and pre-warmed (8 connections open before
 //! anything is measured, so connect is never on the measured path); apart
-//! from that each keeps its defaults, written down at its builder below.
+//! from that each keeps its defaults, written down at its builder in
+//! `benches/support/core_pools.rs` (with the no-op manager); the tables and
+//! JSON are in `benches/support/core_report.rs`.
 
-use std::future::Future;
 use std::hint::black_box;
-use std::io;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{Criterion, Throughput};
 use hdrhistogram::Histogram;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::runtime::Runtime;
 
 #[path = "support/common.rs"]
 mod common;
 use common::{env_or, runtime, target_dir, WORKERS};
+#[path = "support/core_pools.rs"]
+mod core_pools;
+use core_pools::{BenchPool, Noop};
+#[path = "support/core_report.rs"]
+mod core_report;
+use core_report::{criterion_dir, print_contended, print_metrics, print_uncontended};
 
 const POOL_SIZE: usize = 8;
 const TASK_COUNTS: [usize; 3] = [16, 256, 1024];
 const SCRAPE_EVERY: Duration = Duration::from_millis(10);
-
-// ------------------------------------------------------------------ no-op manager
-
-/// The connection every pool lends: a word of memory, nothing behind it.
-#[derive(Debug)]
-struct Conn(u64);
-
-/// Connect and validate are instant and never fail; implemented for every pool.
-#[derive(Debug, Clone, Copy)]
-struct Noop;
-
-impl vigil::Manager for Noop {
-    type Connection = Conn;
-    type Error = io::Error;
-
-    async fn connect(&self) -> Result<Conn, io::Error> {
-        Ok(Conn(0))
-    }
-
-    async fn is_valid(&self, _: &mut Conn) -> Result<(), io::Error> {
-        Ok(())
-    }
-}
-
-impl bb8::ManageConnection for Noop {
-    type Connection = Conn;
-    type Error = io::Error;
-
-    async fn connect(&self) -> Result<Conn, io::Error> {
-        Ok(Conn(0))
-    }
-
-    async fn is_valid(&self, _: &mut Conn) -> Result<(), io::Error> {
-        Ok(())
-    }
-
-    fn has_broken(&self, _: &mut Conn) -> bool {
-        false
-    }
-}
-
-impl deadpool::managed::Manager for Noop {
-    type Type = Conn;
-    type Error = io::Error;
-
-    async fn create(&self) -> Result<Conn, io::Error> {
-        Ok(Conn(0))
-    }
-
-    async fn recycle(
-        &self,
-        _: &mut Conn,
-        _: &deadpool::managed::Metrics,
-    ) -> deadpool::managed::RecycleResult<io::Error> {
-        Ok(())
-    }
-}
-
-#[mobc::async_trait]
-impl mobc::Manager for Noop {
-    type Connection = Conn;
-    type Error = io::Error;
-
-    async fn connect(&self) -> Result<Conn, io::Error> {
-        Ok(Conn(0))
-    }
-
-    async fn check(&self, conn: Conn) -> Result<Conn, io::Error> {
-        Ok(conn)
-    }
-}
-
-impl r2d2::ManageConnection for Noop {
-    type Connection = Conn;
-    type Error = io::Error;
-
-    fn connect(&self) -> Result<Conn, io::Error> {
-        Ok(Conn(0))
-    }
-
-    fn is_valid(&self, _: &mut Conn) -> Result<(), io::Error> {
-        Ok(())
-    }
-
-    fn has_broken(&self, _: &mut Conn) -> bool {
-        false
-    }
-}
-
-// ------------------------------------------------------------------ the async pools
-
-/// One async pool, seen the same way by every workload.
-trait BenchPool: Clone + Send + Sync + 'static {
-    const NAME: &'static str;
-    /// Derefs to the connection, as every pool's guard does.
-    type Guard<'a>: Send + std::ops::Deref<Target = Conn>
-    where
-        Self: 'a;
-    /// Builds the pool (size 8) and opens its 8 connections.
-    fn warm() -> impl Future<Output = Self> + Send;
-    fn checkout(&self) -> impl Future<Output = Self::Guard<'_>> + Send;
-}
-
-/// Holds `POOL_SIZE` guards at once, so the pool opens every connection now,
-/// then gives them back and lets pools that return in a task settle.
-async fn prewarm<P: BenchPool>(pool: &P) {
-    let mut held = Vec::with_capacity(POOL_SIZE);
-    for _ in 0..POOL_SIZE {
-        held.push(pool.checkout().await);
-    }
-    drop(held);
-    tokio::time::sleep(Duration::from_millis(20)).await;
-}
-
-impl BenchPool for vigil::Pool<Noop> {
-    const NAME: &'static str = "vigil";
-    type Guard<'a> = vigil::Pooled<Noop>;
-
-    async fn warm() -> Self {
-        // Defaults: validation `IdleFor(500 ms)` (a ping only for a connection
-        // silent that long: never here), acquire_timeout 30 s, FIFO waiters,
-        // histograms and counters always recorded.
-        let pool = vigil::Pool::builder(Noop)
-            .max_size(POOL_SIZE)
-            .build()
-            .expect("valid settings");
-        prewarm(&pool).await;
-        assert_eq!(pool.state().idle, POOL_SIZE, "vigil pre-warmed");
-        pool
-    }
-
-    async fn checkout(&self) -> vigil::Pooled<Noop> {
-        self.get().await.expect("vigil get")
-    }
-}
-
-impl BenchPool for bb8::Pool<Noop> {
-    const NAME: &'static str = "bb8";
-    type Guard<'a> = bb8::PooledConnection<'a, Noop>;
-
-    async fn warm() -> Self {
-        // Defaults: test_on_check_out = true (one `is_valid` call per
-        // checkout: an instant no-op here), FIFO queue, connection_timeout 30 s.
-        let pool = bb8::Pool::builder()
-            .max_size(POOL_SIZE as u32)
-            .build(Noop)
-            .await
-            .expect("bb8 build");
-        prewarm(&pool).await;
-        pool
-    }
-
-    async fn checkout(&self) -> bb8::PooledConnection<'_, Noop> {
-        self.get().await.expect("bb8 get")
-    }
-}
-
-impl BenchPool for deadpool::managed::Pool<Noop> {
-    const NAME: &'static str = "deadpool";
-    type Guard<'a> = deadpool::managed::Object<Noop>;
-
-    async fn warm() -> Self {
-        // Defaults: no timeouts, FIFO queue; `recycle` (our no-op) runs on
-        // every checkout of an existing object.
-        let pool = deadpool::managed::Pool::builder(Noop)
-            .max_size(POOL_SIZE)
-            .build()
-            .expect("deadpool build");
-        prewarm(&pool).await;
-        pool
-    }
-
-    async fn checkout(&self) -> deadpool::managed::Object<Noop> {
-        self.get().await.expect("deadpool get")
-    }
-}
-
-impl BenchPool for mobc::Pool<Noop> {
-    const NAME: &'static str = "mobc";
-    type Guard<'a> = mobc::Connection<Noop>;
-
-    async fn warm() -> Self {
-        // Defaults: test_on_check_out = true with no health_check_interval
-        // (`check` on every checkout of a used connection: a no-op here),
-        // get_timeout 30 s; a dropped connection goes back through a spawned
-        // task. One change: max_idle 8 (default 2), or the pool could not
-        // keep its 8 connections and would reconnect inside the measurement.
-        let pool = mobc::Pool::builder()
-            .max_open(POOL_SIZE as u64)
-            .max_idle(POOL_SIZE as u64)
-            .build(Noop);
-        prewarm(&pool).await;
-        pool
-    }
-
-    async fn checkout(&self) -> mobc::Connection<Noop> {
-        self.get().await.expect("mobc get")
-    }
-}
 
 // ------------------------------------------------------------------ uncontended
 
@@ -464,141 +270,6 @@ fn contended(cycles: u64, runs: usize, filter: &Filter) -> Vec<Cell> {
         }
     }
     cells
-}
-
-fn print_contended(cells: &[Cell], cycles: u64, runs: usize) -> Vec<Value> {
-    println!();
-    println!(
-        "contended: {WORKERS} workers, pool {POOL_SIZE}, get / yield_now / drop, \
-         {cycles} cycles x {runs} runs; cycles/s = median run, waits over all runs"
-    );
-    println!(
-        "{:<9} {:>6} {:>13} {:>10} {:>10} {:>10} {:>13} {:>12}",
-        "pool", "tasks", "cycles/s", "p50 us", "p99 us", "max us", "vigil x thru", "p99/vigil"
-    );
-    let mut out = Vec::new();
-    for cell in cells {
-        let vigil = cells
-            .iter()
-            .find(|c| c.pool == "vigil" && c.tasks == cell.tasks);
-        let thru = cell.median();
-        let (p50, p99, max) = (cell.micros(0.5), cell.micros(0.99), cell.micros(1.0));
-        // NaN (printed and written as such / null) when vigil was filtered out.
-        let vigil_x = vigil.map_or(f64::NAN, |v| v.median() / thru);
-        let p99_ratio = vigil.map_or(f64::NAN, |v| p99 / v.micros(0.99));
-        println!(
-            "{:<9} {:>6} {:>13.0} {:>10.1} {:>10.1} {:>10.1} {:>13.2} {:>12.2}",
-            cell.pool, cell.tasks, thru, p50, p99, max, vigil_x, p99_ratio
-        );
-        out.push(json!({
-            "pool": cell.pool,
-            "tasks": cell.tasks,
-            "cycles_per_sec": thru,
-            "runs_cycles_per_sec": cell.runs,
-            "wait_p50_us": p50,
-            "wait_p99_us": p99,
-            "wait_max_us": max,
-            "vigil_throughput_over_pool": vigil_x,
-            "pool_p99_over_vigil_p99": p99_ratio,
-        }));
-    }
-    println!("(vigil x thru = vigil cycles/s / this pool's; p99/vigil = this pool's p99 / vigil's: > 1 favours vigil)");
-    for &tasks in &TASK_COUNTS {
-        let row = |name: &str| cells.iter().find(|c| c.pool == name && c.tasks == tasks);
-        let (Some(vigil), Some(deadpool)) = (row("vigil"), row("deadpool")) else {
-            continue;
-        };
-        let Some(best) = cells
-            .iter()
-            .filter(|c| c.tasks == tasks && c.pool != "vigil")
-            .max_by(|a, b| a.median().total_cmp(&b.median()))
-        else {
-            continue;
-        };
-        println!(
-            "{tasks:>5} tasks: vigil {:.2}x the best peer ({}) [target >= 1.5]; \
-             p99 {:.1} us vs deadpool {:.1} us [target <=]",
-            vigil.median() / best.median(),
-            best.pool,
-            vigil.micros(0.99),
-            deadpool.micros(0.99),
-        );
-    }
-    out
-}
-
-// ------------------------------------------------------------------ reading criterion's results
-
-fn criterion_dir() -> PathBuf {
-    std::env::var_os("CRITERION_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| target_dir().join("criterion"))
-}
-
-/// The ns per cycle criterion reported (slope when it fitted one, as it
-/// prints), if the bench ran in this process.
-fn estimate(group: &str, bench: &str, since: SystemTime) -> Option<f64> {
-    let path = criterion_dir()
-        .join(group)
-        .join(bench)
-        .join("new/estimates.json");
-    let fresh = std::fs::metadata(&path).ok()?.modified().ok()? >= since;
-    if !fresh {
-        return None;
-    }
-    let v: Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
-    v["slope"]["point_estimate"]
-        .as_f64()
-        .or_else(|| v["mean"]["point_estimate"].as_f64())
-}
-
-fn print_uncontended(since: SystemTime) -> Vec<Value> {
-    let names = ["vigil", "bb8", "deadpool", "mobc", "r2d2"];
-    let Some(vigil) = estimate("uncontended", "vigil", since) else {
-        return Vec::new();
-    };
-    println!();
-    println!("uncontended: 1 task, get + drop, pool {POOL_SIZE}, pre-warmed");
-    println!("{:<9} {:>10} {:>15}", "pool", "ns/cycle", "pool / vigil");
-    let mut out = Vec::new();
-    for name in names {
-        let Some(ns) = estimate("uncontended", name, since) else {
-            continue;
-        };
-        println!("{name:<9} {ns:>10.1} {:>15.2}", ns / vigil);
-        out.push(json!({ "pool": name, "ns_per_cycle": ns, "pool_over_vigil": ns / vigil }));
-    }
-    let fastest_peer = out
-        .iter()
-        .filter(|v| v["pool"] != "vigil")
-        .filter_map(|v| v["ns_per_cycle"].as_f64())
-        .fold(f64::INFINITY, f64::min);
-    println!(
-        "vigil / fastest peer: {:.2} [target <= 0.5]",
-        vigil / fastest_peer
-    );
-    out
-}
-
-fn print_metrics(since: SystemTime, scrapes: u64) -> Value {
-    let (Some(plain), Some(scraped)) = (
-        estimate("metrics_overhead", "plain", since),
-        estimate("metrics_overhead", "scraped_every_10ms", since),
-    ) else {
-        return Value::Null;
-    };
-    println!();
-    println!(
-        "metrics_overhead: plain {plain:.1} ns, scraped every 10 ms {scraped:.1} ns, \
-         ratio {:.3} ({scrapes} scrapes)",
-        scraped / plain
-    );
-    json!({
-        "plain_ns_per_cycle": plain,
-        "scraped_ns_per_cycle": scraped,
-        "scraped_over_plain": scraped / plain,
-        "scrapes": scrapes,
-    })
 }
 
 // ------------------------------------------------------------------ main
