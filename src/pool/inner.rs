@@ -242,10 +242,16 @@ impl<M: Manager> Shared<M> {
             return Ok(permit.lend(conn, now));
         }
         // Otherwise a tokio timer, registered only if this phase waits (a
-        // ping, a connect, a backoff).
-        tokio::time::timeout_at(deadline, self.lend_on(permit, phase, site))
-            .await
-            .unwrap_or(Err(Stop::TimedOut))
+        // ping, a connect, a backoff). Boxed: this rarer path's state (the
+        // timer, a detached ping's or connect's channel, the backoff) is most
+        // of the checkout's future, which every `get()` would otherwise move
+        // around at its full size (a kilobyte) before its first poll.
+        Box::pin(tokio::time::timeout_at(
+            deadline,
+            self.lend_on(permit, phase, site),
+        ))
+        .await
+        .unwrap_or(Err(Stop::TimedOut))
     }
 
     /// With a slot in hand: an idle connection that passes, or a new one.
