@@ -14,10 +14,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use servers::PrivatePg;
+use mysql_async::prelude::Queryable;
+use servers::{PrivateMaria, PrivatePg};
 use tokio_postgres::NoTls;
+use vigil::backend::mysql::MySqlManager;
+use vigil::backend::sqlx::PgManager;
 use vigil::backend::tokio_postgres::TokioPgManager;
-use vigil::{Pool, Reason};
+use vigil::{Manager, Pool, Reason};
 
 const SECRET: &str = "tls-secret-pw";
 
@@ -144,9 +147,14 @@ fn manager(url: &str) -> TokioPgManager {
 /// `Builder::connect` must fail within `connect_timeout` (+ slack), with an
 /// error saying `expect`, without the password.
 async fn fails_clearly(url: &str, expect: &str) {
+    fails_clearly_with(manager(url), expect).await;
+}
+
+async fn fails_clearly_with<M: Manager>(manager: M, expect: &str) {
     let started = Instant::now();
-    let err = Pool::builder(manager(url))
+    let err = Pool::builder(manager)
         .acquire_timeout(Duration::from_secs(5))
+        .connect_timeout(Duration::from_secs(3))
         .connect()
         .await
         .expect_err("the connect must fail");
@@ -431,4 +439,133 @@ async fn inside_tls_the_watch_sees_each_transaction_status() {
         .map(|s| s.trim().to_owned())
         .collect();
     assert_eq!(seen, expected, "the server's statement log");
+}
+
+/// The sqlx backend reads libpq's parameters itself (sqlx's own parser):
+/// with the `tls` feature, the same URLs mean the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sqlx_backend_speaks_tls_with_the_same_url_parameters() {
+    let (pg, dir) = tls_server(&[]);
+    let good = dir.join("good.crt");
+    let bad = dir.join("bad.crt");
+    let sqlx_url = |host: &str, ca: &Path| {
+        format!(
+            "postgres://postgres:{SECRET}@{host}:{}/postgres?sslmode=verify-full&sslrootcert={}",
+            pg.port(),
+            ca.display()
+        )
+    };
+    let m = PgManager::from_url(&sqlx_url("localhost", &good)).expect("a well-formed URL");
+    let pool = Pool::builder(m)
+        .connect()
+        .await
+        .expect("verify-full connects");
+    let mut conn = pool.get().await.expect("get");
+    let (ssl,): (bool,) =
+        sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("pg_stat_ssl");
+    assert!(ssl, "the server says the session is encrypted");
+    drop(conn);
+    pool.close().await;
+    fails_clearly_with(
+        PgManager::from_url(&sqlx_url("localhost", &bad)).expect("a well-formed URL"),
+        "UnknownIssuer",
+    )
+    .await;
+    fails_clearly_with(
+        PgManager::from_url(&sqlx_url("127.0.0.1", &good)).expect("a well-formed URL"),
+        "not valid for name",
+    )
+    .await;
+}
+
+/// A private MariaDB with `ssl_cert`/`ssl_key`/`ssl_ca`: the MySQL
+/// client's `ssl-mode` and `ssl-ca` mean what they mean there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_ssl_modes_against_a_tls_server() {
+    let maria = PrivateMaria::start_with(|dir| {
+        make_ca_and_server(dir, "good");
+        make_ca_and_server(dir, "bad");
+        vec![
+            format!("--ssl-cert={}", dir.join("good-server.crt").display()),
+            format!("--ssl-key={}", dir.join("good-server.key").display()),
+            format!("--ssl-ca={}", dir.join("good.crt").display()),
+        ]
+    });
+    let dir = maria.dir().to_path_buf();
+    let port = maria.port();
+    let my_url = |host: &str, params: &str| {
+        format!("mysql://root:{SECRET}@{host}:{port}/mysql?prefer_socket=false&{params}")
+    };
+    // The private server's root has no password: connect as root without one.
+    let my_url =
+        |host: &str, params: &str| my_url(host, params).replace(&format!(":{SECRET}@"), "@");
+    let good = dir.join("good.crt");
+    let bad = dir.join("bad.crt");
+    let m = MySqlManager::from_url(&my_url(
+        "localhost",
+        &format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={}", good.display()),
+    ))
+    .expect("a well-formed URL");
+    let pool = Pool::builder(m)
+        .connect()
+        .await
+        .expect("VERIFY_IDENTITY connects");
+    let mut conn = pool.get().await.expect("get");
+    let cipher: Option<(String, String)> = conn
+        .query_first("SHOW SESSION STATUS LIKE 'Ssl_cipher'")
+        .await
+        .expect("Ssl_cipher");
+    let cipher = cipher.expect("a row").1;
+    assert!(
+        !cipher.is_empty(),
+        "the server says the session is encrypted"
+    );
+    drop(conn);
+    pool.close().await;
+    // VERIFY_CA is refused with the reason (mysql_async cannot check the
+    // CA without the name), naming what to use instead.
+    let err = MySqlManager::from_url(&my_url(
+        "127.0.0.1",
+        &format!("ssl-mode=VERIFY_CA&ssl-ca={}", good.display()),
+    ))
+    .expect_err("VERIFY_CA is refused");
+    assert!(err.to_string().contains("VERIFY_IDENTITY"), "{err}");
+    // VERIFY_IDENTITY checks the name: 127.0.0.1 is not in the certificate.
+    fails_clearly_with(
+        MySqlManager::from_url(&my_url(
+            "127.0.0.1",
+            &format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={}", good.display()),
+        ))
+        .expect("a well-formed URL"),
+        "not valid for name",
+    )
+    .await;
+    fails_clearly_with(
+        MySqlManager::from_url(&my_url(
+            "localhost",
+            &format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={}", bad.display()),
+        ))
+        .expect("a well-formed URL"),
+        "UnknownIssuer",
+    )
+    .await;
+    // REQUIRED against the shared server, which has TLS off.
+    fails_clearly_with(
+        MySqlManager::from_url(&format!(
+            "mysql://root:{SECRET}@127.0.0.1:3306/test?prefer_socket=false&ssl-mode=REQUIRED"
+        ))
+        .expect("a well-formed URL"),
+        "server does not have this capability",
+    )
+    .await;
+    // PREFERRED is refused with a reason, the password not in it.
+    let err = MySqlManager::from_url(&format!(
+        "mysql://root:{SECRET}@127.0.0.1:3306/test?ssl-mode=PREFERRED"
+    ))
+    .expect_err("PREFERRED is not supported");
+    assert!(err.to_string().contains("PREFERRED"), "{err}");
+    assert!(!err.to_string().contains(SECRET), "{err}");
 }

@@ -96,7 +96,7 @@ use tokio_postgres::config::{Host, LoadBalanceHosts, TargetSessionAttrs};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
 
-use super::{pg_duration, redact_password, InvalidUrl};
+use super::{percent_decode, pg_duration, redact_password, InvalidUrl};
 
 mod tls;
 use crate::manager::{BrokenDetection, Manager, ServerTimeouts};
@@ -607,31 +607,6 @@ fn take_tls_params(conn: &str) -> (String, TlsParams) {
         })
         .collect();
     (kept.join(" "), params)
-}
-
-/// `%2F` and friends, as a URL's query carries a path.
-fn percent_decode(value: &str) -> String {
-    let bytes = value.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16);
-        match (
-            bytes[i],
-            bytes.get(i + 1).copied(),
-            bytes.get(i + 2).copied(),
-        ) {
-            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
-                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
-                i += 3;
-            }
-            (b, _, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Why one host gave no session.

@@ -236,11 +236,21 @@ pub struct PrivateMaria {
     dir: PathBuf,
     port: u16,
     child: Mutex<Option<Child>>,
+    /// Server options beyond the defaults (`--name=value`).
+    options: Vec<String>,
 }
 
 impl PrivateMaria {
     /// mariadb-install-db + start; blocking (a few seconds).
     pub fn start() -> PrivateMaria {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// As [`start`](Self::start), with server options (`--name=value`) that
+    /// `options` returns given the instance's directory (for files the
+    /// server must read, such as a TLS key).
+    #[allow(dead_code)] // the TLS tests' (this file is shared with them)
+    pub fn start_with(options: impl FnOnce(&Path) -> Vec<String>) -> PrivateMaria {
         let dir = scratch_dir("maria");
         run(
             Command::new(MARIADB_INSTALL)
@@ -254,10 +264,12 @@ impl PrivateMaria {
                 .stdin(Stdio::null()),
             "mariadb-install-db for the private MariaDB",
         );
+        let options = options(&dir);
         let maria = PrivateMaria {
             dir,
             port: free_port(),
             child: Mutex::new(None),
+            options,
         };
         maria.start_again();
         maria
@@ -265,6 +277,12 @@ impl PrivateMaria {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The instance's directory.
+    #[allow(dead_code)] // the TLS tests'
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Starts the (stopped) server and waits until it accepts connections.
@@ -285,6 +303,7 @@ impl PrivateMaria {
                 "--innodb-buffer-pool-size=32M",
                 "--max-connections=300",
             ])
+            .args(&self.options)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
