@@ -67,8 +67,14 @@
 //! Multiple hosts
 //! (`host=a,b` or `postgres://a:5432,b:5433/db`) and
 //! `target_session_attrs=read-write` are the driver's own and work as
-//! documented there. TLS is not wired in yet: connections are plain TCP or
-//! a Unix socket, and `sslmode=require` fails to connect.
+//! documented there.
+//!
+//! TLS (feature `tls`): vigil asks for it and does the handshake itself, so
+//! the watch reads the session inside TLS and detects everything above
+//! over an encrypted session too. [`TokioPgManager::from_url`] reads libpq's
+//! `sslmode` (default `prefer`), `sslrootcert`, `sslcert` and `sslkey`; see
+//! [`SslMode`] for what each mode checks. Not over a Unix socket (as with
+//! libpq), and not yet with `hostaddr` or `load_balance_hosts=random`.
 //!
 //! `Debug` prints hosts, ports, user, database and application name, never
 //! the password.
