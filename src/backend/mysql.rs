@@ -49,7 +49,7 @@ use tokio::time::Instant;
 
 use mysql_async::consts::StatusFlags;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder};
+use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
 
 use crate::manager::{Manager, ServerTimeouts};
 
@@ -185,7 +185,13 @@ impl MySqlManager {
     /// # Ok::<(), mysql_async::UrlError>(())
     /// ```
     pub fn from_url(url: &str) -> Result<Self, mysql_async::UrlError> {
-        Opts::from_url(url).map(MySqlManager::new)
+        let (rest, ssl_mode, ssl_ca) = take_ssl_params(url);
+        let opts = Opts::from_url(&rest)?;
+        let opts = match ssl_mode {
+            None if ssl_ca.is_none() => opts,
+            mode => with_ssl_mode(opts, mode.as_deref(), ssl_ca)?,
+        };
+        Ok(MySqlManager::new(opts))
     }
 
     /// The options every connection is opened with.
@@ -221,6 +227,99 @@ impl fmt::Debug for MySqlManager {
             .field("password", &o.pass().map(|_| "<redacted>"))
             .finish_non_exhaustive()
     }
+}
+
+/// Takes the MySQL client's TLS options out of a URL's query (`ssl-mode`
+/// and `ssl-ca`, also spelled with `_`), leaving the rest to mysql_async,
+/// which reads its own (`require_ssl`, `verify_ca`, `verify_identity`,
+/// `built_in_roots`).
+fn take_ssl_params(url: &str) -> (String, Option<String>, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None, None);
+    };
+    let (mut mode, mut ca) = (None, None);
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "ssl-mode" | "ssl_mode" => mode = Some(value.to_ascii_uppercase()),
+                "ssl-ca" | "ssl_ca" => ca = Some(super::percent_decode(value)),
+                _ => return true,
+            }
+            false
+        })
+        .collect();
+    let rest = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (rest, mode, ca)
+}
+
+/// `ssl-mode` as the MySQL client means it: `DISABLED`, `REQUIRED`
+/// (encrypted, the certificate not checked) and `VERIFY_IDENTITY` (signed
+/// by the CA in `ssl-ca` and issued for the host). `PREFERRED` is refused:
+/// mysql_async either requires TLS or does not use it; so is `VERIFY_CA`
+/// (and `REQUIRED` with `ssl-ca`, which means the same to the MySQL
+/// client), which mysql_async 0.37 cannot do with rustls 0.23.
+fn with_ssl_mode(
+    opts: Opts,
+    mode: Option<&str>,
+    ca: Option<String>,
+) -> Result<Opts, mysql_async::UrlError> {
+    let invalid = |value: &str| mysql_async::UrlError::InvalidParamValue {
+        param: "ssl-mode".into(),
+        value: format!(
+            "{value} (expected DISABLED, REQUIRED, VERIFY_CA or VERIFY_IDENTITY; \
+             PREFERRED is not supported by mysql_async)"
+        ),
+    };
+    let mode = mode.unwrap_or(if ca.is_some() {
+        "VERIFY_CA"
+    } else {
+        "REQUIRED"
+    });
+    let (check_ca, check_name) = match mode {
+        "DISABLED" => return Ok(OptsBuilder::from_opts(opts).ssl_opts(None).into()),
+        "REQUIRED" if ca.is_none() => (false, false),
+        // mysql_async 0.37 skips the name check by looking for
+        // "NotValidForName" in rustls' error message, which rustls 0.23 no
+        // longer writes: the CA cannot be checked without the name.
+        "REQUIRED" | "VERIFY_CA" => {
+            return Err(mysql_async::UrlError::InvalidParamValue {
+                param: "ssl-mode".into(),
+                value: format!(
+                    "{mode} with ssl-ca: mysql_async cannot check the CA without also \
+                     checking the host name; use ssl-mode=VERIFY_IDENTITY (the host as \
+                     named in the server's certificate), or REQUIRED without ssl-ca"
+                ),
+            })
+        }
+        "VERIFY_IDENTITY" => (true, true),
+        other => return Err(invalid(other)),
+    };
+    if !cfg!(feature = "tls") {
+        return Err(mysql_async::UrlError::FeatureRequired {
+            feature: "tls (vigil's)".into(),
+            param: format!("ssl-mode={mode}"),
+        });
+    }
+    let mut ssl = SslOpts::default()
+        .with_danger_accept_invalid_certs(!check_ca)
+        .with_danger_skip_domain_validation(!check_name);
+    if let Some(ca) = ca {
+        ssl = ssl
+            .with_root_certs(vec![std::path::PathBuf::from(ca).into()])
+            .with_disable_built_in_roots(true);
+    } else if check_ca {
+        return Err(mysql_async::UrlError::InvalidParamValue {
+            param: "ssl-mode".into(),
+            value: format!("{mode} needs ssl-ca=<PEM file of the CA>"),
+        });
+    }
+    Ok(OptsBuilder::from_opts(opts).ssl_opts(ssl).into())
 }
 
 /// Is the session inside a transaction, as far as the last reply tells?

@@ -67,8 +67,14 @@
 //! Multiple hosts
 //! (`host=a,b` or `postgres://a:5432,b:5433/db`) and
 //! `target_session_attrs=read-write` are the driver's own and work as
-//! documented there. TLS is not wired in yet: connections are plain TCP or
-//! a Unix socket, and `sslmode=require` fails to connect.
+//! documented there.
+//!
+//! TLS (feature `tls`): vigil asks for it and does the handshake itself, so
+//! the watch reads the session inside TLS and detects everything above
+//! over an encrypted session too. [`TokioPgManager::from_url`] reads libpq's
+//! `sslmode` (default `prefer`), `sslrootcert`, `sslcert` and `sslkey`; see
+//! [`SslMode`] for what each mode checks. Not over a Unix socket (as with
+//! libpq), and not yet with `hostaddr` or `load_balance_hosts=random`.
 //!
 //! `Debug` prints hosts, ports, user, database and application name, never
 //! the password.
@@ -96,8 +102,12 @@ use tokio_postgres::config::{Host, LoadBalanceHosts, TargetSessionAttrs};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
 
-use super::{pg_duration, redact_password, InvalidUrl};
+use super::{percent_decode, pg_duration, redact_password, InvalidUrl};
+
+mod tls;
 use crate::manager::{BrokenDetection, Manager, ServerTimeouts};
+use tls::MaybeTls;
+pub use tls::{PgTls, SslMode};
 
 /// Tracing target of this backend.
 const TARGET: &str = "vigil::tokio_postgres";
@@ -122,7 +132,10 @@ const DRIVER_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
 /// ```
 #[derive(Clone)]
 pub struct TokioPgManager {
+    /// The driver's options, its `ssl_mode` always `disable`: vigil
+    /// negotiates TLS itself (`tls`), so the watch sits inside it.
     config: Config,
+    tls: PgTls,
     /// The server timeouts a recent session found, shared by clones.
     learned: Arc<Mutex<Option<(Instant, ServerTimeouts)>>>,
 }
@@ -137,7 +150,15 @@ impl TokioPgManager {
     /// A manager that opens connections with `config`, plus the connect
     /// timeout and TCP keepalives of the [module docs](self) where `config`
     /// leaves them at the driver's defaults.
+    ///
+    /// TLS as the driver does it without a TLS connector: its default
+    /// `ssl_mode` (`prefer`) connects in plain text, `require` gets TLS
+    /// without a certificate check (with the `tls` feature; without it the
+    /// connect fails saying so). [`with_tls`](Self::with_tls) says more;
+    /// [`from_url`](Self::from_url) reads libpq's parameters.
     pub fn new(mut config: Config) -> Self {
+        let tls = PgTls::from_driver(config.get_ssl_mode());
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
@@ -148,8 +169,21 @@ impl TokioPgManager {
         }
         TokioPgManager {
             config,
+            tls,
             learned: Arc::default(),
         }
+    }
+
+    /// Connects with these TLS settings (from [`PgTls::with_config`], for a
+    /// root store or client certificate of your own).
+    pub fn with_tls(mut self, tls: PgTls) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The TLS settings in force.
+    pub fn tls(&self) -> &PgTls {
+        &self.tls
     }
 
     /// A manager for a connection string: a URL
@@ -181,7 +215,23 @@ impl TokioPgManager {
                 )));
             }
         }
-        Config::from_str(url).map(TokioPgManager::new).map_err(|e| {
+        let (rest, params) = take_tls_params(url);
+        let mode = match params.mode.as_deref() {
+            None => SslMode::Prefer,
+            Some(m) => SslMode::parse(m).ok_or_else(|| {
+                invalid(format!(
+                    "sslmode `{m}` (expected disable, allow, prefer, require, verify-ca, verify-full)"
+                ))
+            })?,
+        };
+        let tls = PgTls::from_params(
+            mode,
+            params.rootcert.as_deref(),
+            params.cert.as_deref(),
+            params.key.as_deref(),
+        )
+        .map_err(invalid)?;
+        let config = Config::from_str(&rest).map_err(|e| {
             // The driver's message is "invalid connection string"; what is
             // wrong (`invalid value for option `port``) is its source.
             let mut reason = e.to_string();
@@ -191,7 +241,8 @@ impl TokioPgManager {
                 source = cause.source();
             }
             invalid(reason)
-        })
+        })?;
+        Ok(TokioPgManager::new(config).with_tls(tls))
     }
 
     /// The options connections are opened with.
@@ -239,9 +290,16 @@ pub struct PgClient {
     /// the moment it arrives, before the driver hands it to the query that
     /// gets it, and the transaction status; see [`FatalWatch`].
     seen: Arc<Seen>,
+    /// The session runs over TLS.
+    tls: bool,
 }
 
 impl PgClient {
+    /// Whether the session is encrypted (TLS); see [`SslMode`].
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
     /// The client, for APIs that want a `&Client` rather than a deref.
     pub fn client(&self) -> &Client {
         &self.client
@@ -321,6 +379,7 @@ impl TokioPgManager {
             client,
             connection: spawn_connection(connection),
             seen: Arc::new(Seen::unwatched()),
+            tls: false,
         })
     }
 
@@ -350,8 +409,9 @@ impl TokioPgManager {
                 #[cfg(unix)]
                 Host::Unix(dir) => {
                     let path = dir.join(format!(".s.PGSQL.{port}"));
+                    // As libpq: no TLS over a Unix-domain socket.
                     match self.within(UnixStream::connect(path)).await {
-                        Ok(socket) => self.start(socket).await,
+                        Ok(socket) => self.start(MaybeTls::Plain(socket)).await,
                         Err(e) => Err(Failure::Io(e)),
                     }
                 }
@@ -375,7 +435,7 @@ impl TokioPgManager {
         for addr in addrs {
             let attempt = match self.within(TcpStream::connect(addr)).await {
                 Ok(socket) => match self.tune(&socket) {
-                    Ok(()) => self.start(socket).await,
+                    Ok(()) => self.secure(name, socket).await,
                     Err(e) => Err(Failure::Io(e)),
                 },
                 Err(e) => Err(Failure::Io(e)),
@@ -427,14 +487,25 @@ impl TokioPgManager {
         Ok(())
     }
 
-    /// Startup and authentication on `socket` (watched), then the role
-    /// check of `target_session_attrs`.
-    async fn start<S>(&self, socket: S) -> Result<PgClient, Failure>
+    /// TLS on a TCP socket as `sslmode` says (within `connect_timeout`),
+    /// then [`start`](Self::start) inside it.
+    async fn secure(&self, host: &str, socket: TcpStream) -> Result<PgClient, Failure> {
+        let stream = self
+            .within(self.tls.negotiate(host, socket))
+            .await
+            .map_err(Failure::Io)?;
+        self.start(stream).await
+    }
+
+    /// Startup and authentication on `stream` (watched, inside TLS if
+    /// any), then the role check of `target_session_attrs`.
+    async fn start<S>(&self, stream: MaybeTls<S>) -> Result<PgClient, Failure>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let seen = Arc::new(Seen::default());
-        let stream = FatalWatch::new(socket, &seen);
+        let tls = stream.is_tls();
+        let stream = FatalWatch::new(stream, &seen);
         let (client, connection) = match self.config.get_connect_timeout() {
             Some(t) => tokio::time::timeout(*t, self.config.connect_raw(stream, NoTls))
                 .await
@@ -451,6 +522,7 @@ impl TokioPgManager {
             client,
             connection: spawn_connection(connection),
             seen,
+            tls,
         };
         let wanted = self.config.get_target_session_attrs();
         if wanted != TargetSessionAttrs::Any {
@@ -481,6 +553,66 @@ impl TokioPgManager {
         }
         Ok(client)
     }
+}
+
+/// libpq's TLS parameters, taken out of a connection string before the
+/// driver reads the rest (it knows only three of the five `sslmode`s and
+/// none of the files).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct TlsParams {
+    mode: Option<String>,
+    rootcert: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+}
+
+impl TlsParams {
+    /// Keeps `value` if `key` is one of ours; `false` if it is not.
+    fn take(&mut self, key: &str, value: String) -> bool {
+        let slot = match key {
+            "sslmode" => &mut self.mode,
+            "sslrootcert" => &mut self.rootcert,
+            "sslcert" => &mut self.cert,
+            "sslkey" => &mut self.key,
+            _ => return false,
+        };
+        *slot = Some(value);
+        true
+    }
+}
+
+/// Splits a URL (`postgres://…?sslmode=verify-full&sslrootcert=/ca.pem`)
+/// or a `key=value` string into the rest, for the driver, and the TLS
+/// parameters.
+fn take_tls_params(conn: &str) -> (String, TlsParams) {
+    let mut params = TlsParams::default();
+    if conn.contains("://") {
+        let Some((base, query)) = conn.split_once('?') else {
+            return (conn.to_owned(), params);
+        };
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|pair| {
+                let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+                !params.take(key, percent_decode(value))
+            })
+            .collect();
+        let rest = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        return (rest, params);
+    }
+    let kept: Vec<&str> = conn
+        .split_whitespace()
+        .filter(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = value.trim_matches('\'');
+            !params.take(key.trim(), value.to_owned())
+        })
+        .collect();
+    (kept.join(" "), params)
 }
 
 /// Why one host gave no session.
@@ -827,8 +959,33 @@ impl Manager for TokioPgManager {
                 }
             }
             // What the watched path leaves to the driver: `hostaddr`,
-            // random host order. Such sessions are seen closed at EOF only.
-            None => self.connect_unwatched().await,
+            // random host order. Such sessions are seen closed at EOF only,
+            // and are plain text.
+            None if self.tls.mode() == SslMode::Disable || self.tls.mode() == SslMode::Prefer => {
+                self.connect_unwatched().await
+            }
+            None => {
+                let refused = io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!(
+                        "TLS: sslmode={} with hostaddr or load_balance_hosts=random is not \
+                         supported by vigil's tokio-postgres backend yet",
+                        self.tls.mode()
+                    ),
+                );
+                // Replayed through the driver for its error type; it
+                // cannot give a session (no byte goes through `Failed`).
+                let (client, connection) = self
+                    .config
+                    .connect_raw(Failed(Some(refused)), NoTls)
+                    .await?;
+                Ok(PgClient {
+                    client,
+                    connection: spawn_connection(connection),
+                    seen: Arc::new(Seen::unwatched()),
+                    tls: false,
+                })
+            }
         }
     }
 
@@ -1036,5 +1193,32 @@ mod tests {
             let row = message(b'D', &message(b'Z', b"T"));
             assert!(!watch(&row, chunk).in_transaction());
         }
+    }
+
+    #[test]
+    fn tls_parameters_are_taken_out_of_urls_and_key_value_strings() {
+        use super::{take_tls_params, TlsParams};
+        let (rest, p) = take_tls_params(
+            "postgres://u:pw@h:5432/db?sslmode=verify-full&application_name=app&sslrootcert=%2Ftmp%2Fca.pem",
+        );
+        assert_eq!(rest, "postgres://u:pw@h:5432/db?application_name=app");
+        assert_eq!(
+            p,
+            TlsParams {
+                mode: Some("verify-full".into()),
+                rootcert: Some("/tmp/ca.pem".into()),
+                ..TlsParams::default()
+            }
+        );
+        let (rest, p) = take_tls_params("postgres://h/db?sslmode=require");
+        assert_eq!(
+            (rest.as_str(), p.mode.as_deref()),
+            ("postgres://h/db", Some("require"))
+        );
+        let (rest, p) =
+            take_tls_params("host=h dbname=db sslmode=verify-ca sslrootcert='/ca.pem' user=u");
+        assert_eq!(rest, "host=h dbname=db user=u");
+        assert_eq!(p.rootcert.as_deref(), Some("/ca.pem"));
+        assert_eq!(take_tls_params("postgres://h/db").0, "postgres://h/db");
     }
 }

@@ -77,15 +77,26 @@ fn wait_for_port(port: u16, within: Duration, what: &str, log: &Path) {
 pub struct PrivatePg {
     dir: PathBuf,
     port: u16,
+    /// Server settings beyond the defaults, as `-c name=value` options.
+    settings: Vec<String>,
 }
 
 impl PrivatePg {
     /// initdb + start; blocking (about a second).
     pub fn start() -> PrivatePg {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// As [`start`](Self::start), with server settings (`name=value`) that
+    /// `settings` returns given the cluster's directory (owned by the
+    /// `postgres` OS user, for files the server must read, such as a TLS key).
+    #[allow(dead_code)] // the TLS tests' (this file is shared with them)
+    pub fn start_with(settings: impl FnOnce(&Path) -> Vec<String>) -> PrivatePg {
         let dir = scratch_dir("pg");
-        let pg = PrivatePg {
+        let mut pg = PrivatePg {
             dir,
             port: free_port(),
+            settings: Vec::new(),
         };
         pg.chown_to_postgres();
         run(
@@ -103,8 +114,15 @@ impl PrivatePg {
                 .arg(pg.data()),
             "initdb of the private PostgreSQL",
         );
+        pg.settings = settings(&pg.dir);
         pg.start_again();
         pg
+    }
+
+    /// The cluster's directory.
+    #[allow(dead_code)] // the TLS tests'
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     pub fn port(&self) -> u16 {
@@ -149,11 +167,15 @@ impl PrivatePg {
 
     /// Starts the (stopped) server and waits until it accepts connections.
     pub fn start_again(&self) {
-        let options = format!(
+        let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
             self.port,
             self.dir.display()
         );
+        for setting in &self.settings {
+            options.push_str(" -c ");
+            options.push_str(setting);
+        }
         run(
             self.pg_ctl(&["-w", "-t", "30", "-o", &options, "-l"])
                 .arg(self.dir.join("log"))
@@ -214,11 +236,21 @@ pub struct PrivateMaria {
     dir: PathBuf,
     port: u16,
     child: Mutex<Option<Child>>,
+    /// Server options beyond the defaults (`--name=value`).
+    options: Vec<String>,
 }
 
 impl PrivateMaria {
     /// mariadb-install-db + start; blocking (a few seconds).
     pub fn start() -> PrivateMaria {
+        Self::start_with(|_| Vec::new())
+    }
+
+    /// As [`start`](Self::start), with server options (`--name=value`) that
+    /// `options` returns given the instance's directory (for files the
+    /// server must read, such as a TLS key).
+    #[allow(dead_code)] // the TLS tests' (this file is shared with them)
+    pub fn start_with(options: impl FnOnce(&Path) -> Vec<String>) -> PrivateMaria {
         let dir = scratch_dir("maria");
         run(
             Command::new(MARIADB_INSTALL)
@@ -232,10 +264,12 @@ impl PrivateMaria {
                 .stdin(Stdio::null()),
             "mariadb-install-db for the private MariaDB",
         );
+        let options = options(&dir);
         let maria = PrivateMaria {
             dir,
             port: free_port(),
             child: Mutex::new(None),
+            options,
         };
         maria.start_again();
         maria
@@ -243,6 +277,12 @@ impl PrivateMaria {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The instance's directory.
+    #[allow(dead_code)] // the TLS tests'
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Starts the (stopped) server and waits until it accepts connections.
@@ -263,6 +303,7 @@ impl PrivateMaria {
                 "--innodb-buffer-pool-size=32M",
                 "--max-connections=300",
             ])
+            .args(&self.options)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
