@@ -569,3 +569,55 @@ async fn mariadb_ssl_modes_against_a_tls_server() {
     assert!(err.to_string().contains("PREFERRED"), "{err}");
     assert!(!err.to_string().contains(SECRET), "{err}");
 }
+
+/// `vigil probe` says whether its session is encrypted, with which protocol
+/// and cipher, and how the certificate was checked, through either driver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_reports_the_encryption_and_how_the_certificate_was_checked() {
+    let (pg, dir) = tls_server(&[]);
+    let good = dir.join("good.crt");
+    let probe = |url: String, driver: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["probe", "--json", "--driver", driver, "--url", &url])
+            .output()
+            .expect("run vigil probe");
+        assert!(
+            out.status.success(),
+            "{driver}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("probe --json prints JSON");
+        json["tls"].clone()
+    };
+    for driver in ["tokio-postgres", "sqlx"] {
+        let tls = probe(
+            url(
+                "localhost",
+                pg.port(),
+                &format!("sslmode=verify-full&sslrootcert={}", good.display()),
+            ),
+            driver,
+        );
+        assert_eq!(tls["encrypted"], true, "{driver}: {tls}");
+        assert_eq!(tls["certificate"], "ca and host name", "{driver}: {tls}");
+        assert!(
+            tls["protocol"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("TLSv1.")),
+            "{driver}: {tls}"
+        );
+        assert!(
+            tls["cipher"].as_str().is_some_and(|c| !c.is_empty()),
+            "{driver}: {tls}"
+        );
+        let tls = probe(url("127.0.0.1", pg.port(), "sslmode=require"), driver);
+        assert_eq!(
+            (&tls["encrypted"], &tls["certificate"]),
+            (&serde_json::json!(true), &serde_json::json!("not checked")),
+            "{driver}: {tls}"
+        );
+        let tls = probe(url("127.0.0.1", pg.port(), "sslmode=disable"), driver);
+        assert_eq!(tls["encrypted"], false, "{driver}: {tls}");
+    }
+}

@@ -245,7 +245,10 @@ impl TokioPgManager {
         Ok(TokioPgManager::new(config).with_tls(tls))
     }
 
-    /// The options connections are opened with.
+    /// The options connections are opened with. Its `ssl_mode` is always
+    /// `disable` (vigil negotiates TLS itself): the TLS settings are
+    /// [`tls`](Self::tls), to carry over with [`with_tls`](Self::with_tls)
+    /// when building a manager from a modified copy.
     ///
     /// Careful: the password is in there (`Config::get_password`).
     pub fn config(&self) -> &Config {

@@ -214,7 +214,9 @@ pub(crate) fn tokio_pg(
         };
         config.options(&options);
     }
-    Ok(TokioPgManager::new(config))
+    // `new` reads TLS from the driver's `ssl_mode` (always `disable` in a
+    // manager's config): the URL's TLS settings come along separately.
+    Ok(TokioPgManager::new(config).with_tls(manager.tls().clone()))
 }
 
 impl Backend for SqliteManager {

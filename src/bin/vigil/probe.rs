@@ -48,9 +48,46 @@ struct Probe {
     timeouts: BTreeMap<&'static str, Value>,
     /// The idle timeout vigil will read from each pool session, in seconds.
     session_idle_timeout_seconds: Option<f64>,
+    /// Whether the probe's session is encrypted, as the server reports it.
+    tls: Tls,
     notes: Vec<String>,
     recommended: Recommended,
     reasoning: Vec<String>,
+}
+
+/// The probe session's encryption, as the server reports it, and how the
+/// client checked the server's certificate (from the URL's TLS settings).
+#[derive(Debug, Default, Serialize)]
+struct Tls {
+    encrypted: bool,
+    /// `TLSv1.3` and the like.
+    protocol: Option<String>,
+    cipher: Option<String>,
+    /// `ca and host name`, `ca only`, `not checked`, or `plain text`.
+    certificate: &'static str,
+}
+
+impl Tls {
+    fn plain() -> Tls {
+        Tls {
+            certificate: "plain text",
+            ..Tls::default()
+        }
+    }
+}
+
+/// How libpq's `sslmode` in `url` has the server's certificate checked.
+fn pg_certificate_check(url: &str) -> &'static str {
+    let mode = url
+        .split(['?', '&', ' '])
+        .find_map(|pair| pair.strip_prefix("sslmode="))
+        .and_then(vigil::backend::tokio_postgres::SslMode::parse);
+    match mode {
+        Some(vigil::backend::tokio_postgres::SslMode::VerifyFull) => "ca and host name",
+        Some(vigil::backend::tokio_postgres::SslMode::VerifyCa) => "ca only",
+        _ if url.contains("sslrootcert=") => "ca only",
+        _ => "not checked",
+    }
 }
 
 /// Pool settings for this server.
@@ -90,7 +127,7 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<(), Fail> {
                 }
                 Driver::Sqlx => pg_facts_sqlx(opts, &target, within).await?,
             };
-            postgres(facts)
+            postgres(facts, args.url.as_deref().unwrap_or_default())
         }
         Target::Sqlite(opts) => sqlite(opts).await?,
     };
@@ -121,7 +158,7 @@ fn connect_failed(kind: &str, target: &Target, e: impl std::fmt::Display) -> Fai
 
 async fn mysql(opts: Opts, within: Duration) -> Result<Probe, Fail> {
     let target = Target::MySql(opts.clone());
-    let mut conn = match tokio::time::timeout(within, Conn::new(opts)).await {
+    let mut conn = match tokio::time::timeout(within, Conn::new(opts.clone())).await {
         Ok(Ok(conn)) => conn,
         Ok(Err(e)) => return Err(connect_failed("mysql", &target, e)),
         Err(_) => {
@@ -181,8 +218,31 @@ async fn mysql(opts: Opts, within: Duration) -> Result<Probe, Fail> {
             Err(e) => return Err(failed(e)),
         }
     }
+    let ssl: Vec<(String, String)> = conn
+        .query("SHOW SESSION STATUS WHERE Variable_name IN ('Ssl_version', 'Ssl_cipher')")
+        .await
+        .map_err(failed)?;
     let _ = conn.disconnect().await;
+    let status = |name: &str| {
+        ssl.iter()
+            .find(|(n, v)| n == name && !v.is_empty())
+            .map(|(_, v)| v.clone())
+    };
+    let tls = match status("Ssl_cipher") {
+        Some(cipher) => Tls {
+            encrypted: true,
+            protocol: status("Ssl_version"),
+            cipher: Some(cipher),
+            certificate: match opts.ssl_opts() {
+                Some(o) if o.accept_invalid_certs() => "not checked",
+                Some(o) if o.skip_domain_validation() => "ca only",
+                _ => "ca and host name",
+            },
+        },
+        None => Tls::plain(),
+    };
     Ok(Probe {
+        tls,
         server: if mariadb { "MariaDB" } else { "MySQL" }.to_owned(),
         version,
         max_connections: Some(max_conn),
@@ -213,7 +273,13 @@ fn pg_seconds(setting: &str, unit: Option<&str>) -> Option<f64> {
 struct PgFacts {
     version: String,
     settings: Vec<(String, String, Option<String>)>,
+    /// `pg_stat_ssl` for the probe's own session: ssl, version, cipher.
+    ssl: (bool, Option<String>, Option<String>),
 }
+
+/// The probe session's row of `pg_stat_ssl`.
+const PG_SSL: &str =
+    "SELECT ssl::text, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
 
 /// `pg_settings` has no row for a setting the server lacks (say
 /// idle_session_timeout before v14); such keys are reported as null.
@@ -245,7 +311,12 @@ async fn pg_facts_sqlx(
         .fetch_all(&mut conn)
         .await
         .map_err(failed)?;
+    let ssl: Option<(String, Option<String>, Option<String>)> = sqlx::query_as(PG_SSL)
+        .fetch_optional(&mut conn)
+        .await
+        .map_err(failed)?;
     let _ = conn.close().await;
+    let ssl = ssl.map_or((false, None, None), |(on, v, c)| (on == "true", v, c));
     let mut settings = Vec::with_capacity(rows.len());
     for row in rows {
         settings.push((
@@ -254,7 +325,11 @@ async fn pg_facts_sqlx(
             row.try_get(2).map_err(failed)?,
         ));
     }
-    Ok(PgFacts { version, settings })
+    Ok(PgFacts {
+        version,
+        settings,
+        ssl,
+    })
 }
 
 async fn pg_facts_tokio_postgres(
@@ -271,14 +346,26 @@ async fn pg_facts_tokio_postgres(
     };
     let failed =
         |e: tokio_postgres::Error| Fail::input(format!("probe query failed: {}", error_chain(&e)));
-    // Simple protocol, both statements in one round trip.
+    // Simple protocol, the statements in one round trip.
     let messages = conn
         .simple_query(&format!(
             "SELECT current_setting('server_version'); {PG_SETTINGS}"
         ))
         .await
         .map_err(failed)?;
+    let ssl = conn.simple_query(PG_SSL).await.map_err(failed)?;
     manager.close(conn).await;
+    let ssl = ssl
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some((
+                row.get(0) == Some("true"),
+                row.get(1).map(str::to_owned),
+                row.get(2).map(str::to_owned),
+            )),
+            _ => None,
+        })
+        .unwrap_or((false, None, None));
     let mut rows = messages.iter().filter_map(|m| match m {
         tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
         _ => None,
@@ -295,11 +382,28 @@ async fn pg_facts_tokio_postgres(
             Some((name, setting, row.get(2).map(str::to_owned)))
         })
         .collect();
-    Ok(PgFacts { version, settings })
+    Ok(PgFacts {
+        version,
+        settings,
+        ssl,
+    })
 }
 
-fn postgres(facts: PgFacts) -> Probe {
-    let PgFacts { version, settings } = facts;
+fn postgres(facts: PgFacts, url: &str) -> Probe {
+    let PgFacts {
+        version,
+        settings,
+        ssl,
+    } = facts;
+    let tls = match ssl {
+        (true, protocol, cipher) => Tls {
+            encrypted: true,
+            protocol,
+            cipher,
+            certificate: pg_certificate_check(url),
+        },
+        _ => Tls::plain(),
+    };
     let mut timeouts = BTreeMap::from([
         ("idle_session_timeout", Value::Null),
         ("idle_in_transaction_session_timeout", Value::Null),
@@ -344,6 +448,7 @@ fn postgres(facts: PgFacts) -> Probe {
         timeouts,
         session_idle_timeout_seconds: idle,
         notes,
+        tls,
         ..Probe::empty()
     }
 }
@@ -380,6 +485,7 @@ impl Probe {
             reserved_connections: 0,
             timeouts: BTreeMap::new(),
             session_idle_timeout_seconds: None,
+            tls: Tls::plain(),
             notes: Vec::new(),
             recommended: Recommended::default(),
             reasoning: Vec::new(),
@@ -479,6 +585,18 @@ fn human(p: &Probe) -> String {
         "{} {} at {} ({}, {})\n",
         p.server, p.version, p.target, p.backend, p.driver
     );
+    let t = &p.tls;
+    let tls = if t.encrypted {
+        format!(
+            "{} {} (certificate: {})",
+            t.protocol.as_deref().unwrap_or("TLS"),
+            t.cipher.as_deref().unwrap_or(""),
+            t.certificate
+        )
+    } else {
+        "no: plain text".to_owned()
+    };
+    out += &format!("  {:<36} {tls}\n", "encrypted");
     if let Some(max) = p.max_connections {
         out += &format!("  {:<36} {max}\n", "max_connections");
     }
