@@ -621,3 +621,197 @@ async fn probe_reports_the_encryption_and_how_the_certificate_was_checked() {
         assert_eq!(tls["encrypted"], false, "{driver}: {tls}");
     }
 }
+
+/// The server's idle timeout (2 s) over TLS, bursts with 3 s gaps: vigil
+/// reads the timeout through the encrypted session and retires idle
+/// sessions before the server ends them, on both PostgreSQL backends and
+/// MariaDB. Zero errors reach callers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_idle_timeouts_over_tls_cause_no_errors() {
+    let (pg, dir) = tls_server(&["idle_session_timeout=2000"]);
+    let verify = format!(
+        "sslmode=verify-full&sslrootcert={}",
+        dir.join("good.crt").display()
+    );
+    let tp = Pool::builder(manager(&url("localhost", pg.port(), &verify)))
+        .max_size(4)
+        .build()
+        .expect("valid settings");
+    let sqlx_pool = Pool::builder(
+        PgManager::from_url(&url("localhost", pg.port(), &verify)).expect("a well-formed URL"),
+    )
+    .max_size(4)
+    .build()
+    .expect("valid settings");
+    let maria = tls_maria(&["--wait-timeout=2"]);
+    let my = Pool::builder(maria_manager(&maria))
+        .max_size(4)
+        .build()
+        .expect("valid settings");
+    let mut errors = Vec::new();
+    for burst in 0..3 {
+        if burst > 0 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        for _ in 0..20 {
+            match tp.get().await {
+                Ok(conn) => {
+                    assert!(conn.is_tls());
+                    if let Err(e) = conn.simple_query("SELECT 1").await {
+                        errors.push(format!("tokio-postgres: {e}"));
+                    }
+                }
+                Err(e) => errors.push(format!("tokio-postgres get: {e}")),
+            }
+            match sqlx_pool.get().await {
+                Ok(mut conn) => {
+                    if let Err(e) = sqlx::query("SELECT 1").execute(&mut *conn).await {
+                        errors.push(format!("sqlx: {e}"));
+                    }
+                }
+                Err(e) => errors.push(format!("sqlx get: {e}")),
+            }
+            match my.get().await {
+                Ok(mut conn) => {
+                    if let Err(e) = conn.query_drop("SELECT 1").await {
+                        errors.push(format!("mysql_async: {e}"));
+                    }
+                }
+                Err(e) => errors.push(format!("mysql_async get: {e}")),
+            }
+        }
+    }
+    assert!(errors.is_empty(), "errors reached callers: {errors:?}");
+    for (name, s) in [
+        ("tokio-postgres", tp.state()),
+        ("sqlx", sqlx_pool.state()),
+        ("mysql_async", my.state()),
+    ] {
+        assert!(
+            s.closed.get(Reason::ServerTimeout) >= 1,
+            "{name}: idle sessions retired before the server's timeout: {s:?}"
+        );
+    }
+    tp.close().await;
+    sqlx_pool.close().await;
+    my.close().await;
+}
+
+/// A private MariaDB with TLS on, certificates as for PostgreSQL.
+fn tls_maria(extra: &[&str]) -> PrivateMaria {
+    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    PrivateMaria::start_with(|dir| {
+        make_ca_and_server(dir, "good");
+        let mut options = vec![
+            format!("--ssl-cert={}", dir.join("good-server.crt").display()),
+            format!("--ssl-key={}", dir.join("good-server.key").display()),
+            format!("--ssl-ca={}", dir.join("good.crt").display()),
+        ];
+        options.extend(extra);
+        options
+    })
+}
+
+/// A manager for `maria` over TLS with the CA and host name checked.
+fn maria_manager(maria: &PrivateMaria) -> MySqlManager {
+    MySqlManager::from_url(&format!(
+        "mysql://root@localhost:{}/mysql?prefer_socket=false&ssl-mode=VERIFY_IDENTITY&ssl-ca={}",
+        maria.port(),
+        maria.dir().join("good.crt").display()
+    ))
+    .expect("a well-formed URL")
+}
+
+/// MariaDB sessions killed from outside while idle, over TLS: found by the
+/// checkout's ping (mysql_async sees no socket event) and never lent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_sessions_killed_over_tls_are_never_lent() {
+    let maria = tls_maria(&[]);
+    let pool = Pool::builder(maria_manager(&maria))
+        .max_size(4)
+        .build()
+        .expect("valid settings");
+    let held: Vec<_> = futures::future::join_all((0..4).map(|_| pool.get()))
+        .await
+        .into_iter()
+        .map(|r| r.expect("get"))
+        .collect();
+    drop(held);
+    let mut admin = mysql_async::Conn::new(
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(maria.port())
+            .user(Some("root"))
+            .prefer_socket(false),
+    )
+    .await
+    .expect("admin connection");
+    let ids: Vec<u64> = admin
+        .query("SELECT id FROM information_schema.processlist WHERE id <> CONNECTION_ID() AND command = 'Sleep'")
+        .await
+        .expect("processlist");
+    assert_eq!(ids.len(), 4, "the pool's four idle sessions");
+    for id in ids {
+        admin
+            .query_drop(format!("KILL CONNECTION {id}"))
+            .await
+            .expect("kill");
+    }
+    // Past the bypass window (500 ms): each checkout pings first.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    for _ in 0..8 {
+        let mut conn = pool.get().await.expect("a connection");
+        conn.query_drop("SELECT 1")
+            .await
+            .expect("a live session, never a dead one");
+    }
+    let s = pool.state();
+    assert!(
+        s.validations_failed >= 1,
+        "the dead sessions were found: {s:?}"
+    );
+    pool.close().await;
+    let _ = admin.disconnect().await;
+}
+
+/// A fast restart of the TLS PostgreSQL: every session gets the server's
+/// `FATAL` (57P01) inside TLS before the server goes; the watch sees it, so
+/// after the restart no dead session is lent, by either backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_over_tls_lends_no_dead_session() {
+    let (pg, dir) = tls_server(&[]);
+    let verify = format!(
+        "sslmode=verify-full&sslrootcert={}",
+        dir.join("good.crt").display()
+    );
+    let tp = Pool::builder(manager(&url("localhost", pg.port(), &verify)))
+        .max_size(4)
+        .validation(vigil::Validation::Never)
+        .build()
+        .expect("valid settings");
+    let held: Vec<_> = futures::future::join_all((0..4).map(|_| tp.get()))
+        .await
+        .into_iter()
+        .map(|r| r.expect("get"))
+        .collect();
+    drop(held);
+    pg.stop_fast();
+    pg.start_again();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tp.state().closed.get(Reason::Broken) < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the restart's FATALs were not seen: {:?}",
+            tp.state()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for _ in 0..8 {
+        let conn = tp.get().await.expect("a connection");
+        assert!(conn.is_tls());
+        conn.simple_query("SELECT 1")
+            .await
+            .expect("a live session, never a dead one");
+    }
+    tp.close().await;
+}
