@@ -44,6 +44,20 @@ pub enum Error<E: std::error::Error + 'static> {
     },
 }
 
+/// Why [`Pool::run`](crate::Pool::run) or
+/// [`Pool::run_idempotent`](crate::Pool::run_idempotent) did not return the
+/// work's value.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError<E: std::error::Error + 'static> {
+    /// No connection to run the work on.
+    #[error(transparent)]
+    Get(Error<E>),
+    /// The work failed (on its second attempt, if it was retried).
+    #[error(transparent)]
+    Work(E),
+}
+
 /// Why [`Builder::connect`](crate::Builder::connect) did not return a pool.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -60,8 +60,10 @@ pub mod server;
 mod stats;
 
 pub use config::{Config, Validation, VerifyOnReturn};
-pub use error::{BlockingError, BuildError, ConfigError, ConnectError, Error, TimeoutPhase};
+pub use error::{
+    BlockingError, BuildError, ConfigError, ConnectError, Error, RunError, TimeoutPhase,
+};
 pub use liveness::Reason;
 pub use manager::{BrokenDetection, Manager, ServerTimeouts};
-pub use pool::{Builder, Pool, Pooled};
+pub use pool::{Builder, Pool, Pooled, Work};
 pub use stats::{ClosedCounts, ConnectionInfo, ConnectionState, HistogramSnapshot, State};

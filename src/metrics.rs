@@ -263,6 +263,15 @@ impl Collector for Metrics {
         family(
             e,
             s,
+            "vigil_retries",
+            "Work Pool::run_idempotent ran a second time because its connection's session had ended.",
+            None,
+            Counter,
+            |st| vec![(Some(("reason", "session_ended")), C(st.retries))],
+        )?;
+        family(
+            e,
+            s,
             "vigil_acquires_rejected",
             "get() calls refused at once because max_waiters were waiting.",
             None,

@@ -30,6 +30,8 @@ pub(crate) struct Stats {
     pub(crate) leaks_suspected: AtomicU64,
     /// `get()` calls refused at once because `max_waiters` were waiting.
     pub(crate) rejected: AtomicU64,
+    /// Work that `Pool::run_idempotent` ran a second time.
+    pub(crate) retries: AtomicU64,
     /// Time from `get()` to a connection (or to the error).
     pub(crate) acquire: Histogram,
     /// Time a connection was lent out. Every return writes it: on lines of
@@ -229,6 +231,9 @@ pub struct State {
     pub leaks_suspected: u64,
     /// `get()` calls refused at once with [`Error::Busy`](crate::Error::Busy).
     pub rejected: u64,
+    /// Work [`Pool::run_idempotent`](crate::Pool::run_idempotent) ran a
+    /// second time because its first connection's session had ended.
+    pub retries: u64,
     /// Time from `get()` to a connection or an error.
     pub acquire_duration: HistogramSnapshot,
     /// Time connections were lent out.

@@ -472,3 +472,113 @@ async fn bad_input_fails_clearly_without_the_password() {
     assert_eq!(one, 1);
     pool.close().await;
 }
+
+/// Kills the session of `conn` from `admin` and waits until its backend
+/// has exited (so its `FATAL` is on the way to the client).
+async fn kill_own_session(admin: &Client, conn: &Client) {
+    let me = pid(conn).await;
+    admin
+        .query("SELECT pg_terminate_backend($1)", &[&me])
+        .await
+        .expect("pg_terminate_backend");
+    eventually!(
+        "the killed backend to go",
+        5 * SEC,
+        alive(admin, &[me]).await == 0
+    );
+}
+
+/// `run_idempotent` reruns work once, on another connection, when its first
+/// connection's session was killed between the checkout and the query;
+/// `run` returns the original error; neither retries another kind of error,
+/// and `run_idempotent` never retries twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_idempotent_retries_once_when_the_session_died_and_run_never_does() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    use vigil::backend::tokio_postgres::PgClient;
+    use vigil::RunError;
+    trace();
+    let app = unique("tp_retry");
+    let pool = pool(&app, 1).build().expect("valid settings");
+    let admin = Arc::new(admin().await);
+    // The work kills its own session before its query on the first
+    // `kill_first` attempts.
+    fn work(
+        admin: &Arc<Client>,
+        kill_first: usize,
+        attempts: Arc<AtomicUsize>,
+    ) -> impl for<'c> FnMut(&'c mut PgClient) -> vigil::Work<'c, i32, tokio_postgres::Error> + Send
+    {
+        let admin = Arc::clone(admin);
+        move |conn| {
+            let admin = Arc::clone(&admin);
+            let attempts = Arc::clone(&attempts);
+            Box::pin(async move {
+                if attempts.fetch_add(1, SeqCst) < kill_first {
+                    kill_own_session(&admin, conn).await;
+                }
+                Ok(conn.query_one("SELECT 7", &[]).await?.get(0))
+            })
+        }
+    }
+
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let got = pool
+        .run_idempotent(work(&admin, 1, Arc::clone(&attempts)))
+        .await;
+    assert_eq!(got.expect("the retry succeeds"), 7);
+    assert_eq!(attempts.load(SeqCst), 2, "run twice");
+    assert_eq!(pool.state().retries, 1);
+
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let got = pool.run(work(&admin, 1, Arc::clone(&attempts))).await;
+    assert!(
+        matches!(got, Err(RunError::Work(_))),
+        "run returns the error: {got:?}"
+    );
+    assert_eq!(attempts.load(SeqCst), 1, "run never retries");
+    assert_eq!(pool.state().retries, 1);
+
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let got = pool
+        .run_idempotent(work(&admin, 2, Arc::clone(&attempts)))
+        .await;
+    assert!(
+        matches!(got, Err(RunError::Work(_))),
+        "the second failure is returned: {got:?}"
+    );
+    assert_eq!(attempts.load(SeqCst), 2, "never a third attempt");
+    assert_eq!(pool.state().retries, 2);
+
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let got = pool
+        .run_idempotent(move |conn| {
+            let attempts = Arc::clone(&attempts);
+            Box::pin(async move {
+                attempts.fetch_add(1, SeqCst);
+                Ok::<i32, _>(conn.query_one("SELECT no_such_column", &[]).await?.get(0))
+            })
+        })
+        .await;
+    assert!(matches!(got, Err(RunError::Work(_))), "{got:?}");
+    assert_eq!(
+        pool.state().retries,
+        2,
+        "a failed statement is not a dead session"
+    );
+    // Every dead session was retired as broken; the pool still works.
+    let s = pool.state();
+    assert_eq!(s.closed.get(Reason::Broken), 4, "one per killed session: {s:?}");
+    let client = pool.get().await.expect("a connection");
+    assert_eq!(
+        client
+            .query_one("SELECT 1", &[])
+            .await
+            .expect("query")
+            .get::<_, i32>(0),
+        1
+    );
+    drop(client);
+    pool.close().await;
+}

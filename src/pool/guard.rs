@@ -71,9 +71,14 @@ impl<M: Manager> Pooled<M> {
 
     /// Closes the connection instead of returning it (say, after an error
     /// that leaves the session in doubt). Its slot is freed.
-    pub fn retire(mut this: Self) {
+    pub fn retire(this: Self) {
+        Self::retire_as(this, Reason::Closed);
+    }
+
+    /// Closes the connection, counted for `reason`.
+    pub(crate) fn retire_as(mut this: Self, reason: Reason) {
         let (conn, permit) = Self::take(&mut this);
-        permit.shared().retire_active(conn, Reason::Closed);
+        permit.shared().retire_active(conn, reason);
     }
 
     /// Asks for a full session reset (as with `reset_on_return`) when this

@@ -7,6 +7,7 @@ mod housekeeping;
 mod inner;
 mod owners;
 mod returns;
+mod run;
 mod slots;
 
 use std::fmt;
@@ -22,6 +23,7 @@ use tokio::runtime::Handle;
 
 pub use guard::Pooled;
 use inner::{Shared, Stop};
+pub use run::Work;
 
 use crate::config::{Config, Validation};
 use crate::error::{BlockingError, BuildError, ConnectError, Error, TimeoutPhase};
@@ -414,6 +416,7 @@ fn state_of<M: Manager>(shared: &Shared<M>) -> State {
         },
         leaks_suspected: s.leaks_suspected.load(Relaxed),
         rejected: s.rejected.load(Relaxed),
+        retries: s.retries.load(Relaxed),
         acquire_duration: s.acquire_snapshot(),
         usage_duration: s.usage.snapshot(),
         connect_duration: s.connect.snapshot(),
