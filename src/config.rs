@@ -96,6 +96,15 @@ pub struct Config {
     pub keepalive_interval: Option<Duration>,
     /// When a checkout pings; see [`Validation`]. Default `IdleFor(500 ms)`.
     pub validation: Validation,
+    /// How often the housekeeper asks one idle connection whether its
+    /// session still has the role the manager requires
+    /// ([`Manager::has_role`](crate::Manager::has_role), e.g. a writable
+    /// primary for `target_session_attrs=read-write`): one round trip per
+    /// period, not per checkout. When the role is gone, every connection is
+    /// retired (a new generation) and new ones go where the role now is.
+    /// Managers that require no role are never asked. At least 100 ms.
+    /// Default 5 s.
+    pub role_check_interval: Duration,
     /// Retire an idle connection this long before the server's own idle
     /// timeout would close it (at most half the server's timeout). Default 5 s.
     pub server_timeout_margin: Duration,
@@ -160,6 +169,7 @@ impl Default for Config {
             idle_timeout: Some(Duration::from_secs(10 * 60)),
             keepalive_interval: Some(Duration::from_secs(120)),
             validation: Validation::default(),
+            role_check_interval: Duration::from_secs(5),
             server_timeout_margin: Duration::from_secs(5),
             server_idle_timeout_override: None,
             reset_on_return: false,
@@ -289,6 +299,9 @@ impl Config {
             at_least_a_second("server_idle_timeout_override", d)?;
         }
         at_most_max_duration("server_timeout_margin", self.server_timeout_margin)?;
+        if self.role_check_interval < Duration::from_millis(100) {
+            return Err(invalid("role_check_interval", "must be at least 100 ms"));
+        }
         at_most_max_duration("close_timeout", self.close_timeout)?;
         Ok(())
     }

@@ -67,7 +67,7 @@ pub enum ConnectError<E: std::error::Error + 'static> {
     Build(#[from] BuildError),
     /// The first connect failed with the driver's error (wrong host name,
     /// refused, bad credentials, an unknown database, ...).
-    #[error("could not open a connection: {0}")]
+    #[error("could not open a connection: {}", WithCauses(&**.0))]
     Connect(#[source] Arc<E>),
     /// The server did not answer the first connect within `connect_timeout`
     /// (an unreachable or black-holed host).
@@ -102,12 +102,34 @@ pub enum BlockingError<E: std::error::Error + 'static> {
 
 struct LastError<'a, E>(&'a Option<Arc<E>>);
 
-impl<E: fmt::Display> fmt::Display for LastError<'_, E> {
+impl<E: std::error::Error> fmt::Display for LastError<'_, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Some(e) => write!(f, "; last connect error: {e}"),
+            Some(e) => write!(f, "; last connect error: {}", WithCauses(&**e)),
             None => Ok(()),
         }
+    }
+}
+
+/// An error and the causes its own message leaves out: drivers put the
+/// telling part in `source()` (tokio-postgres says "error communicating
+/// with the server", its cause says what went wrong), while others repeat
+/// their causes in their message, which is not repeated again.
+pub(crate) struct WithCauses<'a>(pub(crate) &'a dyn std::error::Error);
+
+impl fmt::Display for WithCauses<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut shown = self.0.to_string();
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            let text = c.to_string();
+            if !shown.contains(&text) {
+                shown.push_str(": ");
+                shown.push_str(&text);
+            }
+            cause = c.source();
+        }
+        f.write_str(&shown)
     }
 }
 

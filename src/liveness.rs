@@ -32,11 +32,15 @@ pub enum Reason {
     ResetFailed,
     /// The pool was closed, or the connection was retired by the caller.
     Closed,
+    /// The session no longer has the role the manager requires (a primary
+    /// turned read-only, a failover): seen by the role re-check or by an
+    /// error that proves it; the whole pool moved to a new generation.
+    RoleChanged,
 }
 
 impl Reason {
     /// Every reason, in a fixed order (index = `self as usize`).
-    pub const ALL: [Reason; 7] = [
+    pub const ALL: [Reason; 8] = [
         Reason::Broken,
         Reason::ValidationFailed,
         Reason::MaxLifetime,
@@ -44,6 +48,7 @@ impl Reason {
         Reason::ServerTimeout,
         Reason::ResetFailed,
         Reason::Closed,
+        Reason::RoleChanged,
     ];
 
     /// The label value used in logs and metrics.
@@ -56,6 +61,7 @@ impl Reason {
             Reason::ServerTimeout => "server_timeout",
             Reason::ResetFailed => "reset_failed",
             Reason::Closed => "closed",
+            Reason::RoleChanged => "role_changed",
         }
     }
 }

@@ -98,6 +98,33 @@ pub trait Manager: Send + Sync + 'static {
         false
     }
 
+    /// Does this manager require its sessions to have a role (a writable
+    /// primary, a standby)? Only then does the pool ask
+    /// [`has_role`](Manager::has_role). Default `false`.
+    fn requires_role(&self) -> bool {
+        false
+    }
+
+    /// One round trip: does this session still have the role the manager
+    /// requires? The housekeeper asks one idle connection every
+    /// `role_check_interval`; `Ok(false)` retires every connection of the
+    /// pool. Default `Ok(true)`, without I/O.
+    fn has_role(
+        &self,
+        _conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<bool, Self::Error>> + Send {
+        async { Ok(true) }
+    }
+
+    /// Cheap, synchronous: does this error, seen by
+    /// [`Pool::run`](crate::Pool::run), prove the server's role changed
+    /// (PostgreSQL SQLSTATE 25006 `read_only_sql_transaction`, MySQL/MariaDB
+    /// 1290 / 1836, read-only)? The pool then retires every connection at
+    /// once, as after a failed role check. Default `false`.
+    fn error_shows_role_changed(&self, _error: &Self::Error) -> bool {
+        false
+    }
+
     /// Cleans the connection before reuse: rolls back an open transaction and,
     /// when `full` (the pool's `reset_on_return`), resets all session state.
     /// An error retires the connection with reason `broken` when

@@ -569,7 +569,11 @@ async fn run_idempotent_retries_once_when_the_session_died_and_run_never_does() 
     );
     // Every dead session was retired as broken; the pool still works.
     let s = pool.state();
-    assert_eq!(s.closed.get(Reason::Broken), 4, "one per killed session: {s:?}");
+    assert_eq!(
+        s.closed.get(Reason::Broken),
+        4,
+        "one per killed session: {s:?}"
+    );
     let client = pool.get().await.expect("a connection");
     assert_eq!(
         client

@@ -365,6 +365,12 @@ impl Manager for MySqlManager {
         in_transaction(conn)
     }
 
+    /// `ER_OPTION_PREVENTS_STATEMENT` (1290, `--read-only`) and
+    /// `ER_READ_ONLY_MODE` (1836).
+    fn error_shows_role_changed(&self, error: &mysql_async::Error) -> bool {
+        matches!(error, mysql_async::Error::Server(e) if matches!(e.code, 1290 | 1836))
+    }
+
     fn error_ends_session(&self, error: &mysql_async::Error) -> bool {
         use mysql_async::{DriverError, Error};
         match error {

@@ -234,6 +234,15 @@ where
         session_gone(error)
     }
 
+    /// PostgreSQL SQLSTATE 25006 (`read_only_sql_transaction`); MySQL's
+    /// read-only errors carry the generic SQLSTATE HY000 and are not seen.
+    fn error_shows_role_changed(&self, error: &sqlx::Error) -> bool {
+        error
+            .as_database_error()
+            .and_then(|e| e.code())
+            .is_some_and(|code| code == "25006")
+    }
+
     fn broken_detection(&self) -> BrokenDetection {
         DB::DETECTION
     }

@@ -529,13 +529,7 @@ impl TokioPgManager {
         };
         let wanted = self.config.get_target_session_attrs();
         if wanted != TargetSessionAttrs::Any {
-            let rows = client
-                .simple_query("SHOW transaction_read_only")
-                .await
-                .map_err(Failure::Pg)?;
-            let read_only = rows
-                .iter()
-                .any(|m| matches!(m, SimpleQueryMessage::Row(row) if row.get(0) == Some("on")));
+            let read_only = is_read_only(&client).await.map_err(Failure::Pg)?;
             // The driver's own words for the same refusals. Dropping the
             // client ends the session.
             match wanted {
@@ -556,6 +550,15 @@ impl TokioPgManager {
         }
         Ok(client)
     }
+}
+
+/// `SHOW transaction_read_only` is `on`: a standby, or a primary whose
+/// `default_transaction_read_only` is on.
+async fn is_read_only(client: &Client) -> Result<bool, tokio_postgres::Error> {
+    let rows = client.simple_query("SHOW transaction_read_only").await?;
+    Ok(rows
+        .iter()
+        .any(|m| matches!(m, SimpleQueryMessage::Row(row) if row.get(0) == Some("on"))))
 }
 
 /// libpq's TLS parameters, taken out of a connection string before the
@@ -1007,6 +1010,28 @@ impl Manager for TokioPgManager {
 
     fn error_ends_session(&self, error: &tokio_postgres::Error) -> bool {
         session_gone(error)
+    }
+
+    /// With `target_session_attrs` `read-write` or `read-only`.
+    fn requires_role(&self) -> bool {
+        self.config.get_target_session_attrs() != TargetSessionAttrs::Any
+    }
+
+    /// `SHOW transaction_read_only`: `on` on a standby and on a primary
+    /// made read-only (`default_transaction_read_only`), the same check
+    /// the connect makes.
+    async fn has_role(&self, conn: &mut PgClient) -> Result<bool, tokio_postgres::Error> {
+        let read_only = is_read_only(conn).await?;
+        Ok(match self.config.get_target_session_attrs() {
+            TargetSessionAttrs::ReadWrite => !read_only,
+            TargetSessionAttrs::ReadOnly => read_only,
+            _ => true,
+        })
+    }
+
+    /// SQLSTATE 25006, `read_only_sql_transaction`.
+    fn error_shows_role_changed(&self, error: &tokio_postgres::Error) -> bool {
+        error.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
     }
 
     fn needs_cleanup(&self, conn: &mut PgClient) -> bool {

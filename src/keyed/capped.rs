@@ -133,6 +133,18 @@ impl<M: Manager> Manager for Capped<M> {
         self.inner.has_broken(&mut conn.raw)
     }
 
+    fn requires_role(&self) -> bool {
+        self.inner.requires_role()
+    }
+
+    async fn has_role(&self, conn: &mut Self::Connection) -> Result<bool, Self::Error> {
+        self.inner.has_role(&mut conn.raw).await.map_err(backend)
+    }
+
+    fn error_shows_role_changed(&self, error: &Self::Error) -> bool {
+        matches!(error, CappedError::Backend(e) if self.inner.error_shows_role_changed(e))
+    }
+
     fn needs_cleanup(&self, conn: &mut Self::Connection) -> bool {
         self.inner.needs_cleanup(&mut conn.raw)
     }

@@ -89,8 +89,59 @@ impl<M: Manager> Shared<M> {
             let last_borrowed = inherit.get(i).copied();
             spawner.spawn(Self::open_idle(permit, last_borrowed));
         }
+        let role_check = self.check_role(now);
         let cap = Instant::now() + HOUSEKEEPING_MAX_SLEEP;
-        sweep.next_deadline.map_or(cap, |d| d.min(cap))
+        let next = sweep.next_deadline.map_or(cap, |d| d.min(cap));
+        role_check.map_or(next, |at| at.min(next))
+    }
+
+    /// Every `role_check_interval`, when the manager requires a role: asks
+    /// one idle connection (the most recently used) whether its session
+    /// still has it, in a task of its own. Returns when the next check is due.
+    fn check_role(self: &Arc<Self>, now: Instant) -> Option<Instant> {
+        if !self.manager.requires_role() {
+            return None;
+        }
+        let mut due = self.role_check_due.lock();
+        if now < *due {
+            return Some(*due);
+        }
+        let Some(permit) = self.try_permit() else {
+            return Some(*due); // all lent: try again at the next pass
+        };
+        let Some(mut conn) = self.slots.lock().take_for_check(now) else {
+            return Some(*due); // nothing idle: nothing to ask
+        };
+        *due = now + self.config.role_check_interval;
+        self.runtime().spawn(async move {
+            let shared = Arc::clone(permit.shared());
+            let asked = tokio::time::timeout(
+                shared.config.validation_timeout,
+                shared.manager.has_role(&mut conn.raw),
+            )
+            .await;
+            match asked {
+                Ok(Ok(true)) => {
+                    conn.meta.last_io = Instant::now();
+                    Shared::make_idle(conn, permit);
+                }
+                Ok(Ok(false)) => {
+                    shared.retire_active(conn, Reason::RoleChanged);
+                    shared.role_changed("the role check found the session without its role");
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(target: TARGET, %error, "role check failed");
+                    shared.suspect();
+                    shared.retire_active(conn, Reason::ValidationFailed);
+                }
+                Err(_) => {
+                    tracing::warn!(target: TARGET, "role check timed out");
+                    shared.suspect();
+                    shared.retire_active(conn, Reason::ValidationFailed);
+                }
+            }
+        });
+        Some(*due)
     }
 
     /// `Builder::connect`'s single attempt: one connect into the idle set,

@@ -89,6 +89,8 @@ pub(crate) struct Shared<M: Manager> {
     /// waits for them, so a process that exits after it leaves no session
     /// to be cut off mid-goodbye.
     pub(super) goodbyes: AtomicU64,
+    /// When the housekeeper next asks a connection about its role.
+    pub(super) role_check_due: Mutex<Instant>,
     /// Returned connections are pinged: `verify_on_return`, resolved
     /// against what the manager's `has_broken` can see.
     pub(super) verify_returns: bool,
@@ -116,6 +118,7 @@ impl<M: Manager> Shared<M> {
             deadlines: Arc::default(),
             changed: Notify::new(),
             goodbyes: AtomicU64::new(0),
+            role_check_due: Mutex::new(Instant::now() + config.role_check_interval),
             config,
         }
     }
@@ -176,13 +179,30 @@ impl<M: Manager> Shared<M> {
     /// Starts a new generation and closes every idle connection now; lent
     /// ones are closed when they come back.
     pub(crate) fn retire_all(self: &Arc<Self>) {
+        self.new_generation(Reason::Closed);
+    }
+
+    /// [`retire_all`](Self::retire_all), counting the idle connections it
+    /// closes for `reason`.
+    fn new_generation(self: &Arc<Self>, reason: Reason) {
         self.generation.fetch_add(1, Relaxed);
         let idle = self.slots.lock().drain_idle();
         for conn in idle {
-            self.retire(conn, Reason::Closed);
+            self.retire(conn, reason);
         }
         // The housekeeper refills `min_idle` with new-generation connections.
         self.changed.notify_waiters();
+    }
+
+    /// The server no longer has the role the manager requires (seen by
+    /// the role check or in an error `why` names): every connection goes,
+    /// and new ones go where the role now is (the manager's connect checks
+    /// it on each new session).
+    pub(crate) fn role_changed(self: &Arc<Self>, why: &str) {
+        // warn: the database moved under the pool; the operator wants to know.
+        tracing::warn!(target: TARGET, why, "the server's role changed; retiring every connection");
+        self.suspect();
+        self.new_generation(Reason::RoleChanged);
     }
 
     /// A capacity permit if one is free now.

@@ -474,6 +474,8 @@ impl<M: Manager> Builder<M> {
         keepalive_interval: Option<Duration>);
     setter!(/// See [`Config::validation`]. Default `IdleFor(500 ms)`.
         validation: Validation);
+    setter!(/// See [`Config::role_check_interval`]. Default 5 s.
+        role_check_interval: Duration);
     setter!(/// See [`Config::server_timeout_margin`]. Default 5 s.
         server_timeout_margin: Duration);
     setter!(/// See [`Config::server_idle_timeout_override`]. Default `None` (ask the server).

@@ -106,6 +106,11 @@ impl<M: Manager> Pool<M> {
             Ok(value) => return Ok(value),
             Err(error) => error,
         };
+        if shared.manager.error_shows_role_changed(&error) {
+            Pooled::retire_as(conn, Reason::RoleChanged);
+            shared.role_changed("an error showed the session is read-only");
+            return Err(RunError::Work(error));
+        }
         let ended =
             shared.manager.error_ends_session(&error) || shared.manager.has_broken(&mut conn);
         if !ended {

@@ -158,6 +158,16 @@ impl<C> Slots<C> {
         Some(conn)
     }
 
+    /// Takes the most recently used idle connection out for a check by the
+    /// housekeeper (its role): it counts active, as out for a keepalive,
+    /// and comes back through the idle set or leaves the pool.
+    pub(crate) fn take_for_check(&mut self, now: Instant) -> Option<Conn<C>> {
+        let mut conn = self.idle.pop_back()?;
+        self.active.insert(&mut conn.meta, now, Activity::Keepalive);
+        self.pinging += 1;
+        Some(conn)
+    }
+
     /// When the least recently used idle connection (the front of the idle
     /// set) was last heard from; `None` when nothing is idle.
     pub(crate) fn oldest_idle(&self) -> Option<Instant> {
