@@ -4,16 +4,19 @@
 //! listed. The housekeeper's role check finds it without any write failing;
 //! a read-only error seen by `Pool::run` moves the pool at once; with no
 //! writable host left, callers get an error naming the role problem.
+//! And credentials rotated under load, handed out by a provider.
 //! Private PostgreSQL servers, so the shared one is never made read-only.
 
 #[path = "faults/servers.rs"]
 #[allow(dead_code)]
 mod servers;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use servers::PrivatePg;
 use tokio_postgres::{Client, NoTls};
+use vigil::backend::credentials::{CredentialsError, Secret};
 use vigil::backend::tokio_postgres::{PgClient, TokioPgManager};
 use vigil::{Pool, Reason, RunError, Work};
 
@@ -188,4 +191,162 @@ async fn with_no_writable_host_the_error_names_the_role_problem() {
         started.elapsed()
     );
     assert!(err.to_string().contains("does not allow writes"), "{err}");
+}
+
+/// A private server where `app` logs in with a password (SCRAM) over TCP,
+/// `postgres` without one.
+fn password_server() -> PrivatePg {
+    PrivatePg::start_with(|dir| {
+        std::fs::write(
+            dir.join("data/pg_hba.conf"),
+            "local all all trust\n\
+             host all postgres 127.0.0.1/32 trust\n\
+             host all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .expect("write pg_hba.conf");
+        Vec::new()
+    })
+}
+
+fn app_manager(pg: &PrivatePg, password: &Arc<Mutex<String>>) -> TokioPgManager {
+    let current = Arc::clone(password);
+    TokioPgManager::from_url(&format!(
+        "postgres://app@127.0.0.1:{}/postgres?sslmode=disable&application_name=vigil-rotation",
+        pg.port()
+    ))
+    .expect("a well-formed URL")
+    .with_credentials(move || {
+        let value = current.lock().expect("lock").clone();
+        async move { Ok(Secret::new(value)) }
+    })
+}
+
+/// The password rotates on the server during load; the provider hands out
+/// the new one and `retire_all()` moves every session over: no error
+/// reaches a caller, and no session opened before the rotation remains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_password_reaches_every_session_without_an_error() {
+    let pg = password_server();
+    let admin = admin(&pg).await;
+    admin
+        .batch_execute("CREATE ROLE app LOGIN PASSWORD 'first-secret'")
+        .await
+        .expect("create role");
+    let password = Arc::new(Mutex::new("first-secret".to_owned()));
+    let pool = Pool::builder(app_manager(&pg, &password))
+        .max_size(4)
+        .connect()
+        .await
+        .expect("the provider's password works");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (pool, stop) = (pool.clone(), Arc::clone(&stop));
+        load.spawn(async move {
+            let (mut done, mut errors) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match pool.get().await {
+                    Ok(conn) => match conn.simple_query("SELECT 1").await {
+                        Ok(_) => done += 1,
+                        Err(e) => errors.push(e.to_string()),
+                    },
+                    Err(e) => errors.push(e.to_string()),
+                }
+            }
+            (done, errors)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    admin
+        .batch_execute("ALTER ROLE app PASSWORD 'second-secret'")
+        .await
+        .expect("rotate");
+    let rotated: std::time::SystemTime = admin
+        .query_one("SELECT now()", &[])
+        .await
+        .expect("now")
+        .get(0);
+    *password.lock().expect("lock") = "second-secret".to_owned();
+    pool.retire_all();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut done, mut errors) = (0, Vec::new());
+    while let Some(joined) = load.join_next().await {
+        let (d, e) = joined.expect("a load task");
+        done += d;
+        errors.extend(e);
+    }
+    assert!(errors.is_empty(), "errors reached callers: {errors:?}");
+    assert!(done > 100, "the load ran: {done} queries");
+    // The old sessions said goodbye as they were retired.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let old: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE usename = 'app' AND backend_start < $1",
+                &[&rotated],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if old == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{old} sessions from before the rotation remain"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let conn = pool.get().await.expect("a session with the new password");
+    conn.simple_query("SELECT 1").await.expect("works");
+    drop(conn);
+    pool.close().await;
+}
+
+/// A provider that fails or hangs: a clear error within `acquire_timeout`,
+/// naming the provider, never a password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_or_hanging_provider_is_a_clear_error_in_time() {
+    let pg = password_server();
+    let url = format!(
+        "postgres://app@127.0.0.1:{}/postgres?sslmode=disable",
+        pg.port()
+    );
+    let failing = TokioPgManager::from_url(&url)
+        .expect("a well-formed URL")
+        .with_credentials(|| async { Err("vault is sealed".into()) });
+    let started = Instant::now();
+    let err = Pool::builder(failing)
+        .acquire_timeout(Duration::from_secs(2))
+        .build()
+        .expect("valid settings")
+        .get()
+        .await
+        .expect_err("no password, no session");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let text = err.to_string();
+    assert!(
+        text.contains("credentials provider failed") && text.contains("vault is sealed"),
+        "{text}"
+    );
+    let hanging = TokioPgManager::from_url(&url)
+        .expect("a well-formed URL")
+        .with_credentials(std::future::pending::<Result<Secret, CredentialsError>>);
+    let started = Instant::now();
+    let err = Pool::builder(hanging)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_timeout(Duration::from_millis(500))
+        .build()
+        .expect("valid settings")
+        .get()
+        .await
+        .expect_err("a provider that never answers");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.to_string().contains("500ms"), "{err}");
 }

@@ -1,5 +1,11 @@
 //! Managers for real databases, each behind its feature.
 
+#[cfg(any(
+    feature = "mysql",
+    feature = "sqlx-backend",
+    feature = "tokio-postgres"
+))]
+pub mod credentials;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "sqlx-backend")]

@@ -42,6 +42,8 @@
 
 use std::fmt;
 use std::sync::Arc;
+
+use super::credentials::{provider_failed, Credentials};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -81,6 +83,8 @@ const TARGET: &str = "vigil::mysql";
 #[derive(Clone)]
 pub struct MySqlManager {
     opts: Opts,
+    /// Asked for the password of each new connection, if set.
+    credentials: Option<Arc<dyn Credentials>>,
     /// What a connection learned about the server, shared by clones.
     learned: Arc<Mutex<Option<Learned>>>,
 }
@@ -126,8 +130,17 @@ impl MySqlManager {
     pub fn new(opts: Opts) -> Self {
         MySqlManager {
             opts,
+            credentials: None,
             learned: Arc::default(),
         }
+    }
+
+    /// Asks `provider` for the password of every new connection (an IAM
+    /// token, a Vault lease), instead of the one in the options; see
+    /// [`credentials`](super::credentials).
+    pub fn with_credentials(mut self, provider: impl Credentials) -> Self {
+        self.credentials = Some(Arc::new(provider));
+        self
     }
 
     /// What a recent connection learned, if it is recent enough to reuse.
@@ -347,6 +360,18 @@ impl Manager for MySqlManager {
 
     async fn connect(&self) -> Result<Conn, mysql_async::Error> {
         let opts = self.learned().map_or_else(|| self.opts.clone(), |l| l.opts);
+        let opts = match &self.credentials {
+            None => opts,
+            Some(provider) => {
+                let password = provider
+                    .password()
+                    .await
+                    .map_err(|e| mysql_async::Error::Other(provider_failed(&e).into()))?;
+                OptsBuilder::from_opts(opts)
+                    .pass(Some(password.expose()))
+                    .into()
+            }
+        };
         Conn::new(opts).await
     }
 

@@ -45,6 +45,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use sqlx::{ConnectOptions, Connection, Database, TransactionManager};
 
@@ -84,6 +85,9 @@ pub trait SqlxDatabase: Database + sealed::Sealed {
 
     /// Adds the connect options that are safe to print (never a password).
     fn describe(options: &Options<Self>, f: &mut fmt::DebugStruct<'_, '_>);
+
+    /// `options` with `password` (SQLite has none: unchanged).
+    fn with_password(options: &Options<Self>, password: &str) -> Options<Self>;
 }
 
 /// A [`Manager`] for any sqlx database: PostgreSQL, SQLite or MySQL.
@@ -112,6 +116,8 @@ pub trait SqlxDatabase: Database + sealed::Sealed {
 /// the password (sqlx's own options `Debug` would print it).
 pub struct SqlxManager<DB: SqlxDatabase> {
     options: Options<DB>,
+    /// Asked for the password of each new connection, if set.
+    credentials: Option<Arc<dyn Credentials>>,
     _db: PhantomData<fn() -> DB>,
 }
 
@@ -129,8 +135,17 @@ impl<DB: SqlxDatabase> SqlxManager<DB> {
     pub fn new(options: Options<DB>) -> Self {
         SqlxManager {
             options,
+            credentials: None,
             _db: PhantomData,
         }
+    }
+
+    /// Asks `provider` for the password of every new connection (an IAM
+    /// token, a Vault lease), instead of the one in the options; see
+    /// [`credentials`](super::credentials).
+    pub fn with_credentials(mut self, provider: impl Credentials) -> Self {
+        self.credentials = Some(Arc::new(provider));
+        self
     }
 
     /// A manager for the connection URL `url`
@@ -185,7 +200,11 @@ impl<DB: SqlxDatabase> SqlxManager<DB> {
 
 impl<DB: SqlxDatabase> Clone for SqlxManager<DB> {
     fn clone(&self) -> Self {
-        SqlxManager::new(self.options.clone())
+        SqlxManager {
+            options: self.options.clone(),
+            credentials: self.credentials.clone(),
+            _db: PhantomData,
+        }
     }
 }
 
@@ -198,6 +217,7 @@ impl<DB: SqlxDatabase> fmt::Debug for SqlxManager<DB> {
     }
 }
 
+use super::credentials::{provider_failed, Credentials};
 #[cfg(feature = "postgres")]
 use super::pg_duration;
 use super::redact_password as redact;
@@ -210,8 +230,19 @@ where
     type Connection = DB::Connection;
     type Error = sqlx::Error;
 
-    fn connect(&self) -> impl Future<Output = Result<DB::Connection, sqlx::Error>> + Send {
-        self.options.connect()
+    async fn connect(&self) -> Result<DB::Connection, sqlx::Error> {
+        match &self.credentials {
+            None => self.options.connect().await,
+            Some(provider) => {
+                let password = provider
+                    .password()
+                    .await
+                    .map_err(|e| sqlx::Error::Configuration(provider_failed(&e).into()))?;
+                DB::with_password(&self.options, password.expose())
+                    .connect()
+                    .await
+            }
+        }
     }
 
     fn is_valid(
@@ -310,6 +341,10 @@ mod postgres {
     impl sealed::Sealed for Postgres {}
 
     impl SqlxDatabase for Postgres {
+        fn with_password(options: &PgConnectOptions, password: &str) -> PgConnectOptions {
+            options.clone().password(password)
+        }
+
         const DETECTION: BrokenDetection = BrokenDetection::Blind;
         const SCHEMES: &'static [&'static str] = &["postgres", "postgresql"];
 
@@ -401,6 +436,10 @@ mod sqlite {
     impl sealed::Sealed for Sqlite {}
 
     impl SqlxDatabase for Sqlite {
+        fn with_password(options: &SqliteConnectOptions, _password: &str) -> SqliteConnectOptions {
+            options.clone()
+        }
+
         const DETECTION: BrokenDetection = BrokenDetection::AfterFailedIo;
         const SCHEMES: &'static [&'static str] = &["sqlite"];
 
@@ -462,6 +501,10 @@ mod mysql {
     impl sealed::Sealed for MySql {}
 
     impl SqlxDatabase for MySql {
+        fn with_password(options: &MySqlConnectOptions, password: &str) -> MySqlConnectOptions {
+            options.clone().password(password)
+        }
+
         const DETECTION: BrokenDetection = BrokenDetection::Blind;
         const SCHEMES: &'static [&'static str] = &["mysql", "mariadb"];
 

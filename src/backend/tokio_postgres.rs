@@ -102,6 +102,7 @@ use tokio_postgres::config::{Host, LoadBalanceHosts, TargetSessionAttrs};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
 
+use super::credentials::{provider_failed, Credentials};
 use super::{percent_decode, pg_duration, redact_password, InvalidUrl};
 
 mod tls;
@@ -136,6 +137,8 @@ pub struct TokioPgManager {
     /// negotiates TLS itself (`tls`), so the watch sits inside it.
     config: Config,
     tls: PgTls,
+    /// Asked for the password of each new connection, if set.
+    credentials: Option<Arc<dyn Credentials>>,
     /// The server timeouts a recent session found, shared by clones.
     learned: Arc<Mutex<Option<(Instant, ServerTimeouts)>>>,
 }
@@ -170,8 +173,17 @@ impl TokioPgManager {
         TokioPgManager {
             config,
             tls,
+            credentials: None,
             learned: Arc::default(),
         }
+    }
+
+    /// Asks `provider` for the password of every new connection (an IAM
+    /// token, a Vault lease), instead of the one in the config; see
+    /// [`credentials`](super::credentials).
+    pub fn with_credentials(mut self, provider: impl Credentials) -> Self {
+        self.credentials = Some(Arc::new(provider));
+        self
     }
 
     /// Connects with these TLS settings (from [`PgTls::with_config`], for a
@@ -946,11 +958,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FatalWatch<S> {
     }
 }
 
-impl Manager for TokioPgManager {
-    type Connection = PgClient;
-    type Error = tokio_postgres::Error;
-
-    async fn connect(&self) -> Result<PgClient, tokio_postgres::Error> {
+impl TokioPgManager {
+    /// The connect itself, with the password the config holds.
+    async fn connect_as_configured(&self) -> Result<PgClient, tokio_postgres::Error> {
         match self.connect_watched().await {
             Some(Ok(client)) => Ok(client),
             Some(Err(Failure::Pg(e))) => Err(e),
@@ -993,6 +1003,36 @@ impl Manager for TokioPgManager {
                 })
             }
         }
+    }
+}
+
+impl Manager for TokioPgManager {
+    type Connection = PgClient;
+    type Error = tokio_postgres::Error;
+
+    async fn connect(&self) -> Result<PgClient, tokio_postgres::Error> {
+        if let Some(provider) = &self.credentials {
+            let password = match provider.password().await {
+                Ok(p) => p,
+                Err(e) => {
+                    let failed =
+                        io::Error::new(io::ErrorKind::PermissionDenied, provider_failed(&e));
+                    // Replayed through the driver for its error type.
+                    let (client, connection) =
+                        self.config.connect_raw(Failed(Some(failed)), NoTls).await?;
+                    return Ok(PgClient {
+                        client,
+                        connection: spawn_connection(connection),
+                        seen: Arc::new(Seen::unwatched()),
+                        tls: false,
+                    });
+                }
+            };
+            let mut this = self.clone();
+            this.config.password(password.expose());
+            return this.connect_as_configured().await;
+        }
+        self.connect_as_configured().await
     }
 
     async fn is_valid(&self, conn: &mut PgClient) -> Result<(), tokio_postgres::Error> {
