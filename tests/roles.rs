@@ -350,3 +350,80 @@ async fn a_failing_or_hanging_provider_is_a_clear_error_in_time() {
     );
     assert!(err.to_string().contains("500ms"), "{err}");
 }
+
+/// Failover: a primary and its streaming standby, both listed with
+/// `target_session_attrs=read-write`. Idempotent writes run throughout; the
+/// primary stops, the standby is promoted; writes resume on the new primary
+/// within 2 s of the promotion, and none is attempted on a read-only session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_follow_a_failover_to_the_promoted_standby() {
+    let primary = PrivatePg::start();
+    admin(&primary)
+        .await
+        .batch_execute("CREATE TABLE f (id bigint PRIMARY KEY, port int)")
+        .await
+        .expect("create table");
+    let standby = PrivatePg::standby_of(&primary);
+    let pool = Pool::builder(manager(&[&primary, &standby]))
+        .max_size(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(1))
+        .role_check_interval(Duration::from_millis(500))
+        .build()
+        .expect("valid settings");
+    let next = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    // One idempotent write: a row with its own id, inserted at most once.
+    let write_one = |pool: Pool<TokioPgManager>, next: Arc<std::sync::atomic::AtomicI64>| async move {
+        let id = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        pool.run_idempotent(move |conn| {
+            Box::pin(async move {
+                let row = conn
+                    .query_one(
+                        "INSERT INTO f VALUES ($1, inet_server_port()) \
+                         ON CONFLICT (id) DO UPDATE SET port = f.port RETURNING port",
+                        &[&id],
+                    )
+                    .await?;
+                Ok(row.get::<_, i32>(0))
+            })
+        })
+        .await
+    };
+    for _ in 0..20 {
+        let port = write_one(pool.clone(), Arc::clone(&next))
+            .await
+            .expect("a write");
+        assert_eq!(port, i32::from(primary.port()));
+    }
+    primary.stop_fast();
+    let promoted = {
+        standby.promote();
+        Instant::now()
+    };
+    // Writes until one lands on the new primary; what the callers saw.
+    let mut errors = Vec::new();
+    let resumed = loop {
+        match write_one(pool.clone(), Arc::clone(&next)).await {
+            Ok(port) if port == i32::from(standby.port()) => break promoted.elapsed(),
+            Ok(port) => panic!("a write landed on {port}, the stopped primary"),
+            Err(e) => errors.push(e.to_string()),
+        }
+        assert!(
+            promoted.elapsed() < Duration::from_secs(10),
+            "writes never resumed: {errors:?}"
+        );
+    };
+    assert!(
+        resumed < Duration::from_secs(2),
+        "writes resumed after {resumed:?}: {errors:?}"
+    );
+    assert!(
+        errors.iter().all(|e| !e.contains("read-only")),
+        "a write went to a read-only session: {errors:?}"
+    );
+    eprintln!(
+        "failover: writes resumed {resumed:?} after the promotion; {} errors reached callers: {errors:?}",
+        errors.len()
+    );
+    pool.close().await;
+}

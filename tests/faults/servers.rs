@@ -206,6 +206,47 @@ impl PrivatePg {
             "crashing the private PostgreSQL",
         );
     }
+
+    /// A streaming-replication standby of `primary` (`pg_basebackup -R`),
+    /// started on a port of its own; blocking (a few seconds).
+    #[allow(dead_code)] // the role tests'
+    pub fn standby_of(primary: &PrivatePg) -> PrivatePg {
+        let standby = PrivatePg {
+            dir: scratch_dir("pg-standby"),
+            port: free_port(),
+            settings: Vec::new(),
+        };
+        standby.chown_to_postgres();
+        run(
+            standby
+                .as_postgres(&format!("{PG_BIN}/pg_basebackup"))
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                    "-R",
+                    "-X",
+                    "stream",
+                    "-p",
+                ])
+                .arg(primary.port.to_string())
+                .arg("-D")
+                .arg(standby.data()),
+            "pg_basebackup for the standby",
+        );
+        standby.start_again();
+        standby
+    }
+
+    /// `pg_ctl promote`: the standby becomes a primary; blocks until it is.
+    #[allow(dead_code)] // the role tests'
+    pub fn promote(&self) {
+        run(
+            &mut self.pg_ctl(&["-w", "promote"]),
+            "promoting the private PostgreSQL standby",
+        );
+    }
 }
 
 impl Drop for PrivatePg {
