@@ -14,9 +14,11 @@ mod servers;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use servers::PrivatePg;
+use mysql_async::prelude::Queryable;
+use servers::{PrivateMaria, PrivatePg};
 use tokio_postgres::{Client, NoTls};
 use vigil::backend::credentials::{CredentialsError, Secret};
+use vigil::backend::mysql::MySqlManager;
 use vigil::backend::tokio_postgres::{PgClient, TokioPgManager};
 use vigil::{Pool, Reason, RunError, Work};
 
@@ -426,4 +428,125 @@ async fn writes_follow_a_failover_to_the_promoted_standby() {
         errors.len()
     );
     pool.close().await;
+}
+
+// ---------------------------------------------------------------- MariaDB
+
+/// Two private MariaDB servers, each with database `test`, table `w` and a
+/// user `app` without SUPER (for whom `read_only` holds).
+async fn two_maria_primaries() -> (PrivateMaria, PrivateMaria) {
+    let (a, b) = (PrivateMaria::start(), PrivateMaria::start());
+    for maria in [&a, &b] {
+        let mut root = maria_conn(maria, "root").await;
+        root.query_drop(
+            "CREATE DATABASE test; CREATE TABLE test.w (port int); \
+             CREATE USER app@'%'; GRANT ALL ON test.* TO app@'%'",
+        )
+        .await
+        .expect("set up the server");
+        let _ = root.disconnect().await;
+    }
+    (a, b)
+}
+
+async fn maria_conn(maria: &PrivateMaria, user: &str) -> mysql_async::Conn {
+    mysql_async::Conn::new(
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(maria.port())
+            .user(Some(user))
+            .prefer_socket(false),
+    )
+    .await
+    .expect("a direct connection")
+}
+
+fn maria_manager(hosts: &[&PrivateMaria]) -> MySqlManager {
+    let hosts: Vec<String> = hosts
+        .iter()
+        .map(|m| format!("127.0.0.1:{}", m.port()))
+        .collect();
+    MySqlManager::from_url(&format!(
+        "mysql://app@{}/test?prefer_socket=false&target_session_attrs=read-write",
+        hosts.join(",")
+    ))
+    .expect("a well-formed URL")
+}
+
+fn maria_write(conn: &mut mysql_async::Conn) -> Work<'_, u16, mysql_async::Error> {
+    Box::pin(async move {
+        conn.query_drop("INSERT INTO w SELECT @@port").await?;
+        let port: Option<u16> = conn.query_first("SELECT @@port").await?;
+        Ok(port.unwrap_or_default())
+    })
+}
+
+/// MariaDB, the same two ways: `SET GLOBAL read_only = 1` on the first host
+/// is found by the role check with no write failing, and a read-only error
+/// (1290) seen by `run` moves the pool at once; writes go to the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_a_read_only_primary_is_left_for_the_writable_one() {
+    let (a, b) = two_maria_primaries().await;
+    let pool = Pool::builder(maria_manager(&[&a, &b]))
+        .max_size(1)
+        .role_check_interval(Duration::from_millis(500))
+        .build()
+        .expect("valid settings");
+    assert_eq!(pool.run(maria_write).await.expect("a write"), a.port());
+    let mut root = maria_conn(&a, "root").await;
+    root.query_drop("SET GLOBAL read_only = 1")
+        .await
+        .expect("demote");
+    let deadline = Instant::now() + Duration::from_millis(500 + 1_500);
+    while pool.state().closed.get(Reason::RoleChanged) == 0 {
+        assert!(Instant::now() < deadline, "{:?}", pool.state());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(pool.run(maria_write).await.expect("writes go on"), b.port());
+    pool.close().await;
+
+    // The error path: a pool that never re-checks in this test's time.
+    root.query_drop("SET GLOBAL read_only = 0")
+        .await
+        .expect("promote back");
+    let pool = Pool::builder(maria_manager(&[&a, &b]))
+        .max_size(1)
+        .role_check_interval(Duration::from_secs(600))
+        .build()
+        .expect("valid settings");
+    assert_eq!(pool.run(maria_write).await.expect("a write"), a.port());
+    root.query_drop("SET GLOBAL read_only = 1")
+        .await
+        .expect("demote");
+    match pool.run(maria_write).await {
+        Err(RunError::Work(mysql_async::Error::Server(e))) => assert_eq!(e.code, 1290, "{e}"),
+        other => panic!("the write on the read-only server fails: {other:?}"),
+    }
+    assert!(pool.state().closed.get(Reason::RoleChanged) >= 1);
+    assert_eq!(
+        pool.run(maria_write).await.expect("the next write"),
+        b.port()
+    );
+    pool.close().await;
+
+    // No writable host left: the error says what each host is.
+    let mut root_b = maria_conn(&b, "root").await;
+    root_b
+        .query_drop("SET GLOBAL read_only = 1")
+        .await
+        .expect("demote b");
+    let err = Pool::builder(maria_manager(&[&a, &b]))
+        .acquire_timeout(Duration::from_secs(2))
+        .build()
+        .expect("valid settings")
+        .get()
+        .await
+        .expect_err("no writable host");
+    let text = err.to_string();
+    assert!(
+        text.contains("no host is writable") && text.contains("read-only"),
+        "{text}"
+    );
+    let _ = root.disconnect().await;
+    let _ = root_b.disconnect().await;
 }

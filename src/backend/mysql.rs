@@ -83,6 +83,10 @@ const TARGET: &str = "vigil::mysql";
 #[derive(Clone)]
 pub struct MySqlManager {
     opts: Opts,
+    /// Hosts tried after `opts`' own, in order, each with its options.
+    more_hosts: Vec<Opts>,
+    /// The role every session must have.
+    role: TargetRole,
     /// Asked for the password of each new connection, if set.
     credentials: Option<Arc<dyn Credentials>>,
     /// What a connection learned about the server, shared by clones.
@@ -130,9 +134,30 @@ impl MySqlManager {
     pub fn new(opts: Opts) -> Self {
         MySqlManager {
             opts,
+            more_hosts: Vec::new(),
+            role: TargetRole::Any,
             credentials: None,
             learned: Arc::default(),
         }
+    }
+
+    /// Tries `hosts` (each with its own options) after the first, in order,
+    /// until one gives a session of the required role (see
+    /// [`with_target_role`](Self::with_target_role)). In a URL:
+    /// `mysql://user@host1:3306,host2:3306/db`.
+    pub fn with_more_hosts(mut self, hosts: Vec<Opts>) -> Self {
+        self.more_hosts = hosts;
+        self
+    }
+
+    /// Every session must have `role`: each new one is checked
+    /// (`@@global.read_only`, and `@@global.super_read_only` on MySQL) and
+    /// closed if it has the wrong one, the next host tried; the pool
+    /// re-checks idle sessions every `role_check_interval`. In a URL:
+    /// `?target_session_attrs=read-write` (or `read-only`, `any`), libpq's name.
+    pub fn with_target_role(mut self, role: TargetRole) -> Self {
+        self.role = role;
+        self
     }
 
     /// Asks `provider` for the password of every new connection (an IAM
@@ -198,13 +223,31 @@ impl MySqlManager {
     /// # Ok::<(), mysql_async::UrlError>(())
     /// ```
     pub fn from_url(url: &str) -> Result<Self, mysql_async::UrlError> {
-        let (rest, ssl_mode, ssl_ca) = take_ssl_params(url);
-        let opts = Opts::from_url(&rest)?;
-        let opts = match ssl_mode {
-            None if ssl_ca.is_none() => opts,
-            mode => with_ssl_mode(opts, mode.as_deref(), ssl_ca)?,
+        let (rest, params) = take_vigil_params(url);
+        let role = match params.role.as_deref() {
+            None | Some("any") => TargetRole::Any,
+            Some("read-write") => TargetRole::ReadWrite,
+            Some("read-only") => TargetRole::ReadOnly,
+            Some(other) => {
+                return Err(mysql_async::UrlError::InvalidParamValue {
+                    param: "target_session_attrs".into(),
+                    value: format!("{other} (expected any, read-write or read-only)"),
+                })
+            }
         };
-        Ok(MySqlManager::new(opts))
+        let mut all = Vec::new();
+        for one in split_hosts(&rest) {
+            let opts = Opts::from_url(&one)?;
+            let opts = match &params.ssl_mode {
+                None if params.ssl_ca.is_none() => opts,
+                mode => with_ssl_mode(opts, mode.as_deref(), params.ssl_ca.clone())?,
+            };
+            all.push(opts);
+        }
+        let first = all.remove(0);
+        Ok(MySqlManager::new(first)
+            .with_more_hosts(all)
+            .with_target_role(role))
     }
 
     /// The options every connection is opened with.
@@ -235,7 +278,9 @@ impl fmt::Debug for MySqlManager {
                 .field("host", &o.ip_or_hostname())
                 .field("port", &o.tcp_port()),
         };
-        d.field("user", &o.user())
+        d.field("more_hosts", &self.more_hosts.len())
+            .field("role", &self.role)
+            .field("user", &o.user())
             .field("db", &o.db_name())
             .field("password", &o.pass().map(|_| "<redacted>"))
             .finish_non_exhaustive()
@@ -246,18 +291,27 @@ impl fmt::Debug for MySqlManager {
 /// and `ssl-ca`, also spelled with `_`), leaving the rest to mysql_async,
 /// which reads its own (`require_ssl`, `verify_ca`, `verify_identity`,
 /// `built_in_roots`).
-fn take_ssl_params(url: &str) -> (String, Option<String>, Option<String>) {
+/// The parameters vigil reads itself, before mysql_async reads the rest.
+#[derive(Debug, Default)]
+struct VigilParams {
+    ssl_mode: Option<String>,
+    ssl_ca: Option<String>,
+    role: Option<String>,
+}
+
+fn take_vigil_params(url: &str) -> (String, VigilParams) {
+    let mut params = VigilParams::default();
     let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), None, None);
+        return (url.to_owned(), params);
     };
-    let (mut mode, mut ca) = (None, None);
     let kept: Vec<&str> = query
         .split('&')
         .filter(|pair| {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             match key {
-                "ssl-mode" | "ssl_mode" => mode = Some(value.to_ascii_uppercase()),
-                "ssl-ca" | "ssl_ca" => ca = Some(super::percent_decode(value)),
+                "ssl-mode" | "ssl_mode" => params.ssl_mode = Some(value.to_ascii_uppercase()),
+                "ssl-ca" | "ssl_ca" => params.ssl_ca = Some(super::percent_decode(value)),
+                "target_session_attrs" => params.role = Some(value.to_ascii_lowercase()),
                 _ => return true,
             }
             false
@@ -268,8 +322,71 @@ fn take_ssl_params(url: &str) -> (String, Option<String>, Option<String>) {
     } else {
         format!("{base}?{}", kept.join("&"))
     };
-    (rest, mode, ca)
+    (rest, params)
 }
+
+/// `mysql://u:p@h1:3306,h2:3307/db?x` → one URL per host, the rest shared.
+fn split_hosts(url: &str) -> Vec<String> {
+    let Some((scheme, after)) = url.split_once("://") else {
+        return vec![url.to_owned()];
+    };
+    let end = after.find(['/', '?']).unwrap_or(after.len());
+    let (authority, rest) = after.split_at(end);
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    if !hosts.contains(',') {
+        return vec![url.to_owned()];
+    }
+    hosts
+        .split(',')
+        .map(|host| format!("{scheme}://{userinfo}{host}{rest}"))
+        .collect()
+}
+
+/// The role a session must have (libpq's `target_session_attrs` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TargetRole {
+    /// Any session will do.
+    #[default]
+    Any,
+    /// A writable primary: `@@global.read_only` (and MySQL's
+    /// `@@global.super_read_only`) off.
+    ReadWrite,
+    /// A read-only server (a replica).
+    ReadOnly,
+}
+
+impl TargetRole {
+    fn accepts(self, read_only: bool) -> bool {
+        match self {
+            TargetRole::Any => true,
+            TargetRole::ReadWrite => !read_only,
+            TargetRole::ReadOnly => read_only,
+        }
+    }
+}
+
+/// Is the server read-only for this session: `@@global.read_only`, or
+/// MySQL's `@@global.super_read_only` (MariaDB has no such variable).
+async fn read_only(conn: &mut Conn) -> Result<bool, mysql_async::Error> {
+    let both: Result<Option<(u8, u8)>, _> = conn
+        .query_first("SELECT @@global.read_only, @@global.super_read_only")
+        .await;
+    match both {
+        Ok(row) => Ok(row.is_some_and(|(ro, sro)| ro != 0 || sro != 0)),
+        Err(mysql_async::Error::Server(e)) if e.code == ER_UNKNOWN_SYSTEM_VARIABLE => {
+            let ro: Option<u8> = conn.query_first("SELECT @@global.read_only").await?;
+            Ok(ro.is_some_and(|ro| ro != 0))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// MySQL `ER_UNKNOWN_SYSTEM_VARIABLE`.
+const ER_UNKNOWN_SYSTEM_VARIABLE: u16 = 1193;
 
 /// `ssl-mode` as the MySQL client means it: `DISABLED`, `REQUIRED`
 /// (encrypted, the certificate not checked) and `VERIFY_IDENTITY` (signed
@@ -354,12 +471,10 @@ fn seconds(value: u64) -> Option<Duration> {
     (value > 0).then(|| Duration::from_secs(value))
 }
 
-impl Manager for MySqlManager {
-    type Connection = Conn;
-    type Error = mysql_async::Error;
-
-    async fn connect(&self) -> Result<Conn, mysql_async::Error> {
-        let opts = self.learned().map_or_else(|| self.opts.clone(), |l| l.opts);
+impl MySqlManager {
+    /// One connect to the host of `opts`, with the provider's password if
+    /// there is a provider.
+    async fn connect_to(&self, opts: Opts) -> Result<Conn, mysql_async::Error> {
         let opts = match &self.credentials {
             None => opts,
             Some(provider) => {
@@ -373,6 +488,72 @@ impl Manager for MySqlManager {
             }
         };
         Conn::new(opts).await
+    }
+
+    /// The hosts in order until one gives a session of the required role;
+    /// a session of the wrong role is closed. When none does, an error
+    /// saying what each host answered.
+    async fn connect_with_role(&self) -> Result<Conn, mysql_async::Error> {
+        let mut seen = Vec::new();
+        let (mut last, mut refused) = (None, false);
+        for opts in std::iter::once(&self.opts).chain(&self.more_hosts) {
+            let host = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+            let mut conn = match self.connect_to(opts.clone()).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    seen.push(format!("{host}: {e}"));
+                    last = Some(e);
+                    continue;
+                }
+            };
+            match read_only(&mut conn).await {
+                Ok(ro) if self.role.accepts(ro) => return Ok(conn),
+                Ok(ro) => {
+                    refused = true;
+                    seen.push(format!(
+                        "{host} is {}",
+                        if ro { "read-only" } else { "writable" }
+                    ));
+                    let _ = conn.disconnect().await;
+                }
+                Err(e) => {
+                    seen.push(format!("{host}: {e}"));
+                    last = Some(e);
+                }
+            }
+        }
+        // Only connect errors: the last one, as the driver said it.
+        if let (false, Some(e)) = (refused, last) {
+            return Err(e);
+        }
+        let wanted = match self.role {
+            TargetRole::ReadOnly => "read-only",
+            _ => "writable",
+        };
+        Err(mysql_async::Error::Other(
+            format!("no host is {wanted}: {}", seen.join("; ")).into(),
+        ))
+    }
+}
+
+impl Manager for MySqlManager {
+    type Connection = Conn;
+    type Error = mysql_async::Error;
+
+    async fn connect(&self) -> Result<Conn, mysql_async::Error> {
+        if !self.more_hosts.is_empty() || self.role != TargetRole::Any {
+            return self.connect_with_role().await;
+        }
+        let opts = self.learned().map_or_else(|| self.opts.clone(), |l| l.opts);
+        self.connect_to(opts).await
+    }
+
+    fn requires_role(&self) -> bool {
+        self.role != TargetRole::Any
+    }
+
+    async fn has_role(&self, conn: &mut Conn) -> Result<bool, mysql_async::Error> {
+        Ok(self.role.accepts(read_only(conn).await?))
     }
 
     /// `COM_PING`.
@@ -432,7 +613,8 @@ impl Manager for MySqlManager {
     /// opens with the same options (its `init` commands included), so what
     /// one found holds for the next; see [`Learned`].
     async fn server_timeouts(&self, conn: &mut Conn) -> Result<ServerTimeouts, mysql_async::Error> {
-        if let Some(learned) = self.learned() {
+        // Learned from one server, true of that server only.
+        if let Some(learned) = self.learned().filter(|_| self.more_hosts.is_empty()) {
             return Ok(learned.timeouts);
         }
         // A SELECT of variables always answers one row.
