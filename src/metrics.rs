@@ -264,10 +264,15 @@ impl Collector for Metrics {
             e,
             s,
             "vigil_retries",
-            "Work Pool::run_idempotent ran a second time because its connection's session had ended.",
+            "Work Pool::run_idempotent ran a second time: its connection's session had ended, or its server had turned read-only.",
             None,
             Counter,
-            |st| vec![(Some(("reason", "session_ended")), C(st.retries))],
+            |st| {
+                vec![
+                    (Some(("reason", "session_ended")), C(st.retries)),
+                    (Some(("reason", "role_changed")), C(st.retries_role_changed)),
+                ]
+            },
         )?;
         family(
             e,

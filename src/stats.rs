@@ -30,8 +30,10 @@ pub(crate) struct Stats {
     pub(crate) leaks_suspected: AtomicU64,
     /// `get()` calls refused at once because `max_waiters` were waiting.
     pub(crate) rejected: AtomicU64,
-    /// Work that `Pool::run_idempotent` ran a second time.
+    /// Work that `Pool::run_idempotent` ran a second time: its session had
+    /// ended, or its server had turned read-only.
     pub(crate) retries: AtomicU64,
+    pub(crate) retries_role_changed: AtomicU64,
     /// Time from `get()` to a connection (or to the error).
     pub(crate) acquire: Histogram,
     /// Time a connection was lent out. Every return writes it: on lines of
@@ -234,6 +236,8 @@ pub struct State {
     /// Work [`Pool::run_idempotent`](crate::Pool::run_idempotent) ran a
     /// second time because its first connection's session had ended.
     pub retries: u64,
+    /// ... because its first connection's server had turned read-only.
+    pub retries_role_changed: u64,
     /// Time from `get()` to a connection or an error.
     pub acquire_duration: HistogramSnapshot,
     /// Time connections were lent out.

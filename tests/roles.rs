@@ -282,6 +282,7 @@ async fn a_rotated_password_reaches_every_session_without_an_error() {
     assert!(done > 100, "the load ran: {done} queries");
     // The old sessions said goodbye as they were retired.
     let deadline = Instant::now() + Duration::from_secs(5);
+    let retired_at = Instant::now();
     loop {
         let old: i64 = admin
             .query_one(
@@ -293,6 +294,14 @@ async fn a_rotated_password_reaches_every_session_without_an_error() {
             .expect("pg_stat_activity")
             .get(0);
         if old == 0 {
+            moved(
+                "rotated_password",
+                "postgres",
+                done,
+                errors.len(),
+                retired_at.elapsed(),
+                0,
+            );
             break;
         }
         assert!(
@@ -423,9 +432,13 @@ async fn writes_follow_a_failover_to_the_promoted_standby() {
         errors.iter().all(|e| !e.contains("read-only")),
         "a write went to a read-only session: {errors:?}"
     );
-    eprintln!(
-        "failover: writes resumed {resumed:?} after the promotion; {} errors reached callers: {errors:?}",
-        errors.len()
+    moved(
+        "failover_to_standby",
+        "postgres",
+        next.load(std::sync::atomic::Ordering::Relaxed) as u64,
+        errors.len(),
+        resumed,
+        pool.state().retries_role_changed,
     );
     pool.close().await;
 }
@@ -549,4 +562,227 @@ async fn mariadb_a_read_only_primary_is_left_for_the_writable_one() {
     );
     let _ = root.disconnect().await;
     let _ = root_b.disconnect().await;
+}
+
+// ------------------------------------------------- under load, for RELIABILITY.md
+
+/// One line of RELIABILITY.md's "database moved" table, printed for
+/// `scripts`-free reproduction (see RELIABILITY.md): scenario, server,
+/// requests, errors reaching callers, time to recover (ms), writes the
+/// read-only server refused (each retried by `run_idempotent`).
+fn moved(
+    scenario: &str,
+    server: &str,
+    requests: u64,
+    errors: usize,
+    recovery: Duration,
+    refused: u64,
+) {
+    eprintln!(
+        "MOVED|{scenario}|{server}|{requests}|{errors}|{}|{refused}",
+        recovery.as_millis()
+    );
+}
+
+/// What a write load saw: requests, errors, and when a write first landed
+/// on `port` after `since`.
+struct Seen {
+    requests: u64,
+    errors: Vec<String>,
+    first_on: Option<Instant>,
+}
+
+/// 4 tasks of idempotent writes (`write` returns the port that took each)
+/// until `stop`; collects what they saw.
+async fn load<W, Fut>(write: W, stop: Arc<std::sync::atomic::AtomicBool>, port: u16) -> Seen
+where
+    W: Fn(i64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<u16, String>> + Send,
+{
+    let next = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let (write, stop, next) = (write.clone(), Arc::clone(&stop), Arc::clone(&next));
+        tasks.spawn(async move {
+            let mut seen = Seen {
+                requests: 0,
+                errors: Vec::new(),
+                first_on: None,
+            };
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                seen.requests += 1;
+                match write(id).await {
+                    Ok(p) if p == port => {
+                        seen.first_on.get_or_insert_with(Instant::now);
+                    }
+                    Ok(_) => {}
+                    Err(e) => seen.errors.push(e),
+                }
+            }
+            seen
+        });
+    }
+    let mut all = Seen {
+        requests: 0,
+        errors: Vec::new(),
+        first_on: None,
+    };
+    while let Some(done) = tasks.join_next().await {
+        let s = done.expect("a load task");
+        all.requests += s.requests;
+        all.errors.extend(s.errors);
+        all.first_on = match (all.first_on, s.first_on) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    all
+}
+
+/// PostgreSQL, under write load: the first host turns read-only. Writes
+/// the read-only server refuses are retried on the writable one; none
+/// reaches a caller, and writes land there within the check period + 1 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_demoted_primary_under_write_load() {
+    let (a, b) = two_primaries().await;
+    for pg in [&a, &b] {
+        admin(pg)
+            .await
+            .batch_execute("CREATE TABLE f (id bigint PRIMARY KEY, port int)")
+            .await
+            .expect("create table");
+    }
+    let pool = Pool::builder(manager(&[&a, &b]))
+        .max_size(4)
+        .role_check_interval(Duration::from_millis(500))
+        .build()
+        .expect("valid settings");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let pool = pool.clone();
+        move |id: i64| {
+            let pool = pool.clone();
+            async move {
+                pool.run_idempotent(move |conn| {
+                    Box::pin(async move {
+                        let row = conn
+                            .query_one(
+                                "INSERT INTO f VALUES ($1, inet_server_port()) \
+                                 ON CONFLICT (id) DO UPDATE SET port = f.port RETURNING port",
+                                &[&id],
+                            )
+                            .await?;
+                        Ok(row.get::<_, i32>(0) as u16)
+                    })
+                })
+                .await
+                .map_err(|e| e.to_string())
+            }
+        }
+    };
+    let running = tokio::spawn(load(writer, Arc::clone(&stop), b.port()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let demoted = Instant::now();
+    demote(&a).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = running.await.expect("the load");
+    let recovery = seen
+        .first_on
+        .map(|t| t.saturating_duration_since(demoted))
+        .expect("writes reached the writable host");
+    let refused = pool.state().retries_role_changed;
+    moved(
+        "demoted_primary",
+        "postgres",
+        seen.requests,
+        seen.errors.len(),
+        recovery,
+        refused,
+    );
+    assert!(
+        seen.errors.is_empty(),
+        "errors reached callers: {:?}",
+        seen.errors
+    );
+    assert!(
+        recovery < Duration::from_millis(500 + 1_000),
+        "{recovery:?}"
+    );
+    pool.close().await;
+}
+
+/// MariaDB, the same: `SET GLOBAL read_only = 1` under write load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_demoted_primary_under_write_load() {
+    let (a, b) = two_maria_primaries().await;
+    for m in [&a, &b] {
+        let mut root = maria_conn(m, "root").await;
+        root.query_drop("CREATE TABLE test.f (id bigint PRIMARY KEY, port int)")
+            .await
+            .expect("create table");
+        let _ = root.disconnect().await;
+    }
+    let pool = Pool::builder(maria_manager(&[&a, &b]))
+        .max_size(4)
+        .role_check_interval(Duration::from_millis(500))
+        .build()
+        .expect("valid settings");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let pool = pool.clone();
+        move |id: i64| {
+            let pool = pool.clone();
+            async move {
+                pool.run_idempotent(move |conn| {
+                    Box::pin(async move {
+                        conn.exec_drop(
+                            "INSERT INTO f VALUES (?, @@port) ON DUPLICATE KEY UPDATE port = port",
+                            (id,),
+                        )
+                        .await?;
+                        let port: Option<u16> = conn.query_first("SELECT @@port").await?;
+                        Ok(port.unwrap_or_default())
+                    })
+                })
+                .await
+                .map_err(|e| e.to_string())
+            }
+        }
+    };
+    let running = tokio::spawn(load(writer, Arc::clone(&stop), b.port()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let demoted = Instant::now();
+    let mut root = maria_conn(&a, "root").await;
+    root.query_drop("SET GLOBAL read_only = 1")
+        .await
+        .expect("demote");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = running.await.expect("the load");
+    let recovery = seen
+        .first_on
+        .map(|t| t.saturating_duration_since(demoted))
+        .expect("writes reached the writable host");
+    let refused = pool.state().retries_role_changed;
+    moved(
+        "demoted_primary",
+        "mariadb",
+        seen.requests,
+        seen.errors.len(),
+        recovery,
+        refused,
+    );
+    assert!(
+        seen.errors.is_empty(),
+        "errors reached callers: {:?}",
+        seen.errors
+    );
+    assert!(
+        recovery < Duration::from_millis(500 + 1_000),
+        "{recovery:?}"
+    );
+    let _ = root.disconnect().await;
+    pool.close().await;
 }

@@ -417,6 +417,7 @@ fn state_of<M: Manager>(shared: &Shared<M>) -> State {
         leaks_suspected: s.leaks_suspected.load(Relaxed),
         rejected: s.rejected.load(Relaxed),
         retries: s.retries.load(Relaxed),
+        retries_role_changed: s.retries_role_changed.load(Relaxed),
         acquire_duration: s.acquire_snapshot(),
         usage_duration: s.usage.snapshot(),
         connect_duration: s.connect.snapshot(),

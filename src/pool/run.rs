@@ -63,7 +63,11 @@ impl<M: Manager> Pool<M> {
     /// mean that), the pool retires that connection and runs `work` once
     /// more on another, and returns that second result, whatever it is.
     ///
-    /// Exactly when it retries: the first attempt's error ends the session.
+    /// Exactly when it retries: the first attempt's error ends the session,
+    /// or shows the server turned read-only
+    /// ([`error_shows_role_changed`](Manager::error_shows_role_changed):
+    /// then the whole pool moves to where the role is, and the second run
+    /// goes there).
     /// Never twice; never on another error (a constraint violation, a
     /// syntax error, a timeout of the caller's own); never when the pool
     /// itself could not lend a connection. A transaction the work opened
@@ -109,7 +113,15 @@ impl<M: Manager> Pool<M> {
         if shared.manager.error_shows_role_changed(&error) {
             Pooled::retire_as(conn, Reason::RoleChanged);
             shared.role_changed("an error showed the session is read-only");
-            return Err(RunError::Work(error));
+            if !idempotent {
+                return Err(RunError::Work(error));
+            }
+            // The server refused to write: nothing the work did there
+            // stands (a read-only session writes nothing), so it runs once
+            // more, on a session of the new generation.
+            Stats::bump(&shared.stats.retries_role_changed);
+            let mut conn = self.get_at(site).await.map_err(RunError::Get)?;
+            return work(&mut conn).await.map_err(RunError::Work);
         }
         let ended =
             shared.manager.error_ends_session(&error) || shared.manager.has_broken(&mut conn);
