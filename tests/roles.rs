@@ -640,6 +640,50 @@ where
     all
 }
 
+/// Runs the write load, demotes the first host half a second in, lets it
+/// run 2 s more, prints the table line and checks: no error reached a
+/// caller, writes reached the second host within the check period + 1 s.
+async fn through_demotion<W, Fut>(
+    server: &str,
+    writer: W,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    second: u16,
+    demote: impl std::future::Future<Output = ()>,
+    refused: impl Fn() -> u64,
+) where
+    W: Fn(i64) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = Result<u16, String>> + Send + 'static,
+{
+    let running = tokio::spawn(load(writer, Arc::clone(&stop), second));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let demoted = Instant::now();
+    demote.await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = running.await.expect("the load");
+    let recovery = seen
+        .first_on
+        .map(|t| t.saturating_duration_since(demoted))
+        .expect("writes reached the writable host");
+    moved(
+        "demoted_primary",
+        server,
+        seen.requests,
+        seen.errors.len(),
+        recovery,
+        refused(),
+    );
+    assert!(
+        seen.errors.is_empty(),
+        "errors reached callers: {:?}",
+        seen.errors
+    );
+    assert!(
+        recovery < Duration::from_millis(500 + 1_000),
+        "{recovery:?}"
+    );
+}
+
 /// PostgreSQL, under write load: the first host turns read-only. Writes
 /// the read-only server refuses are retried on the writable one; none
 /// reaches a caller, and writes land there within the check period + 1 s.
@@ -681,35 +725,11 @@ async fn postgres_demoted_primary_under_write_load() {
             }
         }
     };
-    let running = tokio::spawn(load(writer, Arc::clone(&stop), b.port()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let demoted = Instant::now();
-    demote(&a).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let seen = running.await.expect("the load");
-    let recovery = seen
-        .first_on
-        .map(|t| t.saturating_duration_since(demoted))
-        .expect("writes reached the writable host");
-    let refused = pool.state().retries_role_changed;
-    moved(
-        "demoted_primary",
-        "postgres",
-        seen.requests,
-        seen.errors.len(),
-        recovery,
-        refused,
-    );
-    assert!(
-        seen.errors.is_empty(),
-        "errors reached callers: {:?}",
-        seen.errors
-    );
-    assert!(
-        recovery < Duration::from_millis(500 + 1_000),
-        "{recovery:?}"
-    );
+    let refused = {
+        let pool = pool.clone();
+        move || pool.state().retries_role_changed
+    };
+    through_demotion("postgres", writer, stop, b.port(), demote(&a), refused).await;
     pool.close().await;
 }
 
@@ -751,38 +771,17 @@ async fn mariadb_demoted_primary_under_write_load() {
             }
         }
     };
-    let running = tokio::spawn(load(writer, Arc::clone(&stop), b.port()));
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let demoted = Instant::now();
     let mut root = maria_conn(&a, "root").await;
-    root.query_drop("SET GLOBAL read_only = 1")
-        .await
-        .expect("demote");
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let seen = running.await.expect("the load");
-    let recovery = seen
-        .first_on
-        .map(|t| t.saturating_duration_since(demoted))
-        .expect("writes reached the writable host");
-    let refused = pool.state().retries_role_changed;
-    moved(
-        "demoted_primary",
-        "mariadb",
-        seen.requests,
-        seen.errors.len(),
-        recovery,
-        refused,
-    );
-    assert!(
-        seen.errors.is_empty(),
-        "errors reached callers: {:?}",
-        seen.errors
-    );
-    assert!(
-        recovery < Duration::from_millis(500 + 1_000),
-        "{recovery:?}"
-    );
+    let refused = {
+        let pool = pool.clone();
+        move || pool.state().retries_role_changed
+    };
+    let demote = async {
+        root.query_drop("SET GLOBAL read_only = 1")
+            .await
+            .expect("demote");
+    };
+    through_demotion("mariadb", writer, stop, b.port(), demote, refused).await;
     let _ = root.disconnect().await;
     pool.close().await;
 }
