@@ -785,3 +785,64 @@ async fn mariadb_demoted_primary_under_write_load() {
     let _ = root.disconnect().await;
     pool.close().await;
 }
+
+/// A write through sqlx; the port of the server that took it.
+fn sqlx_write(conn: &mut sqlx::PgConnection) -> Work<'_, i32, sqlx::Error> {
+    Box::pin(async move {
+        let (port,): (i32,) =
+            sqlx::query_as("INSERT INTO w SELECT inet_server_port() RETURNING port")
+                .fetch_one(&mut *conn)
+                .await?;
+        Ok(port)
+    })
+}
+
+/// The sqlx PostgreSQL backend, the same URL form: hosts tried in order,
+/// the role checked on each new session and re-checked by the pool; a
+/// demoted first host is left for the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlx_postgres_leaves_a_demoted_primary_for_the_writable_one() {
+    let (a, b) = two_primaries().await;
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{},127.0.0.1:{}/postgres?sslmode=disable&target_session_attrs=read-write",
+        a.port(),
+        b.port()
+    );
+    let pool =
+        Pool::builder(vigil::backend::sqlx::PgManager::from_url(&url).expect("a well-formed URL"))
+            .max_size(1)
+            .role_check_interval(Duration::from_millis(500))
+            .build()
+            .expect("valid settings");
+    assert_eq!(
+        pool.run(sqlx_write).await.expect("a write"),
+        i32::from(a.port())
+    );
+    demote(&a).await;
+    let deadline = Instant::now() + Duration::from_millis(500 + 1_500);
+    while pool.state().closed.get(Reason::RoleChanged) == 0 {
+        assert!(Instant::now() < deadline, "{:?}", pool.state());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        pool.run(sqlx_write).await.expect("writes go on"),
+        i32::from(b.port())
+    );
+    pool.close().await;
+    // No writable host: the error says what each host is.
+    demote(&b).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let err =
+        Pool::builder(vigil::backend::sqlx::PgManager::from_url(&url).expect("a well-formed URL"))
+            .acquire_timeout(Duration::from_secs(2))
+            .build()
+            .expect("valid settings")
+            .get()
+            .await
+            .expect_err("no writable host");
+    let text = err.to_string();
+    assert!(
+        text.contains("no host is writable") && text.contains("read-only"),
+        "{text}"
+    );
+}

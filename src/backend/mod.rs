@@ -71,6 +71,66 @@ pub(crate) fn pg_duration(
     Ok(Some(d))
 }
 
+#[cfg(any(feature = "mysql", feature = "sqlx-backend"))]
+/// `scheme://u:p@h1:3306,h2:3307/db?x` → one URL per host, the rest shared.
+pub(crate) fn split_hosts(url: &str) -> Vec<String> {
+    let Some((scheme, after)) = url.split_once("://") else {
+        return vec![url.to_owned()];
+    };
+    let end = after.find(['/', '?']).unwrap_or(after.len());
+    let (authority, rest) = after.split_at(end);
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((u, h)) => (format!("{u}@"), h),
+        None => (String::new(), authority),
+    };
+    if !hosts.contains(',') {
+        return vec![url.to_owned()];
+    }
+    hosts
+        .split(',')
+        .map(|host| format!("{scheme}://{userinfo}{host}{rest}"))
+        .collect()
+}
+
+/// The role a session must have (libpq's `target_session_attrs` names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TargetRole {
+    /// Any session will do.
+    #[default]
+    Any,
+    /// A writable primary (PostgreSQL: `transaction_read_only` off;
+    /// MySQL/MariaDB: `@@global.read_only`, and MySQL's
+    /// `@@global.super_read_only`, off).
+    ReadWrite,
+    /// A read-only server (a replica).
+    ReadOnly,
+}
+
+#[cfg_attr(
+    not(any(feature = "mysql", feature = "sqlx-backend")),
+    allow(dead_code)
+)]
+impl TargetRole {
+    /// libpq's spelling: `any`, `read-write`, `read-only`.
+    pub(crate) fn parse(value: &str) -> Option<TargetRole> {
+        Some(match value {
+            "any" => TargetRole::Any,
+            "read-write" => TargetRole::ReadWrite,
+            "read-only" => TargetRole::ReadOnly,
+            _ => return None,
+        })
+    }
+
+    pub(crate) fn accepts(self, read_only: bool) -> bool {
+        match self {
+            TargetRole::Any => true,
+            TargetRole::ReadWrite => !read_only,
+            TargetRole::ReadOnly => read_only,
+        }
+    }
+}
+
 #[cfg(any(feature = "tokio-postgres", feature = "mysql"))]
 /// `%2F` and friends, as a URL's query carries a path.
 pub(crate) fn percent_decode(value: &str) -> String {

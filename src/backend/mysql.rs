@@ -44,6 +44,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::credentials::{provider_failed, Credentials};
+use super::split_hosts;
+pub use super::TargetRole;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -224,11 +226,10 @@ impl MySqlManager {
     /// ```
     pub fn from_url(url: &str) -> Result<Self, mysql_async::UrlError> {
         let (rest, params) = take_vigil_params(url);
-        let role = match params.role.as_deref() {
-            None | Some("any") => TargetRole::Any,
-            Some("read-write") => TargetRole::ReadWrite,
-            Some("read-only") => TargetRole::ReadOnly,
-            Some(other) => {
+        let role = match params.role.as_deref().map(|r| (r, TargetRole::parse(r))) {
+            None => TargetRole::Any,
+            Some((_, Some(role))) => role,
+            Some((other, None)) => {
                 return Err(mysql_async::UrlError::InvalidParamValue {
                     param: "target_session_attrs".into(),
                     value: format!("{other} (expected any, read-write or read-only)"),
@@ -323,50 +324,6 @@ fn take_vigil_params(url: &str) -> (String, VigilParams) {
         format!("{base}?{}", kept.join("&"))
     };
     (rest, params)
-}
-
-/// `mysql://u:p@h1:3306,h2:3307/db?x` → one URL per host, the rest shared.
-fn split_hosts(url: &str) -> Vec<String> {
-    let Some((scheme, after)) = url.split_once("://") else {
-        return vec![url.to_owned()];
-    };
-    let end = after.find(['/', '?']).unwrap_or(after.len());
-    let (authority, rest) = after.split_at(end);
-    let (userinfo, hosts) = match authority.rsplit_once('@') {
-        Some((u, h)) => (format!("{u}@"), h),
-        None => (String::new(), authority),
-    };
-    if !hosts.contains(',') {
-        return vec![url.to_owned()];
-    }
-    hosts
-        .split(',')
-        .map(|host| format!("{scheme}://{userinfo}{host}{rest}"))
-        .collect()
-}
-
-/// The role a session must have (libpq's `target_session_attrs` names).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum TargetRole {
-    /// Any session will do.
-    #[default]
-    Any,
-    /// A writable primary: `@@global.read_only` (and MySQL's
-    /// `@@global.super_read_only`) off.
-    ReadWrite,
-    /// A read-only server (a replica).
-    ReadOnly,
-}
-
-impl TargetRole {
-    fn accepts(self, read_only: bool) -> bool {
-        match self {
-            TargetRole::Any => true,
-            TargetRole::ReadWrite => !read_only,
-            TargetRole::ReadOnly => read_only,
-        }
-    }
 }
 
 /// Is the server read-only for this session: `@@global.read_only`, or

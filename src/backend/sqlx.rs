@@ -88,6 +88,15 @@ pub trait SqlxDatabase: Database + sealed::Sealed {
 
     /// `options` with `password` (SQLite has none: unchanged).
     fn with_password(options: &Options<Self>, password: &str) -> Options<Self>;
+
+    /// Is the server read-only for this session (PostgreSQL
+    /// `transaction_read_only`; MySQL `@@global.read_only`)? SQLite: no.
+    fn read_only(
+        conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<bool, sqlx::Error>> + Send;
+
+    /// Where `options` connect to, for error messages (never a password).
+    fn host(options: &Options<Self>) -> String;
 }
 
 /// A [`Manager`] for any sqlx database: PostgreSQL, SQLite or MySQL.
@@ -116,6 +125,10 @@ pub trait SqlxDatabase: Database + sealed::Sealed {
 /// the password (sqlx's own options `Debug` would print it).
 pub struct SqlxManager<DB: SqlxDatabase> {
     options: Options<DB>,
+    /// Hosts tried after `options`' own, in order.
+    more_hosts: Vec<Options<DB>>,
+    /// The role every session must have.
+    role: TargetRole,
     /// Asked for the password of each new connection, if set.
     credentials: Option<Arc<dyn Credentials>>,
     _db: PhantomData<fn() -> DB>,
@@ -135,9 +148,26 @@ impl<DB: SqlxDatabase> SqlxManager<DB> {
     pub fn new(options: Options<DB>) -> Self {
         SqlxManager {
             options,
+            more_hosts: Vec::new(),
+            role: TargetRole::Any,
             credentials: None,
             _db: PhantomData,
         }
+    }
+
+    /// Tries `hosts` after the first, in order, until one gives a session
+    /// of the required role. In a URL: `postgres://h1:5432,h2:5432/db`.
+    pub fn with_more_hosts(mut self, hosts: Vec<Options<DB>>) -> Self {
+        self.more_hosts = hosts;
+        self
+    }
+
+    /// Every session must have `role`: checked on each new one (the wrong
+    /// role is closed, the next host tried) and re-checked by the pool
+    /// every `role_check_interval`. In a URL: `?target_session_attrs=read-write`.
+    pub fn with_target_role(mut self, role: TargetRole) -> Self {
+        self.role = role;
+        self
     }
 
     /// Asks `provider` for the password of every new connection (an IAM
@@ -183,13 +213,32 @@ impl<DB: SqlxDatabase> SqlxManager<DB> {
             }
             Some(_) => {}
         }
-        match Options::<DB>::from_str(url) {
-            Ok(options) => Ok(SqlxManager::new(options)),
-            Err(error) => Err(InvalidUrl {
-                database: <DB as Database>::NAME,
-                reason: redact(&error.to_string(), url),
-            }),
+        let (rest, role) = take_target_role(url);
+        let role = match role.as_deref().map(|r| (r, TargetRole::parse(r))) {
+            None => TargetRole::Any,
+            Some((_, Some(role))) => role,
+            Some((other, None)) => {
+                return Err(invalid(format!(
+                    "target_session_attrs `{other}` (expected any, read-write, read-only)"
+                )))
+            }
+        };
+        let mut all = Vec::new();
+        for one in split_hosts(&rest) {
+            match Options::<DB>::from_str(&one) {
+                Ok(options) => all.push(options),
+                Err(error) => {
+                    return Err(InvalidUrl {
+                        database: <DB as Database>::NAME,
+                        reason: redact(&error.to_string(), url),
+                    })
+                }
+            }
         }
+        let first = all.remove(0);
+        Ok(SqlxManager::new(first)
+            .with_more_hosts(all)
+            .with_target_role(role))
     }
 
     /// The options connections are opened with.
@@ -198,10 +247,54 @@ impl<DB: SqlxDatabase> SqlxManager<DB> {
     }
 }
 
+impl<DB: SqlxDatabase> SqlxManager<DB> {
+    /// One connect with `options`, and the provider's password if any.
+    async fn connect_to(&self, options: &Options<DB>) -> Result<DB::Connection, sqlx::Error> {
+        match &self.credentials {
+            None => options.connect().await,
+            Some(provider) => {
+                let password = provider
+                    .password()
+                    .await
+                    .map_err(|e| sqlx::Error::Configuration(provider_failed(&e).into()))?;
+                DB::with_password(options, password.expose())
+                    .connect()
+                    .await
+            }
+        }
+    }
+}
+
+/// Takes `target_session_attrs` out of a URL's query (sqlx does not know it).
+fn take_target_role(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut role = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some(("target_session_attrs", value)) => {
+                role = Some(value.to_ascii_lowercase());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let rest = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (rest, role)
+}
+
 impl<DB: SqlxDatabase> Clone for SqlxManager<DB> {
     fn clone(&self) -> Self {
         SqlxManager {
             options: self.options.clone(),
+            more_hosts: self.more_hosts.clone(),
+            role: self.role,
             credentials: self.credentials.clone(),
             _db: PhantomData,
         }
@@ -222,6 +315,7 @@ use super::credentials::{provider_failed, Credentials};
 use super::pg_duration;
 use super::redact_password as redact;
 pub use super::InvalidUrl;
+use super::{split_hosts, TargetRole};
 
 impl<DB> Manager for SqlxManager<DB>
 where
@@ -231,18 +325,55 @@ where
     type Error = sqlx::Error;
 
     async fn connect(&self) -> Result<DB::Connection, sqlx::Error> {
-        match &self.credentials {
-            None => self.options.connect().await,
-            Some(provider) => {
-                let password = provider
-                    .password()
-                    .await
-                    .map_err(|e| sqlx::Error::Configuration(provider_failed(&e).into()))?;
-                DB::with_password(&self.options, password.expose())
-                    .connect()
-                    .await
+        if self.more_hosts.is_empty() && self.role == TargetRole::Any {
+            return self.connect_to(&self.options).await;
+        }
+        // The hosts in order until one gives a session of the role.
+        let (mut seen, mut last, mut refused) = (Vec::new(), None, false);
+        for options in std::iter::once(&self.options).chain(&self.more_hosts) {
+            let host = DB::host(options);
+            let mut conn = match self.connect_to(options).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    seen.push(format!("{host}: {e}"));
+                    last = Some(e);
+                    continue;
+                }
+            };
+            match DB::read_only(&mut conn).await {
+                Ok(ro) if self.role.accepts(ro) => return Ok(conn),
+                Ok(ro) => {
+                    refused = true;
+                    seen.push(format!(
+                        "{host} is {}",
+                        if ro { "read-only" } else { "writable" }
+                    ));
+                    let _ = conn.close().await;
+                }
+                Err(e) => {
+                    seen.push(format!("{host}: {e}"));
+                    last = Some(e);
+                }
             }
         }
+        if let (false, Some(e)) = (refused, last) {
+            return Err(e);
+        }
+        let wanted = match self.role {
+            TargetRole::ReadOnly => "read-only",
+            _ => "writable",
+        };
+        Err(sqlx::Error::Configuration(
+            format!("no host is {wanted}: {}", seen.join("; ")).into(),
+        ))
+    }
+
+    fn requires_role(&self) -> bool {
+        self.role != TargetRole::Any
+    }
+
+    async fn has_role(&self, conn: &mut DB::Connection) -> Result<bool, sqlx::Error> {
+        Ok(self.role.accepts(DB::read_only(conn).await?))
     }
 
     fn is_valid(
@@ -345,6 +476,17 @@ mod postgres {
             options.clone().password(password)
         }
 
+        async fn read_only(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+            let row = conn
+                .fetch_one(sqlx::raw_sql("SHOW transaction_read_only"))
+                .await?;
+            Ok(row.try_get::<String, _>(0)? == "on")
+        }
+
+        fn host(options: &PgConnectOptions) -> String {
+            format!("{}:{}", options.get_host(), options.get_port())
+        }
+
         const DETECTION: BrokenDetection = BrokenDetection::Blind;
         const SCHEMES: &'static [&'static str] = &["postgres", "postgresql"];
 
@@ -440,6 +582,14 @@ mod sqlite {
             options.clone()
         }
 
+        async fn read_only(_conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+            Ok(false)
+        }
+
+        fn host(options: &SqliteConnectOptions) -> String {
+            options.get_filename().display().to_string()
+        }
+
         const DETECTION: BrokenDetection = BrokenDetection::AfterFailedIo;
         const SCHEMES: &'static [&'static str] = &["sqlite"];
 
@@ -503,6 +653,17 @@ mod mysql {
     impl SqlxDatabase for MySql {
         fn with_password(options: &MySqlConnectOptions, password: &str) -> MySqlConnectOptions {
             options.clone().password(password)
+        }
+
+        async fn read_only(conn: &mut MySqlConnection) -> Result<bool, sqlx::Error> {
+            let row = conn
+                .fetch_one(sqlx::raw_sql("SELECT CAST(@@global.read_only AS SIGNED)"))
+                .await?;
+            Ok(row.try_get::<i64, _>(0)? != 0)
+        }
+
+        fn host(options: &MySqlConnectOptions) -> String {
+            format!("{}:{}", options.get_host(), options.get_port())
         }
 
         const DETECTION: BrokenDetection = BrokenDetection::Blind;

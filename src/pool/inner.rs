@@ -527,6 +527,10 @@ impl<M: Manager> Shared<M> {
             return Err(OpenError::NotYet);
         }
         let connecting = Connecting::new(self);
+        // Read before the connect: a session whose connect began before a
+        // `retire_all` (say, with credentials rotated since) belongs to the
+        // old generation, however late it finishes.
+        let generation = self.generation();
         let started = Instant::now();
         let result = timeout(self.config.connect_timeout, async {
             let mut raw = self.manager.connect().await?;
@@ -577,7 +581,7 @@ impl<M: Manager> Shared<M> {
             server_idle: server.idle,
             uses: 0,
             slot: usize::MAX,
-            generation: self.generation(),
+            generation,
             lend_before: None,
         };
         Stats::bump(&self.stats.created);

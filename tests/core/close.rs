@@ -96,3 +96,32 @@ async fn retire_all_closes_idle_now_and_lent_on_return_and_never_lends_old_ones(
         );
     }
 }
+
+/// A connect that began before `retire_all` (with credentials rotated
+/// since, say) belongs to the old generation however late it finishes:
+/// the caller waiting for it gets it, and it is closed when it comes back,
+/// never lent again.
+#[tokio::test(start_paused = true)]
+async fn a_connect_begun_before_retire_all_is_of_the_old_generation() {
+    let fake = Fake::new();
+    fake.script.set_connect_delay(Duration::from_millis(50));
+    let pool = Pool::builder(fake.clone()).max_size(1).build().unwrap();
+    let waiting = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(pool.state().connecting, 1, "mid-connect");
+    pool.retire_all();
+    waiting
+        .await
+        .unwrap()
+        .expect("the waiting caller gets its connection");
+    settle().await;
+    let s = pool.state();
+    assert_eq!(
+        (s.open, s.closed.get(Reason::Closed)),
+        (0, 1),
+        "closed on its return, not kept: {s:?}"
+    );
+}
