@@ -846,3 +846,106 @@ async fn sqlx_postgres_leaves_a_demoted_primary_for_the_writable_one() {
         "{text}"
     );
 }
+
+/// MariaDB failover: a primary (binary log on) and a replica of it
+/// (`CHANGE MASTER TO`, `read_only`), both listed with
+/// `target_session_attrs=read-write`. Idempotent writes run; the primary
+/// stops; the replica's replication is stopped and `read_only` cleared (the
+/// promotion); writes resume there within 2 s of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_writes_follow_a_failover_to_the_promoted_replica() {
+    let primary =
+        PrivateMaria::start_with(|_| vec!["--log-bin=primary-bin".into(), "--server-id=1".into()]);
+    let replica = PrivateMaria::start_with(|_| vec!["--server-id=2".into()]);
+    let mut root_p = maria_conn(&primary, "root").await;
+    let mut root_r = maria_conn(&replica, "root").await;
+    root_r
+        .query_drop(format!(
+            "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT={}, MASTER_USER='root', \
+             MASTER_PASSWORD='', MASTER_USE_GTID=no; START SLAVE; SET GLOBAL read_only = 1",
+            primary.port()
+        ))
+        .await
+        .expect("replicate");
+    root_p
+        .query_drop(
+            "CREATE DATABASE test; CREATE TABLE test.f (id bigint PRIMARY KEY, port int); \
+             CREATE USER app@'%'; GRANT ALL ON test.* TO app@'%'",
+        )
+        .await
+        .expect("set up the primary");
+    // The replica has the user and the table before the pool starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let users: Option<u64> = root_r
+            .query_first("SELECT count(*) FROM mysql.user WHERE user = 'app'")
+            .await
+            .expect("read the replica");
+        if users == Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the replica did not catch up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = root_p.disconnect().await;
+    let pool = Pool::builder(maria_manager(&[&primary, &replica]))
+        .max_size(4)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(1))
+        .build()
+        .expect("valid settings");
+    let next = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let write_one = |pool: Pool<MySqlManager>, next: Arc<std::sync::atomic::AtomicI64>| async move {
+        let id = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        pool.run_idempotent(move |conn| {
+            Box::pin(async move {
+                conn.exec_drop(
+                    "INSERT INTO f VALUES (?, @@port) ON DUPLICATE KEY UPDATE port = port",
+                    (id,),
+                )
+                .await?;
+                let port: Option<u16> = conn.query_first("SELECT @@port").await?;
+                Ok(port.unwrap_or_default())
+            })
+        })
+        .await
+    };
+    for _ in 0..20 {
+        let port = write_one(pool.clone(), Arc::clone(&next))
+            .await
+            .expect("a write");
+        assert_eq!(port, primary.port());
+    }
+    primary.stop();
+    root_r
+        .query_drop("STOP SLAVE; SET GLOBAL read_only = 0")
+        .await
+        .expect("promote the replica");
+    let promoted = Instant::now();
+    let mut errors = Vec::new();
+    let resumed = loop {
+        match write_one(pool.clone(), Arc::clone(&next)).await {
+            Ok(port) if port == replica.port() => break promoted.elapsed(),
+            Ok(port) => panic!("a write landed on {port}, the stopped primary"),
+            Err(e) => errors.push(e.to_string()),
+        }
+        assert!(
+            promoted.elapsed() < Duration::from_secs(10),
+            "writes never resumed: {errors:?}"
+        );
+    };
+    moved(
+        "failover_to_replica",
+        "mariadb",
+        next.load(std::sync::atomic::Ordering::Relaxed) as u64,
+        errors.len(),
+        resumed,
+        pool.state().retries_role_changed,
+    );
+    assert!(
+        resumed < Duration::from_secs(2),
+        "writes resumed after {resumed:?}: {errors:?}"
+    );
+    let _ = root_r.disconnect().await;
+    pool.close().await;
+}
