@@ -567,11 +567,30 @@ async fn run_idempotent_retries_once_when_the_session_died_and_run_never_does() 
         2,
         "a failed statement is not a dead session"
     );
+    // Inside a transaction the work opened: never run again.
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let got = pool
+        .run_idempotent({
+            let (admin, attempts) = (Arc::clone(&admin), Arc::clone(&attempts));
+            move |conn| {
+                let (admin, attempts) = (Arc::clone(&admin), Arc::clone(&attempts));
+                Box::pin(async move {
+                    attempts.fetch_add(1, SeqCst);
+                    conn.batch_execute("BEGIN").await?;
+                    kill_own_session(&admin, conn).await;
+                    Ok::<i32, _>(conn.query_one("SELECT 7", &[]).await?.get(0))
+                })
+            }
+        })
+        .await;
+    assert!(matches!(got, Err(RunError::Work(_))), "{got:?}");
+    assert_eq!(attempts.load(SeqCst), 1, "not retried inside a transaction");
+    assert_eq!(pool.state().retries, 2);
     // Every dead session was retired as broken; the pool still works.
     let s = pool.state();
     assert_eq!(
         s.closed.get(Reason::Broken),
-        4,
+        5,
         "one per killed session: {s:?}"
     );
     let client = pool.get().await.expect("a connection");

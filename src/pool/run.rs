@@ -70,11 +70,12 @@ impl<M: Manager> Pool<M> {
     /// goes there).
     /// Never twice; never on another error (a constraint violation, a
     /// syntax error, a timeout of the caller's own); never when the pool
-    /// itself could not lend a connection. A transaction the work opened
-    /// died with its session (the server rolled it back), so the second
-    /// run starts clean; the work must still be idempotent as a whole,
-    /// because the first run's statements may have been committed before
-    /// the session ended. Each retry counts in `State::retries` and
+    /// itself could not lend a connection; never when the session died
+    /// inside a transaction the work had opened (the manager's
+    /// [`needs_cleanup`](Manager::needs_cleanup) says one was open): what a
+    /// half-done transaction means is the caller's to decide. The work must
+    /// be idempotent as a whole, because statements it committed before
+    /// the session ended stay committed. Each retry counts in `State::retries` and
     /// `vigil_retries_total`.
     ///
     /// # Errors
@@ -128,10 +129,14 @@ impl<M: Manager> Pool<M> {
         if !ended {
             return Err(RunError::Work(error));
         }
+        // Inside a transaction the work opened (the session's last word said
+        // one was open): the caller decides what a half-done transaction
+        // means, so it is never run again behind its back.
+        let in_transaction = shared.manager.needs_cleanup(&mut conn);
         // The session is over: its connection never goes back idle.
         Pooled::retire_as(conn, Reason::Broken);
         shared.suspect();
-        if !idempotent {
+        if !idempotent || in_transaction {
             return Err(RunError::Work(error));
         }
         Stats::bump(&shared.stats.retries);
