@@ -107,6 +107,61 @@ pub enum TargetRole {
     ReadOnly,
 }
 
+/// The search for a session of the required role across a host list:
+/// what each host answered, for the error when none will do.
+#[cfg(any(feature = "mysql", feature = "sqlx-backend"))]
+pub(crate) struct HostSearch<E> {
+    role: TargetRole,
+    seen: Vec<String>,
+    last: Option<E>,
+    /// Some host gave a session, of the wrong role.
+    refused: bool,
+}
+
+#[cfg(any(feature = "mysql", feature = "sqlx-backend"))]
+impl<E: std::fmt::Display> HostSearch<E> {
+    pub(crate) fn new(role: TargetRole) -> Self {
+        HostSearch {
+            role,
+            seen: Vec::new(),
+            last: None,
+            refused: false,
+        }
+    }
+
+    /// `host` failed (the connect or the role query).
+    pub(crate) fn failed(&mut self, host: &str, error: E) {
+        self.seen.push(format!("{host}: {error}"));
+        self.last = Some(error);
+    }
+
+    /// Whether a session of `host`, whose server is read-only or not, has
+    /// the role; noted when it has not (the caller closes it).
+    pub(crate) fn accepts(&mut self, host: &str, read_only: bool) -> bool {
+        if self.role.accepts(read_only) {
+            return true;
+        }
+        self.refused = true;
+        let state = if read_only { "read-only" } else { "writable" };
+        self.seen.push(format!("{host} is {state}"));
+        false
+    }
+
+    /// The error once every host was tried: when none was refused for its
+    /// role, the last failure as the driver said it; else `other` of a
+    /// sentence naming what each host is.
+    pub(crate) fn finish(self, other: impl FnOnce(String) -> E) -> E {
+        if let (false, Some(e)) = (self.refused, self.last) {
+            return e;
+        }
+        let wanted = match self.role {
+            TargetRole::ReadOnly => "read-only",
+            _ => "writable",
+        };
+        other(format!("no host is {wanted}: {}", self.seen.join("; ")))
+    }
+}
+
 #[cfg_attr(
     not(any(feature = "mysql", feature = "sqlx-backend")),
     allow(dead_code)

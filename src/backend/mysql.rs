@@ -44,8 +44,8 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::credentials::{provider_failed, Credentials};
-use super::split_hosts;
 pub use super::TargetRole;
+use super::{split_hosts, HostSearch};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -451,45 +451,25 @@ impl MySqlManager {
     /// a session of the wrong role is closed. When none does, an error
     /// saying what each host answered.
     async fn connect_with_role(&self) -> Result<Conn, mysql_async::Error> {
-        let mut seen = Vec::new();
-        let (mut last, mut refused) = (None, false);
+        let mut search = HostSearch::new(self.role);
         for opts in std::iter::once(&self.opts).chain(&self.more_hosts) {
             let host = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
             let mut conn = match self.connect_to(opts.clone()).await {
                 Ok(conn) => conn,
                 Err(e) => {
-                    seen.push(format!("{host}: {e}"));
-                    last = Some(e);
+                    search.failed(&host, e);
                     continue;
                 }
             };
             match read_only(&mut conn).await {
-                Ok(ro) if self.role.accepts(ro) => return Ok(conn),
-                Ok(ro) => {
-                    refused = true;
-                    seen.push(format!(
-                        "{host} is {}",
-                        if ro { "read-only" } else { "writable" }
-                    ));
+                Ok(ro) if search.accepts(&host, ro) => return Ok(conn),
+                Ok(_) => {
                     let _ = conn.disconnect().await;
                 }
-                Err(e) => {
-                    seen.push(format!("{host}: {e}"));
-                    last = Some(e);
-                }
+                Err(e) => search.failed(&host, e),
             }
         }
-        // Only connect errors: the last one, as the driver said it.
-        if let (false, Some(e)) = (refused, last) {
-            return Err(e);
-        }
-        let wanted = match self.role {
-            TargetRole::ReadOnly => "read-only",
-            _ => "writable",
-        };
-        Err(mysql_async::Error::Other(
-            format!("no host is {wanted}: {}", seen.join("; ")).into(),
-        ))
+        Err(search.finish(|why| mysql_async::Error::Other(why.into())))
     }
 }
 

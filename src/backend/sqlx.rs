@@ -315,7 +315,7 @@ use super::credentials::{provider_failed, Credentials};
 use super::pg_duration;
 use super::redact_password as redact;
 pub use super::InvalidUrl;
-use super::{split_hosts, TargetRole};
+use super::{split_hosts, HostSearch, TargetRole};
 
 impl<DB> Manager for SqlxManager<DB>
 where
@@ -329,43 +329,25 @@ where
             return self.connect_to(&self.options).await;
         }
         // The hosts in order until one gives a session of the role.
-        let (mut seen, mut last, mut refused) = (Vec::new(), None, false);
+        let mut search = HostSearch::new(self.role);
         for options in std::iter::once(&self.options).chain(&self.more_hosts) {
             let host = DB::host(options);
             let mut conn = match self.connect_to(options).await {
                 Ok(conn) => conn,
                 Err(e) => {
-                    seen.push(format!("{host}: {e}"));
-                    last = Some(e);
+                    search.failed(&host, e);
                     continue;
                 }
             };
             match DB::read_only(&mut conn).await {
-                Ok(ro) if self.role.accepts(ro) => return Ok(conn),
-                Ok(ro) => {
-                    refused = true;
-                    seen.push(format!(
-                        "{host} is {}",
-                        if ro { "read-only" } else { "writable" }
-                    ));
+                Ok(ro) if search.accepts(&host, ro) => return Ok(conn),
+                Ok(_) => {
                     let _ = conn.close().await;
                 }
-                Err(e) => {
-                    seen.push(format!("{host}: {e}"));
-                    last = Some(e);
-                }
+                Err(e) => search.failed(&host, e),
             }
         }
-        if let (false, Some(e)) = (refused, last) {
-            return Err(e);
-        }
-        let wanted = match self.role {
-            TargetRole::ReadOnly => "read-only",
-            _ => "writable",
-        };
-        Err(sqlx::Error::Configuration(
-            format!("no host is {wanted}: {}", seen.join("; ")).into(),
-        ))
+        Err(search.finish(|why| sqlx::Error::Configuration(why.into())))
     }
 
     fn requires_role(&self) -> bool {
