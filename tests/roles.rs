@@ -53,15 +53,31 @@ async fn two_primaries() -> (PrivatePg, PrivatePg) {
 async fn demote(pg: &PrivatePg) {
     // Two statements, two round trips: ALTER SYSTEM refuses to run in the
     // implicit transaction of a multi-statement query.
-    let admin = admin(pg).await;
-    admin
-        .batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
+    let conn = admin(pg).await;
+    conn.batch_execute("ALTER SYSTEM SET default_transaction_read_only = on")
         .await
         .expect("demote");
-    admin
-        .batch_execute("SELECT pg_reload_conf()")
+    conn.batch_execute("SELECT pg_reload_conf()")
         .await
         .expect("reload");
+    // pg_reload_conf only signals the postmaster; wait until a new session
+    // starts read-only, so callers can rely on the demotion having happened.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let row = admin(pg)
+            .await
+            .query_one("SHOW default_transaction_read_only", &[])
+            .await
+            .expect("show");
+        if row.get::<_, String>(0) == "on" {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never turned read-only"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn manager(hosts: &[&PrivatePg]) -> TokioPgManager {
@@ -831,7 +847,6 @@ async fn sqlx_postgres_leaves_a_demoted_primary_for_the_writable_one() {
     pool.close().await;
     // No writable host: the error says what each host is.
     demote(&b).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let err =
         Pool::builder(vigil::backend::sqlx::PgManager::from_url(&url).expect("a well-formed URL"))
             .acquire_timeout(Duration::from_secs(2))
