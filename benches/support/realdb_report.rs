@@ -20,10 +20,11 @@ fn cell_text(cell: Option<&Cell>, vigil: Option<&Cell>) -> String {
     };
     let ratio = vigil.map_or(f64::NAN, |v| v.median() / c.median());
     format!(
-        "{:.0} ({:.0}/{:.0}) {:.2}x",
+        "{:.0} ({:.0}/{:.0}/{:.0}) {:.2}x",
         c.median(),
         c.micros(0.5),
         c.micros(0.99),
+        c.micros(1.0),
         ratio
     )
 }
@@ -34,11 +35,11 @@ pub fn report(cells: &[Cell], queries: u64, runs: usize) -> (Vec<Value>, Vec<Val
     println!();
     println!(
         "realdb: {TASKS} tasks, pool {POOL_SIZE}, {WORKERS} workers, {queries} x SELECT 1, \
-         {runs} runs; queries/s = median run (p50/p99 us over all runs) \
+         {runs} runs; queries/s = median run (p50/p99/max us over all runs) \
          vigil x = vigil's queries/s / this one's"
     );
     println!(
-        "{:<12} {:>30} {:>30} {:>30} {:>30}",
+        "{:<12} {:>36} {:>36} {:>36} {:>36}",
         "pool", "PG, validation on", "PG, off", "MariaDB, on", "MariaDB, off"
     );
     let mut pools: Vec<&str> = Vec::new();
@@ -51,7 +52,7 @@ pub fn report(cells: &[Cell], queries: u64, runs: usize) -> (Vec<Value>, Vec<Val
         let vp = find(cells, "vigil", Pg, true);
         let vm = find(cells, "vigil", Maria, true);
         println!(
-            "{:<12} {:>30} {:>30} {:>30} {:>30}",
+            "{:<12} {:>36} {:>36} {:>36} {:>36}",
             pool,
             cell_text(find(cells, pool, Pg, true), vp),
             cell_text(find(cells, pool, Pg, false), vp),
