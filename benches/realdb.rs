@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | vigil | its defaults (validation `IdleFor(500 ms)`, ...): PG over tokio-postgres | — |
 //! | vigil-sqlx | vigil over sqlx (PG `PgManager`, MariaDB `MySqlSqlxManager`), defaults | — |
-//! | vigil-user-timeout (PG) | defaults over tokio-postgres plus `tcp_user_timeout` 30 s: what that safety costs | — |
+//! | vigil-no-user-timeout (PG) | defaults over tokio-postgres but `tcp_user_timeout` off: what that default safety costs | — |
 //! | vigil-no-return-ping (PG, sqlx) | defaults but `VerifyOnReturn::Never`: what that default costs | — |
 //! | deadpool-postgres (PG) | the crate, `RecyclingMethod::Verified` | `RecyclingMethod::Fast` (its default) |
 //! | bb8-tp (PG) | bb8 over a plain tokio-postgres `Client`, `test_on_check_out(true)` | `false` |
@@ -69,7 +69,7 @@ mod realdb_pools;
 use realdb_pools::{
     bb8_pool, deadpool_pool, deadpool_postgres_pool, dedicated, my_opts, mysql_async_pool,
     pg_options, sqlx_mysql_options, sqlx_pool, tp_config, vigil_maria, vigil_pg,
-    vigil_pg_no_return_ping, vigil_sqlx_maria, vigil_tp, vigil_tp_user_timeout, Target,
+    vigil_pg_no_return_ping, vigil_sqlx_maria, vigil_tp, vigil_tp_no_user_timeout, Target,
 };
 #[path = "support/realdb_report.rs"]
 mod realdb_report;
@@ -150,11 +150,11 @@ fn all_cases() -> Vec<Case> {
             || deadpool_postgres_pool(deadpool_postgres::RecyclingMethod::Fast),
         ),
         case(
-            "vigil-user-timeout",
+            "vigil-no-user-timeout",
             Pg,
             true,
-            "vigil's defaults over tokio-postgres plus tcp_user_timeout=30 s (not a default)",
-            vigil_tp_user_timeout,
+            "vigil's defaults over tokio-postgres but tcp_user_timeout=0 (off; not a default)",
+            vigil_tp_no_user_timeout,
         ),
         case(
             "dedicated-tp",

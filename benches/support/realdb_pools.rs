@@ -245,12 +245,12 @@ pub fn vigil_tp() -> BoxFuture<'static, Arc<dyn Target>> {
     })
 }
 
-/// What the safety of `tcp_user_timeout` costs (the module docs of
-/// `backend::tokio_postgres` quote it).
-pub fn vigil_tp_user_timeout() -> BoxFuture<'static, Arc<dyn Target>> {
+/// vigil without its default `tcp_user_timeout`: what that safety costs
+/// (the module docs of `backend::tokio_postgres` point here).
+pub fn vigil_tp_no_user_timeout() -> BoxFuture<'static, Arc<dyn Target>> {
     Box::pin(async {
         let mut config = tp_config();
-        config.tcp_user_timeout(Duration::from_secs(30));
+        config.tcp_user_timeout(Duration::ZERO);
         let manager = vigil::backend::tokio_postgres::TokioPgManager::new(config);
         let pool = vigil::Pool::builder(manager)
             .max_size(POOL_SIZE)

@@ -29,6 +29,18 @@
 //! so a borrower should not change `wait_timeout` on a lent session either
 //! (a lower value is caught only by the checkout ping).
 //!
+//! # What bounds a borrower's wait on a dead network
+//!
+//! mysql_async gives no way to set `TCP_USER_TIMEOUT` (it opens the socket
+//! itself and keeps it private), so a query already sent on a black-holed
+//! connection waits for the kernel's retransmission timeout (about 15
+//! minutes with Linux's default `net.ipv4.tcp_retries2 = 15`). vigil sets
+//! TCP keepalive ([`DEFAULT_TCP_KEEPALIVE`], unless `opts` or the URL's
+//! `tcp_keepalive` set one), which finds a dead peer of an *idle*
+//! connection; its own pings are bounded by `validation_timeout`. Bound a
+//! borrower's query with `tokio::time::timeout` (drop the connection with
+//! `Pooled::retire` when it fires), or lower `tcp_retries2` on the host.
+//!
 //! # Unix socket
 //!
 //! With mysql_async's default `prefer_socket`, each connect first opens a
@@ -111,8 +123,23 @@ struct Learned {
     timeouts: ServerTimeouts,
 }
 
+/// TCP keepalive idle time vigil sets when `opts` set none (mysql_async
+/// sets none by default); the kernel's interval and probe count apply.
+pub const DEFAULT_TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// `opts` with [`DEFAULT_TCP_KEEPALIVE`] where they leave keepalive off.
+fn default_keepalive(opts: Opts) -> Opts {
+    if opts.tcp_keepalive().is_some() {
+        return opts;
+    }
+    OptsBuilder::from_opts(opts)
+        .tcp_keepalive(Some(DEFAULT_TCP_KEEPALIVE))
+        .into()
+}
+
 impl MySqlManager {
-    /// A manager that opens every connection with `opts`.
+    /// A manager that opens every connection with `opts`, plus TCP
+    /// keepalives ([`DEFAULT_TCP_KEEPALIVE`]) where `opts` set none.
     ///
     /// Build `opts` with [`mysql_async::OptsBuilder`]; its `init` commands
     /// run once per connection, its `setup` commands also after each full
@@ -135,7 +162,7 @@ impl MySqlManager {
     /// ```
     pub fn new(opts: Opts) -> Self {
         MySqlManager {
-            opts,
+            opts: default_keepalive(opts),
             more_hosts: Vec::new(),
             role: TargetRole::Any,
             credentials: None,
@@ -148,7 +175,7 @@ impl MySqlManager {
     /// [`with_target_role`](Self::with_target_role)). In a URL:
     /// `mysql://user@host1:3306,host2:3306/db`.
     pub fn with_more_hosts(mut self, hosts: Vec<Opts>) -> Self {
-        self.more_hosts = hosts;
+        self.more_hosts = hosts.into_iter().map(default_keepalive).collect();
         self
     }
 

@@ -121,6 +121,16 @@ pub trait SqlxDatabase: Database + sealed::Sealed {
 ///   [module docs](self)).
 /// - `close`: [`Connection::close`] (a polite goodbye to the server).
 ///
+/// What bounds a borrower's wait on a dead network: sqlx 0.8 opens its
+/// sockets itself and offers no TCP option (no keepalive, no
+/// `TCP_USER_TIMEOUT`), so a query already sent on a black-holed
+/// connection waits for the kernel's retransmission timeout (about 15
+/// minutes on Linux); the pool's own pings and resets are bounded by
+/// `validation_timeout`. Bound the borrower's query with
+/// `tokio::time::timeout` (and `Pooled::retire` the connection when it
+/// fires), or use the tokio-postgres backend, which sets a 30 s
+/// `tcp_user_timeout` by default.
+///
 /// `Debug` prints the backend, host, port, user and database name, never
 /// the password (sqlx's own options `Debug` would print it).
 pub struct SqlxManager<DB: SqlxDatabase> {

@@ -50,18 +50,16 @@
 //! # Connect options vigil sets
 //!
 //! Unless the [`Config`] says otherwise: a `connect_timeout` of 10 s per
-//! host, and TCP keepalives after 60 s idle, every 10 s, 3 probes (a dead
-//! peer of an idle connection is found within about 90 s by the kernel).
-//!
-//! Not set by default: `tcp_user_timeout`. With it (`tcp_user_timeout=30`
-//! in the URL, [`Config::tcp_user_timeout`]), a query on a black-holed lent
-//! connection fails after 30 s of unacknowledged data instead of the
-//! kernel's ~15 minutes of retransmissions. It may not be free: in three
-//! focused A/B runs of `benches/realdb.rs` (16 dedicated clients over
-//! loopback, with and without it, interleaved) `SELECT 1` ran 7–13 %
-//! slower with it, though the full bench run in BENCHMARKS.md shows the
-//! two within noise (the `vigil-user-timeout` row). Until that is settled
-//! it is left to the user rather than charged to every query.
+//! host; TCP keepalives after 60 s idle, every 10 s, 3 probes (a dead peer
+//! of an idle connection is found within about 90 s by the kernel); and
+//! `tcp_user_timeout` 30 s ([`DEFAULT_TCP_USER_TIMEOUT`]), so a query sent
+//! on a black-holed lent connection fails after 30 s of unacknowledged data
+//! instead of the kernel's ~15 minutes of retransmissions, and the
+//! connection is retired as `broken`. `tcp_user_timeout=N` in the URL (or
+//! [`Config::tcp_user_timeout`]) changes the bound; `0` turns it off (the
+//! kernel's retransmission timeout again). Its cost is within the
+//! machine's noise: the `vigil-no-user-timeout` row of BENCHMARKS.md
+//! measures vigil without it, beside the default.
 //! vigil's own pings are bounded by `validation_timeout` either way.
 //!
 //! Multiple hosts
@@ -112,6 +110,20 @@ pub use tls::{PgTls, SslMode};
 
 /// Tracing target of this backend.
 const TARGET: &str = "vigil::tokio_postgres";
+
+/// How long sent data may go unacknowledged before the kernel fails the
+/// connection (`TCP_USER_TIMEOUT`), unless the config sets it: a borrower's
+/// query on a black-holed connection fails within this, plus the time it
+/// takes the driver to see the error.
+pub const DEFAULT_TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Does this URL or `key=value` string set `tcp_user_timeout` to 0 (or less)?
+fn turns_user_timeout_off(conn: &str) -> bool {
+    conn.split(['?', '&', ' '])
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(key, _)| key.trim() == "tcp_user_timeout")
+        .any(|(_, value)| value.trim().parse::<i64>().is_ok_and(|t| t <= 0))
+}
 
 /// tokio-postgres's own default for `keepalives_idle`: left at it, vigil's applies.
 const DRIVER_KEEPALIVES_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
@@ -164,6 +176,9 @@ impl TokioPgManager {
         config.ssl_mode(tokio_postgres::config::SslMode::Disable);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(DEFAULT_TCP_USER_TIMEOUT);
         }
         if config.get_keepalives() && config.get_keepalives_idle() == DRIVER_KEEPALIVES_IDLE {
             config.keepalives_idle(Duration::from_secs(60));
@@ -254,7 +269,13 @@ impl TokioPgManager {
             }
             invalid(reason)
         })?;
-        Ok(TokioPgManager::new(config).with_tls(tls))
+        let mut manager = TokioPgManager::new(config).with_tls(tls);
+        // The driver reads `tcp_user_timeout=0` as "not set", which would
+        // give vigil's default; libpq reads it as "the system's", i.e. off.
+        if turns_user_timeout_off(&rest) {
+            manager.config.tcp_user_timeout(Duration::ZERO);
+        }
+        Ok(manager)
     }
 
     /// The options connections are opened with. Its `ssl_mode` is always

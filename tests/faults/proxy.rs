@@ -18,7 +18,10 @@
 //! - **refuse** new links: accepted and reset at once (the closest a
 //!   listening socket can come to "connection refused");
 //! - add **latency**: every chunk is held back this long before it is
-//!   forwarded, in both directions (a request and its answer pay it twice).
+//!   forwarded, in both directions (a request and its answer pay it twice);
+//! - **cut idle links**: a link silent in both directions for a set time is
+//!   black-holed (or reset) at its next byte, as a NAT or load balancer
+//!   that expires idle flows does, on its own schedule and unannounced.
 //!
 //! It counts accepted links, i.e. the pool's connect attempts.
 
@@ -44,6 +47,18 @@ struct Link {
     /// Local port of the upstream socket: the client port the server sees
     /// for this session (`inet_client_port()`, the processlist `HOST`).
     upstream_port: AtomicU16,
+    /// When a byte last passed either way, in ms since `Control::epoch`.
+    last_active_ms: AtomicU64,
+}
+
+/// What the proxy does to a link that was idle past its cutoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // the fault suite does not cut idle links; tests/network.rs does
+pub enum IdleCut {
+    /// Drop its packets silently from then on (AWS NLB, Azure LB by default).
+    BlackHole,
+    /// Reset both ends (a middlebox that answers a forgotten flow with RST).
+    Reset,
 }
 
 #[derive(Default)]
@@ -57,6 +72,19 @@ struct Control {
     upstream_failures: AtomicU64,
     next_id: AtomicU64,
     links: Mutex<HashMap<u64, Arc<Link>>>,
+    /// Links idle this long are cut (ms; 0 = never), as `idle_reset` says.
+    idle_cutoff_ms: AtomicU64,
+    idle_reset: AtomicBool,
+    /// Links cut for being idle.
+    idle_cuts: AtomicU64,
+    epoch: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl Control {
+    fn now_ms(&self) -> u64 {
+        let epoch = self.epoch.get_or_init(std::time::Instant::now);
+        u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 /// A running proxy; dropping it stops accepting and resets every link.
@@ -154,6 +182,23 @@ impl Proxy {
         self.ctl.refuse.store(on, SeqCst);
     }
 
+    /// From now on, a link silent in both directions for `after` is cut at
+    /// its next byte, as `how` says; `None` stops cutting.
+    #[allow(dead_code)] // see `IdleCut`
+    pub fn set_idle_cutoff(&self, after: Option<Duration>, how: IdleCut) {
+        let ms = after.map_or(0, |d| {
+            u64::try_from(d.as_millis()).expect("a sane cutoff").max(1)
+        });
+        self.ctl.idle_reset.store(how == IdleCut::Reset, SeqCst);
+        self.ctl.idle_cutoff_ms.store(ms, SeqCst);
+    }
+
+    /// Links cut so far for being idle past the cutoff.
+    #[allow(dead_code)] // see `IdleCut`
+    pub fn idle_cuts(&self) -> u64 {
+        self.ctl.idle_cuts.load(SeqCst)
+    }
+
     /// Holds every chunk back this long, in both directions, on every link.
     pub fn set_latency(&self, latency: Duration) {
         let us = u64::try_from(latency.as_micros()).expect("a sane latency");
@@ -217,6 +262,7 @@ async fn serve(mut client: TcpStream, upstream: SocketAddr, ctl: Arc<Control>) {
         holed: AtomicBool::new(ctl.hole_new.load(SeqCst)),
         reset: Notify::new(),
         upstream_port: AtomicU16::new(0),
+        last_active_ms: AtomicU64::new(ctl.now_ms()),
     });
     let id = ctl.next_id.fetch_add(1, SeqCst);
     ctl.links.lock().insert(id, Arc::clone(&link));
@@ -310,6 +356,17 @@ where
                 to.shutdown().await?;
             }
             return Ok(());
+        }
+        let now = ctl.now_ms();
+        let cutoff = ctl.idle_cutoff_ms.load(SeqCst);
+        let last = link.last_active_ms.swap(now, SeqCst);
+        if cutoff > 0 && now.saturating_sub(last) >= cutoff && !link.holed.load(SeqCst) {
+            ctl.idle_cuts.fetch_add(1, SeqCst);
+            if ctl.idle_reset.load(SeqCst) {
+                link.reset.notify_one();
+                return Err(io::Error::new(io::ErrorKind::ConnectionReset, "idle cut"));
+            }
+            link.holed.store(true, SeqCst);
         }
         let latency = ctl.latency_us.load(SeqCst);
         if latency > 0 && !link.holed.load(SeqCst) {

@@ -1,0 +1,174 @@
+//! The network between vigil and the server: black holes on lent
+//! connections (a kernel-level drop, made with iptables on a test proxy's
+//! port), idle cutoffs nobody announces (the proxy cuts flows idle past a
+//! set time), and pgbouncer in front of a private PostgreSQL.
+//!
+//! Needs root (iptables), the shared PostgreSQL at 127.0.0.1:5432 and the
+//! `pgbouncer` binary; `scripts/test` installs what is missing. Each test
+//! fails loudly when something it needs is not there.
+
+#[path = "faults/proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
+#[path = "faults/servers.rs"]
+#[allow(dead_code)]
+mod servers;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use vigil::backend::tokio_postgres::TokioPgManager;
+use vigil::{Pool, Reason};
+
+use proxy::Proxy;
+
+const SEC: Duration = Duration::from_secs(1);
+const SHARED_PG: &str = "127.0.0.1:5432";
+
+fn shared_pg() -> SocketAddr {
+    SHARED_PG.parse().expect("an address")
+}
+
+/// Drops every packet sent to `port` on loopback while it lives: what the
+/// sender sees of a black hole (nothing is acknowledged, so the kernel
+/// retransmits until `TCP_USER_TIMEOUT` or its own limit). Removed on drop,
+/// also when the test panics.
+struct Dropped {
+    port: u16,
+}
+
+impl Dropped {
+    fn rule(port: u16, op: &str) -> Vec<String> {
+        [
+            op,
+            "INPUT",
+            "-i",
+            "lo",
+            "-p",
+            "tcp",
+            "--dport",
+            &port.to_string(),
+            "-j",
+            "DROP",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+    }
+
+    fn start(port: u16) -> Dropped {
+        let out = Command::new("iptables")
+            .args(Self::rule(port, "-I"))
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("these tests need iptables (run as root; scripts/test installs it): {e}")
+            });
+        assert!(
+            out.status.success(),
+            "iptables refused the rule (root and CAP_NET_ADMIN are needed): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Dropped { port }
+    }
+}
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables")
+            .args(Self::rule(self.port, "-D"))
+            .status();
+    }
+}
+
+fn tp_manager(addr: SocketAddr, extra: &str) -> TokioPgManager {
+    TokioPgManager::from_url(&format!(
+        "postgres://postgres@{addr}/test?sslmode=disable&application_name=vigil_network{extra}"
+    ))
+    .expect("a well-formed URL")
+}
+
+/// A lent connection black-holed mid-query: with `tcp_user_timeout` the
+/// borrower's query fails within the bound instead of the kernel's ~15
+/// minutes of retransmissions; the connection is retired, not lent again,
+/// and the pool serves the next caller on a new one.
+#[tokio::test]
+async fn a_query_on_a_black_holed_lent_connection_fails_within_tcp_user_timeout() {
+    let proxy = Proxy::start(shared_pg()).await;
+    let bound = 2 * SEC;
+    let pool = Pool::builder(tp_manager(proxy.addr(), "&tcp_user_timeout=2"))
+        .max_size(2)
+        .acquire_timeout(10 * SEC)
+        .build()
+        .expect("valid settings");
+    let conn = pool.get().await.expect("a connection");
+    conn.simple_query("SELECT 1").await.expect("a query");
+
+    let hole = Dropped::start(proxy.addr().port());
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(bound + 10 * SEC, conn.simple_query("SELECT 1")).await;
+    let took = started.elapsed();
+    let err = outcome
+        .expect("the query must fail within the bound, not hang")
+        .expect_err("nothing can answer through the black hole");
+    assert!(
+        took >= bound - Duration::from_millis(200) && took <= bound + 3 * SEC,
+        "the query failed after {took:?}, not after about {bound:?}: {err}"
+    );
+    drop(conn);
+    assert_eq!(
+        pool.state().closed.get(Reason::Broken),
+        1,
+        "{:?}",
+        pool.state()
+    );
+    assert_eq!(pool.state().idle, 0, "the dead connection went back idle");
+
+    drop(hole);
+    let conn = pool.get().await.expect("the pool keeps serving");
+    conn.simple_query("SELECT 1")
+        .await
+        .expect("a query on a new connection");
+    assert_eq!(pool.state().created, 2, "{:?}", pool.state());
+}
+
+/// The control: without `tcp_user_timeout` the same query is still
+/// waiting well past that bound (the kernel retransmits for ~15 minutes),
+/// so it is the setting that ends it above, not the proxy or the server.
+#[tokio::test]
+async fn without_tcp_user_timeout_a_black_holed_query_hangs() {
+    let proxy = Proxy::start(shared_pg()).await;
+    let pool = Pool::builder(tp_manager(proxy.addr(), "&tcp_user_timeout=0"))
+        .max_size(1)
+        .build()
+        .expect("valid settings");
+    let conn = pool.get().await.expect("a connection");
+    conn.simple_query("SELECT 1").await.expect("a query");
+    let _hole = Dropped::start(proxy.addr().port());
+    let outcome = tokio::time::timeout(4 * SEC, conn.simple_query("SELECT 1")).await;
+    assert!(outcome.is_err(), "the query ended: {outcome:?}");
+    vigil::Pooled::retire(conn);
+}
+
+/// The default bound is 30 s, and `0` turns it off: read back from the
+/// options vigil opens sockets with.
+#[test]
+fn tcp_user_timeout_is_30_s_unless_the_url_says_otherwise() {
+    let addr = shared_pg();
+    assert_eq!(
+        tp_manager(addr, "").config().get_tcp_user_timeout(),
+        Some(&(30 * SEC))
+    );
+    assert_eq!(
+        tp_manager(addr, "&tcp_user_timeout=5")
+            .config()
+            .get_tcp_user_timeout(),
+        Some(&(5 * SEC))
+    );
+    assert_eq!(
+        tp_manager(addr, "&tcp_user_timeout=0")
+            .config()
+            .get_tcp_user_timeout(),
+        Some(&Duration::ZERO)
+    );
+}
