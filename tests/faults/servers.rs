@@ -28,7 +28,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn scratch_dir(tag: &str) -> PathBuf {
+pub fn scratch_dir(tag: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -57,7 +57,7 @@ fn run(cmd: &mut Command, what: &str) {
     );
 }
 
-fn wait_for_port(port: u16, within: Duration, what: &str, log: &Path) {
+pub fn wait_for_port(port: u16, within: Duration, what: &str, log: &Path) {
     let deadline = Instant::now() + within;
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
@@ -67,6 +67,27 @@ fn wait_for_port(port: u16, within: Duration, what: &str, log: &Path) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Gives `path` to the `postgres` OS user (PostgreSQL and pgbouncer refuse
+/// to run as root).
+pub fn chown_to_postgres(path: &Path) {
+    let id = |flag: &str| -> u32 {
+        let out = Command::new("id")
+            .args([flag, "postgres"])
+            .output()
+            .expect("run `id`");
+        assert!(
+            out.status.success(),
+            "the private PostgreSQL needs the `postgres` OS user (initdb refuses root)"
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("a numeric id")
+    };
+    std::os::unix::fs::chown(path, Some(id("-u")), Some(id("-g")))
+        .unwrap_or_else(|e| panic!("chown {} to postgres: {e}", path.display()));
 }
 
 // ---------------------------------------------------------------- PostgreSQL
@@ -134,22 +155,7 @@ impl PrivatePg {
     }
 
     fn chown_to_postgres(&self) {
-        let id = |flag: &str| -> u32 {
-            let out = Command::new("id")
-                .args([flag, "postgres"])
-                .output()
-                .expect("run `id`");
-            assert!(
-                out.status.success(),
-                "the private PostgreSQL needs the `postgres` OS user (initdb refuses root)"
-            );
-            String::from_utf8_lossy(&out.stdout)
-                .trim()
-                .parse()
-                .expect("a numeric id")
-        };
-        std::os::unix::fs::chown(&self.dir, Some(id("-u")), Some(id("-g")))
-            .expect("chown the private PostgreSQL directory to postgres");
+        chown_to_postgres(&self.dir);
     }
 
     fn as_postgres(&self, program: &str) -> Command {

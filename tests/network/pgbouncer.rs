@@ -1,0 +1,244 @@
+//! Behind a real pgbouncer, in session and transaction mode, for each of
+//! vigil's PostgreSQL backends: what pgbouncer does to vigil's sessions
+//! (its `client_idle_timeout`, `KILL`, `RECONNECT`, a restart, server
+//! sessions killed behind it) reaches no caller as an error.
+//!
+//! The queries are what works in transaction mode on pgbouncer 1.18 (no
+//! `max_prepared_statements`): the simple protocol (tokio-postgres
+//! `simple_query`, sqlx `raw_sql`) and unnamed statements (tokio-postgres
+//! `query_typed`). vigil's own round trips (its ping, timeout discovery,
+//! rollback) are simple-protocol, so they work in both modes.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use vigil::{Manager, Pool, Reason};
+
+use crate::bouncer::{Bouncer, Mode};
+use crate::SEC;
+
+/// One of vigil's PostgreSQL backends, as these tests drive it.
+pub(crate) trait Backend: 'static {
+    type M: Manager;
+    fn manager(port: u16) -> Self::M;
+    /// `SELECT 1` in a way that works through pgbouncer in either mode.
+    fn select_1(conn: &mut <Self::M as Manager>::Connection) -> BoxFuture<'_, Result<(), String>>;
+}
+
+pub(crate) struct TokioPg;
+
+impl Backend for TokioPg {
+    type M = vigil::backend::tokio_postgres::TokioPgManager;
+    fn manager(port: u16) -> Self::M {
+        crate::tp_manager(([127, 0, 0, 1], port).into(), "")
+    }
+    fn select_1(conn: &mut <Self::M as Manager>::Connection) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            // An unnamed statement: Parse, Bind, Execute and Sync in one go,
+            // so pgbouncer runs them on one server connection.
+            let rows = conn
+                .query_typed(
+                    "SELECT $1::int4",
+                    &[(&1i32, tokio_postgres::types::Type::INT4)],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            assert_eq!(rows[0].get::<_, i32>(0), 1);
+            conn.simple_query("SELECT 1")
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+pub(crate) struct Sqlx;
+
+impl Backend for Sqlx {
+    type M = vigil::backend::sqlx::PgManager;
+    fn manager(port: u16) -> Self::M {
+        vigil::backend::sqlx::PgManager::from_url(&format!(
+            "postgres://postgres@127.0.0.1:{port}/test?sslmode=disable&application_name=vigil_network"
+        ))
+        .expect("a well-formed URL")
+    }
+    fn select_1(conn: &mut <Self::M as Manager>::Connection) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            sqlx::Executor::execute(&mut *conn, sqlx::raw_sql("SELECT 1"))
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+fn pool<B: Backend>(bouncer: &Bouncer) -> Pool<B::M> {
+    Pool::builder(B::manager(bouncer.port()))
+        .max_size(4)
+        .acquire_timeout(10 * SEC)
+        .build()
+        .expect("valid settings")
+}
+
+/// 4 tasks × 25 checkouts of `SELECT 1`; every error a caller saw.
+async fn burst<B: Backend>(pool: &Pool<B::M>) -> Vec<String> {
+    let runs = (0..4).map(|_| async {
+        let mut errors = Vec::new();
+        for _ in 0..25 {
+            match pool.get().await {
+                Ok(mut conn) => {
+                    if let Err(e) = B::select_1(&mut conn).await {
+                        errors.push(e);
+                    }
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        errors
+    });
+    futures::future::join_all(runs).await.concat()
+}
+
+/// Asserts a burst went through without an error reaching a caller.
+async fn clean_burst<B: Backend>(pool: &Pool<B::M>, after: &str) {
+    let errors = burst::<B>(pool).await;
+    assert!(
+        errors.is_empty(),
+        "{} errors reached callers after {after}; the first: {}; {:?}",
+        errors.len(),
+        errors[0],
+        pool.state()
+    );
+}
+
+/// Connections the pool closed because it found them finished (broken flag
+/// or a failed ping): what pgbouncer cut.
+fn found_dead<M: Manager>(pool: &Pool<M>) -> u64 {
+    let s = pool.state();
+    s.closed.get(Reason::Broken) + s.closed.get(Reason::ValidationFailed)
+}
+
+/// Lets the pool's connections sit idle past the validation bypass window
+/// (500 ms), as after any pause in traffic.
+async fn pause() {
+    tokio::time::sleep(Duration::from_millis(700)).await;
+}
+
+/// Session mode: server sessions killed behind pgbouncer (it drops the
+/// clients linked to them), `KILL` + `RESUME`, `RECONNECT`, a restart.
+async fn session_mode<B: Backend>() {
+    let bouncer = tokio::task::spawn_blocking(|| Bouncer::start(Mode::Session, &[]))
+        .await
+        .expect("start pgbouncer");
+    let pool = pool::<B>(&bouncer);
+    clean_burst::<B>(&pool, "the start").await;
+
+    pause().await;
+    let killed = bouncer.kill_server_sessions().await;
+    assert!(killed >= 1, "no server session behind pgbouncer to kill");
+    pause().await;
+    clean_burst::<B>(&pool, "server sessions killed behind pgbouncer").await;
+    let dead = found_dead(&pool);
+    assert!(dead >= 1, "the pool never noticed: {:?}", pool.state());
+
+    pause().await;
+    bouncer.admin("KILL test").await;
+    bouncer.admin("RESUME test").await;
+    pause().await;
+    clean_burst::<B>(&pool, "pgbouncer's KILL").await;
+    assert!(found_dead(&pool) > dead, "{:?}", pool.state());
+
+    bouncer.admin("RECONNECT test").await;
+    clean_burst::<B>(&pool, "pgbouncer's RECONNECT").await;
+
+    pause().await;
+    let dead = found_dead(&pool);
+    let b = std::sync::Arc::new(bouncer);
+    let b2 = std::sync::Arc::clone(&b);
+    tokio::task::spawn_blocking(move || {
+        b2.stop();
+        b2.start_again();
+    })
+    .await
+    .expect("restart pgbouncer");
+    pause().await;
+    clean_burst::<B>(&pool, "a pgbouncer restart").await;
+    assert!(found_dead(&pool) > dead, "{:?}", pool.state());
+    pool.close().await;
+}
+
+/// Transaction mode with `client_idle_timeout = 2` (and the
+/// `server_check_delay = 0` a pool in transaction mode needs): pgbouncer closes
+/// clients idle 2 s, which no server setting tells vigil; bursts with 3 s
+/// gaps. Then `KILL` + `RESUME` and a restart.
+async fn transaction_mode<B: Backend>() {
+    let bouncer = tokio::task::spawn_blocking(|| {
+        // `server_check_delay = 0`: pgbouncer checks a server connection
+        // before it gives it to the next transaction. Without it, a server
+        // session killed while idle in pgbouncer's pool is handed to a
+        // client as it is, and that client's query gets the server's FATAL
+        // (seen here, sqlx: "terminating connection due to administrator
+        // command"): the client's own session is fine, so vigil has nothing
+        // to notice. The README says so.
+        Bouncer::start(
+            Mode::Transaction,
+            &["client_idle_timeout = 2", "server_check_delay = 0"],
+        )
+    })
+    .await
+    .expect("start pgbouncer");
+    let pool = pool::<B>(&bouncer);
+    for gap in 0..3 {
+        clean_burst::<B>(&pool, &format!("idle gap {gap}")).await;
+        tokio::time::sleep(3 * SEC).await;
+    }
+    clean_burst::<B>(&pool, "the last idle gap").await;
+    let dead = found_dead(&pool);
+    assert!(
+        dead >= 3,
+        "pgbouncer's client_idle_timeout never cut a connection: {:?}",
+        pool.state()
+    );
+
+    bouncer.admin("KILL test").await;
+    bouncer.admin("RESUME test").await;
+    pause().await;
+    clean_burst::<B>(&pool, "pgbouncer's KILL").await;
+
+    let killed = bouncer.kill_server_sessions().await;
+    assert!(killed >= 1, "no server session behind pgbouncer to kill");
+    clean_burst::<B>(&pool, "server sessions killed behind pgbouncer").await;
+
+    pause().await;
+    let b = std::sync::Arc::new(bouncer);
+    let b2 = std::sync::Arc::clone(&b);
+    tokio::task::spawn_blocking(move || {
+        b2.stop();
+        b2.start_again();
+    })
+    .await
+    .expect("restart pgbouncer");
+    pause().await;
+    clean_burst::<B>(&pool, "a pgbouncer restart").await;
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_behind_pgbouncer_in_session_mode_loses_no_request() {
+    session_mode::<TokioPg>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlx_behind_pgbouncer_in_session_mode_loses_no_request() {
+    session_mode::<Sqlx>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_behind_pgbouncer_in_transaction_mode_loses_no_request() {
+    transaction_mode::<TokioPg>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlx_behind_pgbouncer_in_transaction_mode_loses_no_request() {
+    transaction_mode::<Sqlx>().await;
+}
