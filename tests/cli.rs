@@ -443,6 +443,8 @@ fn probe_reads_postgres_timeouts() {
     assert!(p["recommended"]["max_connections_budget"].is_u64(), "{p:#}");
     assert!(!p["reasoning"].as_array().expect("reasoning").is_empty());
     assert_eq!(p["driver"], "tokio-postgres", "the default driver: {p:#}");
+    assert_eq!(p["between"]["proxied"], false, "nothing between: {p:#}");
+    assert_eq!(p["between"]["server_port"], 5432, "{p:#}");
 }
 
 #[test]

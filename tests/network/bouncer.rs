@@ -80,6 +80,11 @@ impl Bouncer {
         self.port
     }
 
+    /// The port of the PostgreSQL behind it.
+    pub fn pg_port(&self) -> u16 {
+        self.pg.port()
+    }
+
     /// Starts the (stopped) pgbouncer and waits until it listens.
     pub fn start_again(&self) {
         let child = Command::new(PGBOUNCER)

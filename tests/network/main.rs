@@ -23,6 +23,7 @@ use vigil::backend::tokio_postgres::TokioPgManager;
 mod bouncer;
 mod lent;
 mod pgbouncer;
+mod probe;
 
 pub(crate) const SEC: Duration = Duration::from_secs(1);
 const SHARED_PG: &str = "127.0.0.1:5432";

@@ -9,6 +9,7 @@
 //! `query_typed`). vigil's own round trips (its ping, timeout discovery,
 //! rollback) are simple-protocol, so they work in both modes.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -118,6 +119,17 @@ fn found_dead<M: Manager>(pool: &Pool<M>) -> u64 {
     s.closed.get(Reason::Broken) + s.closed.get(Reason::ValidationFailed)
 }
 
+/// Stops pgbouncer (its immediate shutdown) and starts it again.
+async fn restart(bouncer: &Arc<Bouncer>) {
+    let bouncer = Arc::clone(bouncer);
+    tokio::task::spawn_blocking(move || {
+        bouncer.stop();
+        bouncer.start_again();
+    })
+    .await
+    .expect("restart pgbouncer");
+}
+
 /// Lets the pool's connections sit idle past the validation bypass window
 /// (500 ms), as after any pause in traffic.
 async fn pause() {
@@ -129,6 +141,7 @@ async fn pause() {
 async fn session_mode<B: Backend>() {
     let bouncer = tokio::task::spawn_blocking(|| Bouncer::start(Mode::Session, &[]))
         .await
+        .map(Arc::new)
         .expect("start pgbouncer");
     let pool = pool::<B>(&bouncer);
     clean_burst::<B>(&pool, "the start").await;
@@ -153,14 +166,7 @@ async fn session_mode<B: Backend>() {
 
     pause().await;
     let dead = found_dead(&pool);
-    let b = std::sync::Arc::new(bouncer);
-    let b2 = std::sync::Arc::clone(&b);
-    tokio::task::spawn_blocking(move || {
-        b2.stop();
-        b2.start_again();
-    })
-    .await
-    .expect("restart pgbouncer");
+    restart(&bouncer).await;
     pause().await;
     clean_burst::<B>(&pool, "a pgbouncer restart").await;
     assert!(found_dead(&pool) > dead, "{:?}", pool.state());
@@ -186,6 +192,7 @@ async fn transaction_mode<B: Backend>() {
         )
     })
     .await
+    .map(Arc::new)
     .expect("start pgbouncer");
     let pool = pool::<B>(&bouncer);
     for gap in 0..3 {
@@ -210,14 +217,7 @@ async fn transaction_mode<B: Backend>() {
     clean_burst::<B>(&pool, "server sessions killed behind pgbouncer").await;
 
     pause().await;
-    let b = std::sync::Arc::new(bouncer);
-    let b2 = std::sync::Arc::clone(&b);
-    tokio::task::spawn_blocking(move || {
-        b2.stop();
-        b2.start_again();
-    })
-    .await
-    .expect("restart pgbouncer");
+    restart(&bouncer).await;
     pause().await;
     clean_burst::<B>(&pool, "a pgbouncer restart").await;
     pool.close().await;

@@ -26,6 +26,7 @@ macro_rules! out {
 }
 
 mod backend;
+mod between;
 mod kill;
 mod live;
 mod load;

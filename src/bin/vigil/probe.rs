@@ -14,6 +14,7 @@ use sqlx::{ConnectOptions, Connection, Row};
 
 use crate::backend::Target;
 use crate::backend::{error_chain, tokio_pg};
+use crate::between::Between;
 use crate::{human_secs, Driver, Fail, ProbeArgs};
 
 /// vigil's defaults, restated here so the advice names real numbers.
@@ -50,6 +51,8 @@ struct Probe {
     session_idle_timeout_seconds: Option<f64>,
     /// Whether the probe's session is encrypted, as the server reports it.
     tls: Tls,
+    /// PostgreSQL: what forwards the connection, if anything (pgbouncer).
+    between: Option<Between>,
     notes: Vec<String>,
     recommended: Recommended,
     reasoning: Vec<String>,
@@ -100,6 +103,10 @@ struct Recommended {
     /// When vigil will retire an idle connection for the server's timeout.
     retires_idle_after_seconds: Option<f64>,
     keepalive_interval_seconds: f64,
+    /// The idle timeout to tell vigil, when something between cuts idle
+    /// connections that the server cannot report (pgbouncer's
+    /// `client_idle_timeout` in transaction mode).
+    server_idle_timeout_override_seconds: Option<f64>,
     idle_timeout_seconds: f64,
     max_lifetime_seconds: f64,
     validation: &'static str,
@@ -120,14 +127,15 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<(), Fail> {
     let mut probe = match &target {
         Target::MySql(opts) => mysql(opts.clone(), within).await?,
         Target::Postgres(opts) => {
+            let url = args.url.as_deref().unwrap_or_default();
             let facts = match args.driver {
-                Driver::TokioPostgres => {
-                    let url = args.url.as_deref().unwrap_or_default();
-                    pg_facts_tokio_postgres(url, &target, within).await?
-                }
+                Driver::TokioPostgres => pg_facts_tokio_postgres(url, &target, within).await?,
                 Driver::Sqlx => pg_facts_sqlx(opts, &target, within).await?,
             };
-            postgres(facts, args.url.as_deref().unwrap_or_default())
+            let between = Between::look(url, opts.get_port(), facts.server_port, within).await;
+            let mut probe = postgres(facts, url);
+            probe.between = Some(between);
+            probe
         }
         Target::Sqlite(opts) => sqlite(opts).await?,
     };
@@ -139,6 +147,14 @@ pub(crate) async fn run(args: ProbeArgs) -> Result<(), Fail> {
     probe.backend = target.kind();
     probe.target = target.describe();
     advise(&mut probe);
+    if let Some(between) = &probe.between {
+        let r = &mut probe.recommended;
+        between.advise(
+            &mut probe.notes,
+            &mut probe.reasoning,
+            &mut r.server_idle_timeout_override_seconds,
+        );
+    }
     if args.json {
         let text = serde_json::to_string_pretty(&probe)
             .map_err(|e| Fail::internal(format!("cannot encode the probe as JSON: {e}")))?;
@@ -275,6 +291,8 @@ struct PgFacts {
     settings: Vec<(String, String, Option<String>)>,
     /// `pg_stat_ssl` for the probe's own session: ssl, version, cipher.
     ssl: (bool, Option<String>, Option<String>),
+    /// `inet_server_port()`: NULL when the session came over a Unix socket.
+    server_port: Option<u16>,
 }
 
 /// The probe session's row of `pg_stat_ssl`.
@@ -315,6 +333,10 @@ async fn pg_facts_sqlx(
         .fetch_optional(&mut conn)
         .await
         .map_err(failed)?;
+    let server_port: Option<String> = sqlx::query_scalar("SELECT inet_server_port()::text")
+        .fetch_one(&mut conn)
+        .await
+        .map_err(failed)?;
     let _ = conn.close().await;
     let ssl = ssl.map_or((false, None, None), |(on, v, c)| (on == "true", v, c));
     let mut settings = Vec::with_capacity(rows.len());
@@ -329,6 +351,7 @@ async fn pg_facts_sqlx(
         version,
         settings,
         ssl,
+        server_port: server_port.and_then(|p| p.parse().ok()),
     })
 }
 
@@ -349,7 +372,7 @@ async fn pg_facts_tokio_postgres(
     // Simple protocol, the statements in one round trip.
     let messages = conn
         .simple_query(&format!(
-            "SELECT current_setting('server_version'); {PG_SETTINGS}"
+            "SELECT current_setting('server_version'), inet_server_port()::text; {PG_SETTINGS}"
         ))
         .await
         .map_err(failed)?;
@@ -370,11 +393,14 @@ async fn pg_facts_tokio_postgres(
         tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
         _ => None,
     });
-    let version = rows
+    let first = rows
         .next()
-        .and_then(|row| row.get(0))
-        .ok_or_else(|| Fail::internal("the server answered no row for its version"))?
+        .ok_or_else(|| Fail::internal("the server answered no row for its version"))?;
+    let version = first
+        .get(0)
+        .ok_or_else(|| Fail::internal("the server answered no version"))?
         .to_owned();
+    let server_port = first.get(1).and_then(|p| p.parse().ok());
     let settings = rows
         .filter_map(|row| {
             let name = row.get(0)?.to_owned();
@@ -386,6 +412,7 @@ async fn pg_facts_tokio_postgres(
         version,
         settings,
         ssl,
+        server_port,
     })
 }
 
@@ -394,6 +421,7 @@ fn postgres(facts: PgFacts, url: &str) -> Probe {
         version,
         settings,
         ssl,
+        server_port: _,
     } = facts;
     let tls = match ssl {
         (true, protocol, cipher) => Tls {
@@ -486,6 +514,7 @@ impl Probe {
             timeouts: BTreeMap::new(),
             session_idle_timeout_seconds: None,
             tls: Tls::plain(),
+            between: None,
             notes: Vec::new(),
             recommended: Recommended::default(),
             reasoning: Vec::new(),
@@ -628,6 +657,9 @@ fn human(p: &Probe) -> String {
         "  keepalive_interval             {}\n",
         human_secs(r.keepalive_interval_seconds)
     );
+    if let Some(t) = r.server_idle_timeout_override_seconds {
+        out += &format!("  server_idle_timeout_override   {}\n", human_secs(t));
+    }
     out += &format!(
         "  idle_timeout                   {}\n",
         human_secs(r.idle_timeout_seconds)
