@@ -57,6 +57,53 @@ impl VerifyOnReturn {
     }
 }
 
+/// Idle cutoffs that nothing announces: a NAT, firewall or load balancer
+/// that drops flows idle past a time of its own (AWS NLB 350 s, Azure LB
+/// 4 min), pgbouncer's `client_idle_timeout`. The server cannot report
+/// them; the pool can learn one from the connections it finds dead after
+/// idling, and then pings idle connections at 75 % of it (a keepalive,
+/// which restarts the middlebox's idle clock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdleCutoff {
+    /// Learn it from evidence: at least 3 of the last 8 connections found
+    /// dead after idling 1 s or more (a failed or unanswered ping, a broken
+    /// flag), seen in at least two separate episodes (a restart kills many
+    /// at once; a cutoff kills after every idle period), none of them
+    /// contradicted by a connection that survived a longer idle since. The
+    /// cutoff is the shortest of their idles; a later death after a shorter
+    /// idle lowers it, and a connection that survives an idle as long as the
+    /// cutoff unlearns it. The finding is logged once at info and exported
+    /// as `vigil_learned_idle_cutoff_seconds`. The default.
+    #[default]
+    Learn,
+    /// The cutoff is known (say a load balancer's documented 350 s): idle
+    /// connections are pinged at 75 % of it from the start. At least 1 s.
+    Known(Duration),
+    /// Neither learn nor assume one; only `keepalive_interval` pings.
+    Off,
+}
+
+/// What a checkout does while its validation ping goes unanswered: with a
+/// hedge, after the delay the caller is served by a warm idle connection
+/// or a new connect started alongside, whichever is ready first, instead of
+/// waiting out `validation_timeout` on a black-holed connection. The silent
+/// connection keeps its slot until its ping answers (it goes back idle) or
+/// times out (it is retired), so the pool never holds more than `max_size`.
+/// A hedge needs a free slot: in a pool whose every slot is taken the
+/// caller waits for the ping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Hedge {
+    /// After 4 × the slowest recent ping (a decaying maximum; before the
+    /// first ping, the last connect's duration), at least 50 ms and at most
+    /// `validation_timeout`. The default.
+    #[default]
+    Auto,
+    /// After this delay (greater than zero).
+    After(Duration),
+    /// Never: the caller waits for the ping, up to `validation_timeout`.
+    Off,
+}
+
 /// Every setting of a pool, with its default. Build one with [`Builder`](crate::Builder)
 /// or fill it from a configuration file and hand it to
 /// [`Builder::config`](crate::Builder::config).
@@ -96,6 +143,12 @@ pub struct Config {
     pub keepalive_interval: Option<Duration>,
     /// When a checkout pings; see [`Validation`]. Default `IdleFor(500 ms)`.
     pub validation: Validation,
+    /// A checkout ping that does not answer in time; see [`Hedge`].
+    /// Default [`Hedge::Auto`].
+    pub hedge: Hedge,
+    /// Idle cutoffs nobody announces; see [`IdleCutoff`]. Default
+    /// [`IdleCutoff::Learn`].
+    pub idle_cutoff: IdleCutoff,
     /// How often the housekeeper asks one idle connection whether its
     /// session still has the role the manager requires
     /// ([`Manager::has_role`](crate::Manager::has_role), e.g. a writable
@@ -169,6 +222,8 @@ impl Default for Config {
             idle_timeout: Some(Duration::from_secs(10 * 60)),
             keepalive_interval: Some(Duration::from_secs(120)),
             validation: Validation::default(),
+            hedge: Hedge::Auto,
+            idle_cutoff: IdleCutoff::Learn,
             role_check_interval: Duration::from_secs(5),
             server_timeout_margin: Duration::from_secs(5),
             server_idle_timeout_override: None,
@@ -289,6 +344,14 @@ impl Config {
         at_least_a_second("keepalive_interval", self.keepalive_interval)?;
         if let Validation::IdleFor(w) = self.validation {
             positive("validation", w)?;
+        }
+        if let Hedge::After(d) = self.hedge {
+            positive("hedge", d)?;
+            at_most_max_duration("hedge", d)?;
+        }
+        if let IdleCutoff::Known(d) = self.idle_cutoff {
+            at_least_a_second("idle_cutoff", Some(d))?;
+            at_most_max_duration("idle_cutoff", d)?;
         }
         optional("leak_threshold", self.leak_threshold)?;
         if self.name.is_empty() {

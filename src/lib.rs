@@ -59,7 +59,7 @@ pub mod scope;
 pub mod server;
 mod stats;
 
-pub use config::{Config, Validation, VerifyOnReturn};
+pub use config::{Config, Hedge, IdleCutoff, Validation, VerifyOnReturn};
 pub use error::{
     BlockingError, BuildError, ConfigError, ConnectError, Error, RunError, TimeoutPhase,
 };

@@ -249,7 +249,7 @@ impl Collector for Metrics {
             e,
             s,
             "vigil_validations",
-            "Checkout validations: ok, failed, or skipped inside the bypass window.",
+            "Checkout validations: ok, failed, skipped inside the bypass window, or hedged (silent past the hedge delay).",
             None,
             Counter,
             |st| {
@@ -257,6 +257,7 @@ impl Collector for Metrics {
                     (Some(("result", "ok")), C(st.validations_ok)),
                     (Some(("result", "failed")), C(st.validations_failed)),
                     (Some(("result", "skipped")), C(st.validations_skipped)),
+                    (Some(("result", "hedged")), C(st.validations_hedged)),
                 ]
             },
         )?;
@@ -304,6 +305,19 @@ impl Collector for Metrics {
                     st.server_idle_timeout
                         .flatten()
                         .map_or(0.0, |d| d.as_secs_f64()),
+                ))
+            },
+        )?;
+        family(
+            e,
+            s,
+            "vigil_learned_idle_cutoff",
+            "The idle cutoff in force that the server does not announce (a NAT, load balancer or proxy): learned from connections found dead after idling, or set; 0 when none.",
+            secs,
+            Gauge,
+            |st| {
+                one(Value::GaugeF(
+                    st.idle_cutoff.map_or(0.0, |d| d.as_secs_f64()),
                 ))
             },
         )?;

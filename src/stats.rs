@@ -17,6 +17,8 @@ pub(crate) struct Stats {
     pub(crate) acquire_timeouts: AtomicU64,
     pub(crate) validations_ok: AtomicU64,
     pub(crate) validations_failed: AtomicU64,
+    /// Checkout pings silent past the hedge delay (`hedge.rs`).
+    pub(crate) validations_hedged: AtomicU64,
     /// Validations skipped by checkouts on the slow path; see `lent_at_once`.
     pub(crate) validations_skipped: AtomicU64,
     /// Checkouts served at once by the fast path. Each is a skipped
@@ -226,6 +228,12 @@ pub struct State {
     pub validations_failed: u64,
     /// Checkouts that skipped the round trip (used within the bypass window).
     pub validations_skipped: u64,
+    /// Checkout pings that went unanswered past the hedge delay, so the
+    /// caller was served another way (or, with no free slot, waited).
+    pub validations_hedged: u64,
+    /// The idle cutoff in force: learned from connections found dead after
+    /// idling, or known from the settings ([`IdleCutoff`](crate::IdleCutoff)).
+    pub idle_cutoff: Option<Duration>,
     /// The server idle timeout seen on the newest connection (`Some(None)`:
     /// the server has none; `None`: no connection opened yet).
     pub server_idle_timeout: Option<Option<Duration>>,

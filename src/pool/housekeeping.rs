@@ -32,7 +32,7 @@ impl<M: Manager> Shared<M> {
             let mut slots = self.slots.lock();
             let sweep = slots.sweep(
                 now,
-                &self.policy,
+                &self.sweep_policy(),
                 self.config.min_idle,
                 self.generation(),
                 |c| self.manager.has_broken(c),
@@ -65,6 +65,10 @@ impl<M: Manager> Shared<M> {
         // connection.
         let spawner = self.runtime();
         for (conn, reason) in sweep.retired {
+            if reason == Reason::Broken {
+                let idle = now.saturating_duration_since(conn.meta.last_io);
+                self.idle_died(idle, conn.meta.server_idle);
+            }
             self.note_retired(&conn.meta, reason);
             self.say_goodbye(conn.raw);
         }

@@ -42,6 +42,7 @@ use tokio::time::timeout;
 
 use super::backoff::{Backoff, BACKOFF_START};
 use super::deadlines::Deadlines;
+use super::evidence::Evidence;
 use super::guard::Pooled;
 use super::owners::{Connecting, InFlight, Pending, Permit};
 use super::slots::{Activity, Conn, Meta, Slots};
@@ -94,6 +95,9 @@ pub(crate) struct Shared<M: Manager> {
     /// Returned connections are pinged: `verify_on_return`, resolved
     /// against what the manager's `has_broken` can see.
     pub(super) verify_returns: bool,
+    /// What the pool learned from its round trips: the idle cutoff, the
+    /// hedge's yardstick (`evidence.rs`).
+    pub(super) evidence: Evidence,
 }
 
 impl<M: Manager> Shared<M> {
@@ -119,6 +123,7 @@ impl<M: Manager> Shared<M> {
             changed: Notify::new(),
             goodbyes: AtomicU64::new(0),
             role_check_due: Mutex::new(Instant::now() + config.role_check_interval),
+            evidence: Evidence::default(),
             config,
         }
     }
@@ -231,7 +236,7 @@ impl<M: Manager> Shared<M> {
     /// The most recently used idle connection, if it needs neither
     /// retirement nor a ping; `None` leaves the idle set as it was. The
     /// caller holds a permit, and counts the skipped validation.
-    fn pop_warm(
+    pub(super) fn pop_warm(
         &self,
         now: Instant,
         site: &'static Location<'static>,
@@ -331,7 +336,7 @@ impl<M: Manager> Shared<M> {
     /// throw the connect away: the new connection goes to the idle set for
     /// the next caller. Without this, callers more impatient than a connect
     /// is slow would keep the pool from ever growing.
-    async fn connect_detached(
+    pub(super) async fn connect_detached(
         self: &Arc<Self>,
         permit: Permit<M>,
         site: &'static Location<'static>,
@@ -426,10 +431,16 @@ impl<M: Manager> Shared<M> {
                     Stats::bump(&self.stats.validations_skipped);
                     return Ok(FromIdle::Lent(permit.lend(conn, now)));
                 }
-                Checkout::Retire(reason) => self.retire_active(conn, reason),
+                Checkout::Retire(reason) => {
+                    if reason == Reason::Broken {
+                        let idle = now.saturating_duration_since(conn.meta.last_io);
+                        self.idle_died(idle, conn.meta.server_idle);
+                    }
+                    self.retire_active(conn, reason);
+                }
                 Checkout::Ping => {
                     *phase = TimeoutPhase::Validating;
-                    permit = match self.validate_detached(conn, permit).await {
+                    permit = match self.validate_hedged(conn, permit, site).await {
                         Validated::Lent(pooled) => return Ok(FromIdle::Lent(pooled)),
                         Validated::Failed(permit) => permit,
                         Validated::Gone => return Err(Stop::Closed),
@@ -446,7 +457,7 @@ impl<M: Manager> Shared<M> {
     /// task lets the ping finish and puts a live connection back idle. Under
     /// tight client timeouts this is the difference between reusing
     /// connections and reconnecting on every cancelled checkout.
-    async fn validate_detached(
+    pub(super) async fn validate_detached(
         self: &Arc<Self>,
         conn: Conn<M::Connection>,
         permit: Permit<M>,
@@ -475,15 +486,24 @@ impl<M: Manager> Shared<M> {
     }
 
     /// One validation round trip, bounded by `validation_timeout`.
+    /// What it finds is evidence about the path (`evidence.rs`): how long
+    /// the connection had been silent, and whether it survived that.
     pub(super) async fn ping(&self, conn: &mut Conn<M::Connection>) -> bool {
+        let started = Instant::now();
+        let idle = started.saturating_duration_since(conn.meta.last_io);
         let result = timeout(
             self.config.validation_timeout,
             self.manager.is_valid(&mut conn.raw),
         )
         .await;
+        if !matches!(result, Ok(Ok(()))) {
+            self.idle_died(idle, conn.meta.server_idle);
+        }
         match result {
             Ok(Ok(())) => {
-                conn.meta.last_io = Instant::now();
+                let now = Instant::now();
+                conn.meta.last_io = now;
+                self.idle_survived(idle, now - started);
                 true
             }
             Ok(Err(error)) => {
@@ -569,6 +589,7 @@ impl<M: Manager> Shared<M> {
         };
         let now = Instant::now();
         self.stats.connect.observe(now - started);
+        self.connected_in(now - started);
         let mut meta = Meta {
             id: self.next_id.fetch_add(1, Relaxed),
             created: now,
@@ -647,7 +668,7 @@ enum FromIdle<M: Manager> {
 }
 
 /// What a detached validation hands back to its caller.
-enum Validated<M: Manager> {
+pub(super) enum Validated<M: Manager> {
     Lent(Pooled<M>),
     /// The ping failed and the connection was retired; try the next one.
     Failed(Permit<M>),
@@ -656,7 +677,7 @@ enum Validated<M: Manager> {
 }
 
 /// What a detached connect hands back to its caller.
-enum Connected<M: Manager> {
+pub(super) enum Connected<M: Manager> {
     Lent(Pooled<M>),
     /// No connection; the permit comes back to try again with.
     Retry(Permit<M>, Retry),
@@ -664,7 +685,7 @@ enum Connected<M: Manager> {
 }
 
 /// When a checkout whose connect failed tries again.
-enum Retry {
+pub(super) enum Retry {
     /// When the pool's backoff allows the next attempt (the connect failed,
     /// or was not attempted because the pool is backing off).
     AfterBackoff,

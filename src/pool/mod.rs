@@ -1,8 +1,11 @@
 //! The public pool handle and its builder.
 
 mod backoff;
+mod cutoff;
 mod deadlines;
+mod evidence;
 mod guard;
+mod hedge;
 mod housekeeping;
 mod inner;
 mod owners;
@@ -409,6 +412,8 @@ fn state_of<M: Manager>(shared: &Shared<M>) -> State {
         validations_ok: s.validations_ok.load(Relaxed),
         validations_failed: s.validations_failed.load(Relaxed),
         validations_skipped: s.validations_skipped(),
+        validations_hedged: s.validations_hedged.load(Relaxed),
+        idle_cutoff: shared.idle_cutoff(),
         server_idle_timeout: match server_ms {
             u64::MAX => None,
             0 => Some(None),
@@ -483,6 +488,10 @@ impl<M: Manager> Builder<M> {
         server_idle_timeout_override: Option<Option<Duration>>);
     setter!(/// See [`Config::reset_on_return`]. Default `false`.
         reset_on_return: bool);
+    setter!(/// See [`Config::hedge`]. Default [`Hedge::Auto`](crate::Hedge::Auto).
+        hedge: crate::config::Hedge);
+    setter!(/// See [`Config::idle_cutoff`]. Default [`IdleCutoff::Learn`](crate::IdleCutoff::Learn).
+        idle_cutoff: crate::config::IdleCutoff);
     setter!(/// See [`Config::verify_on_return`]. Default [`VerifyOnReturn::Auto`](crate::VerifyOnReturn::Auto).
         verify_on_return: crate::config::VerifyOnReturn);
     setter!(/// See [`Config::max_concurrent_connects`]. Default 2.
