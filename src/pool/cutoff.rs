@@ -144,7 +144,10 @@ mod tests {
         // A restart: every idle connection dead at once.
         for i in 0..8 {
             let at = t0 + Duration::from_millis(i * 10);
-            assert_eq!(l.died(S * 5 + Duration::from_millis(i), at), Lesson::Nothing);
+            assert_eq!(
+                l.died(S * 5 + Duration::from_millis(i), at),
+                Lesson::Nothing
+            );
         }
         assert_eq!(l.cutoff(), None);
     }
@@ -186,7 +189,11 @@ mod tests {
         l.died(S * 2, t0);
         l.died(S * 2, t0 + S * 5);
         assert_eq!(l.died(S * 3, t0 + S * 10), Lesson::Learned(S * 2));
-        assert_eq!(l.survived(S * 3 / 2), Lesson::Nothing, "shorter than the cutoff");
+        assert_eq!(
+            l.survived(S * 3 / 2),
+            Lesson::Nothing,
+            "shorter than the cutoff"
+        );
         assert_eq!(
             l.survived(S * 4),
             Lesson::Unlearned {

@@ -70,8 +70,7 @@ impl<M: Manager> Shared<M> {
     /// went unanswered, or it was found broken while idle).
     /// `server_idle`: its server's idle timeout, which would explain it.
     pub(crate) fn idle_died(&self, idle: Duration, server_idle: Option<Duration>) {
-        if self.config.idle_cutoff != IdleCutoff::Learn || server_idle.is_some_and(|t| idle >= t)
-        {
+        if self.config.idle_cutoff != IdleCutoff::Learn || server_idle.is_some_and(|t| idle >= t) {
             return;
         }
         let lesson = self.evidence.learner.lock().died(idle, Instant::now());

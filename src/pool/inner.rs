@@ -488,15 +488,28 @@ impl<M: Manager> Shared<M> {
     /// One validation round trip, bounded by `validation_timeout`.
     /// What it finds is evidence about the path (`evidence.rs`): how long
     /// the connection had been silent, and whether it survived that.
+    ///
+    /// A ping still silent at the hedge delay is reported dead then, not
+    /// after `validation_timeout`: a black hole teaches the idle cutoff
+    /// within the idle period it ends, and should the ping answer after
+    /// all, its survival takes the report back.
     pub(super) async fn ping(&self, conn: &mut Conn<M::Connection>) -> bool {
         let started = Instant::now();
         let idle = started.saturating_duration_since(conn.meta.last_io);
-        let result = timeout(
-            self.config.validation_timeout,
-            self.manager.is_valid(&mut conn.raw),
-        )
-        .await;
-        if !matches!(result, Ok(Ok(()))) {
+        let limit = self.config.validation_timeout;
+        let early = self.hedge_delay().unwrap_or(limit);
+        let check = self.manager.is_valid(&mut conn.raw);
+        tokio::pin!(check);
+        let mut reported = false;
+        let result = match timeout(early, &mut check).await {
+            Ok(answer) => Ok(answer),
+            Err(_) => {
+                reported = true;
+                self.idle_died(idle, conn.meta.server_idle);
+                timeout(limit.saturating_sub(early), check).await
+            }
+        };
+        if !reported && !matches!(result, Ok(Ok(()))) {
             self.idle_died(idle, conn.meta.server_idle);
         }
         match result {

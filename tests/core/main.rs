@@ -9,6 +9,7 @@ mod checkout;
 mod close;
 mod connect;
 mod liveness;
+mod network;
 mod observability;
 mod return_path;
 mod settings;

@@ -34,6 +34,12 @@ pub struct Script {
     pub reset_hangs: AtomicBool,
     /// Reported by `server_timeouts`.
     pub server_idle_ms: AtomicU64,
+    /// A middlebox's idle cutoff (ms; 0 = none): a ping on a connection
+    /// silent this long (since its connect, last answered ping or
+    /// [`FakeConn::touch`]) never answers, like a black-holed flow.
+    pub idle_cut_ms: AtomicU64,
+    /// Pings that met the idle cutoff.
+    pub cut_pings: AtomicUsize,
     next_id: AtomicU64,
 }
 
@@ -60,6 +66,17 @@ pub struct FakeConn {
     pub in_transaction: bool,
     /// Session state a borrower left behind; a full reset clears it.
     pub session_var: Option<String>,
+    /// Last traffic on the connection, for `Script::idle_cut_ms`.
+    pub last_seen: tokio::time::Instant,
+    /// Black-holed by the idle cutoff: never answers again.
+    pub cut: bool,
+}
+
+impl FakeConn {
+    /// A borrower's query: traffic the middlebox sees.
+    pub fn touch(&mut self) {
+        self.last_seen = tokio::time::Instant::now();
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -112,12 +129,23 @@ impl Manager for Fake {
             broken: false,
             in_transaction: false,
             session_var: None,
+            last_seen: tokio::time::Instant::now(),
+            cut: false,
         })
     }
 
-    async fn is_valid(&self, _conn: &mut FakeConn) -> Result<(), FakeError> {
+    async fn is_valid(&self, conn: &mut FakeConn) -> Result<(), FakeError> {
         let s = &self.script;
         s.pings.fetch_add(1, SeqCst);
+        let cut = s.idle_cut_ms.load(SeqCst);
+        if cut > 0 && conn.last_seen.elapsed() >= Duration::from_millis(cut) {
+            conn.cut = true;
+        }
+        if conn.cut {
+            s.cut_pings.fetch_add(1, SeqCst);
+            std::future::pending::<()>().await;
+        }
+        conn.touch();
         let delay = *s.ping_delay.lock().unwrap();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
