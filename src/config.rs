@@ -66,7 +66,7 @@ impl VerifyOnReturn {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IdleCutoff {
     /// Learn it from evidence: at least 3 of the last 8 connections found
-    /// dead after idling 1 s or more (a failed or unanswered ping, a broken
+    /// dead after idling 2 s or more (a failed or unanswered ping, a broken
     /// flag), seen in at least two separate episodes (a restart kills many
     /// at once; a cutoff kills after every idle period), none of them
     /// contradicted by a connection that survived a longer idle since. The

@@ -9,8 +9,8 @@
 //!
 //! The rule:
 //!
-//! - Only idles of at least [`MIN_IDLE`] count (a death sooner after use is
-//!   not an idle cutoff: a kill, a restart).
+//! - Only idles of at least [`MIN_IDLE`] (2 s) count (a death sooner after
+//!   use is more likely a reset, a kill or a restart than an idle cutoff).
 //! - Learned: once [`NEEDED`] of the last [`WINDOW`] deaths were seen in at
 //!   least two episodes (deaths [`EPISODE_GAP`] or more apart: one restart
 //!   kills many idle connections at once, a cutoff kills again after every
@@ -33,8 +33,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Deaths after a shorter idle are not evidence of an idle cutoff.
-pub(crate) const MIN_IDLE: Duration = Duration::from_secs(1);
+/// Deaths after a shorter idle are not evidence of an idle cutoff: the
+/// middleboxes that cut idle flows do so after tens of seconds or minutes
+/// (pgbouncer's `client_idle_timeout` is set in seconds, and rarely under
+/// a few); a connection found dead sooner was more likely reset, killed or
+/// restarted, and a pool that learned such a cutoff would ping every idle
+/// connection every second for nothing.
+pub(crate) const MIN_IDLE: Duration = Duration::from_secs(2);
 /// Deaths kept.
 pub(crate) const WINDOW: usize = 8;
 /// Deaths needed (in at least two episodes) to learn a cutoff.
