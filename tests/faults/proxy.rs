@@ -53,7 +53,7 @@ struct Link {
 
 /// What the proxy does to a link that was idle past its cutoff.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // the fault suite does not cut idle links; tests/network.rs does
+#[allow(dead_code)] // the fault suite does not cut idle links; tests/network does
 pub enum IdleCut {
     /// Drop its packets silently from then on (AWS NLB, Azure LB by default).
     BlackHole,

@@ -3,7 +3,8 @@
 //! port), idle cutoffs nobody announces (the proxy cuts flows idle past a
 //! set time), and pgbouncer in front of a private PostgreSQL.
 //!
-//! Needs root (iptables), the shared PostgreSQL at 127.0.0.1:5432 and the
+//! Needs root (iptables), the shared PostgreSQL at 127.0.0.1:5432 and
+//! MariaDB at 127.0.0.1:3306, and the
 //! `pgbouncer` binary; `scripts/test` installs what is missing. Each test
 //! fails loudly when something it needs is not there.
 
@@ -20,16 +21,23 @@ use std::time::Duration;
 
 use vigil::backend::tokio_postgres::TokioPgManager;
 
+mod backends;
 mod bouncer;
+mod idle;
 mod lent;
 mod pgbouncer;
 mod probe;
 
 pub(crate) const SEC: Duration = Duration::from_secs(1);
 const SHARED_PG: &str = "127.0.0.1:5432";
+const SHARED_MARIA: &str = "127.0.0.1:3306";
 
 pub(crate) fn shared_pg() -> SocketAddr {
     SHARED_PG.parse().expect("an address")
+}
+
+pub(crate) fn shared_maria() -> SocketAddr {
+    SHARED_MARIA.parse().expect("an address")
 }
 
 /// Drops every packet sent to `port` on loopback while it lives: what the
@@ -81,6 +89,13 @@ impl Drop for Dropped {
             .args(Self::rule(self.port, "-D"))
             .status();
     }
+}
+
+/// Prints `NETWORK|scenario|backend|requests|errors|what was measured`,
+/// the line RELIABILITY.md's table is made from (before the test's final
+/// assertions, so a failing run still reports).
+pub(crate) fn report(scenario: &str, backend: &str, requests: usize, errors: usize, detail: &str) {
+    println!("NETWORK|{scenario}|{backend}|{requests}|{errors}|{detail}");
 }
 
 pub(crate) fn tp_manager(addr: SocketAddr, extra: &str) -> TokioPgManager {

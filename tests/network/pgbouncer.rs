@@ -12,66 +12,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use vigil::{Manager, Pool, Reason};
 
+use crate::backends::{Backend, Sqlx, TokioPg};
 use crate::bouncer::{Bouncer, Mode};
 use crate::SEC;
-
-/// One of vigil's PostgreSQL backends, as these tests drive it.
-pub(crate) trait Backend: 'static {
-    type M: Manager;
-    fn manager(port: u16) -> Self::M;
-    /// `SELECT 1` in a way that works through pgbouncer in either mode.
-    fn select_1(conn: &mut <Self::M as Manager>::Connection) -> BoxFuture<'_, Result<(), String>>;
-}
-
-pub(crate) struct TokioPg;
-
-impl Backend for TokioPg {
-    type M = vigil::backend::tokio_postgres::TokioPgManager;
-    fn manager(port: u16) -> Self::M {
-        crate::tp_manager(([127, 0, 0, 1], port).into(), "")
-    }
-    fn select_1(conn: &mut <Self::M as Manager>::Connection) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            // An unnamed statement: Parse, Bind, Execute and Sync in one go,
-            // so pgbouncer runs them on one server connection.
-            let rows = conn
-                .query_typed(
-                    "SELECT $1::int4",
-                    &[(&1i32, tokio_postgres::types::Type::INT4)],
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            assert_eq!(rows[0].get::<_, i32>(0), 1);
-            conn.simple_query("SELECT 1")
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        })
-    }
-}
-
-pub(crate) struct Sqlx;
-
-impl Backend for Sqlx {
-    type M = vigil::backend::sqlx::PgManager;
-    fn manager(port: u16) -> Self::M {
-        vigil::backend::sqlx::PgManager::from_url(&format!(
-            "postgres://postgres@127.0.0.1:{port}/test?sslmode=disable&application_name=vigil_network"
-        ))
-        .expect("a well-formed URL")
-    }
-    fn select_1(conn: &mut <Self::M as Manager>::Connection) -> BoxFuture<'_, Result<(), String>> {
-        Box::pin(async move {
-            sqlx::Executor::execute(&mut *conn, sqlx::raw_sql("SELECT 1"))
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        })
-    }
-}
 
 fn pool<B: Backend>(bouncer: &Bouncer) -> Pool<B::M> {
     Pool::builder(B::manager(bouncer.port()))
@@ -170,6 +115,17 @@ async fn session_mode<B: Backend>() {
     pause().await;
     clean_burst::<B>(&pool, "a pgbouncer restart").await;
     assert!(found_dead(&pool) > dead, "{:?}", pool.state());
+    crate::report(
+        "pgbouncer_session",
+        B::NAME,
+        500,
+        0,
+        &format!(
+            "server sessions killed behind it, KILL + RESUME, RECONNECT, a restart: \
+             {} connections found dead by the pool",
+            found_dead(&pool)
+        ),
+    );
     pool.close().await;
 }
 
@@ -220,6 +176,17 @@ async fn transaction_mode<B: Backend>() {
     restart(&bouncer).await;
     pause().await;
     clean_burst::<B>(&pool, "a pgbouncer restart").await;
+    crate::report(
+        "pgbouncer_transaction",
+        B::NAME,
+        700,
+        0,
+        &format!(
+            "client_idle_timeout 2 s with 3 s gaps, KILL + RESUME, server sessions killed, \
+             a restart (server_check_delay = 0): {} connections found dead by the pool",
+            found_dead(&pool)
+        ),
+    );
     pool.close().await;
 }
 
