@@ -232,6 +232,7 @@ pub(crate) async fn kill_loop(
         let error = match outcome {
             Ok(Ok(n)) => {
                 live.killed.fetch_add(n, Relaxed);
+                live.timeline.mark("kill", Some(n));
                 continue;
             }
             Ok(Err(e)) => e,

@@ -10,6 +10,7 @@ use tokio::sync::RwLock;
 
 use crate::kill::SessionIds;
 use crate::redact;
+use crate::timeline::Timeline;
 
 /// Error messages kept for the report.
 const SAMPLES: usize = 5;
@@ -39,6 +40,8 @@ pub(crate) struct Live {
     /// Held for reading around `get()` and by the killer for writing; see
     /// the `kill` module docs. `None` when nothing is killed.
     pub(crate) gate: Option<RwLock<()>>,
+    /// Per-interval figures and event markers (`--sample-every`).
+    pub(crate) timeline: Timeline,
 }
 
 impl Live {

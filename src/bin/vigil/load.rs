@@ -20,6 +20,7 @@ use crate::kill::{kill_loop, KillTally, Killer};
 use crate::live::{micros, Amount, Live};
 use crate::progress::{progress_bar, tick};
 use crate::report::{self, Acquire, Latency, PoolFigures, Report};
+use crate::timeline::{sample_loop, Sample};
 use crate::{redact, Driver, Fail, LivenessArgs, LoadArgs};
 
 /// The killer and how often it runs its rounds, if `--kill-idle-every` was given.
@@ -42,20 +43,28 @@ struct Plan {
     metrics_addr: Option<SocketAddr>,
     session_idle_timeout: Option<Duration>,
     kill_idle_every: Option<Duration>,
+    sample_every: Duration,
     live: Arc<Live>,
 }
 
 /// Runs `vigil load`; returns the exit code (0, or 1 when requests failed).
 pub(crate) async fn run(args: LoadArgs) -> Result<u8, Fail> {
     let (plan, target, killer, tokio_pg) = prepare(&args)?;
-    let mut json_file = match &args.json {
-        // Created now, so an unwritable path fails before the run, not after.
-        Some(path) => Some(
-            std::fs::File::create(path)
-                .map_err(|e| Fail::input(format!("--json {}: {e}", path.display())))?,
-        ),
-        None => None,
+    // Created now, so an unwritable path fails before the run, not after.
+    let create = |flag: &str, path: &std::path::Path| {
+        std::fs::File::create(path)
+            .map_err(|e| Fail::input(format!("--{flag} {}: {e}", path.display())))
     };
+    let mut json_file = args
+        .json
+        .as_deref()
+        .map(|p| create("json", p))
+        .transpose()?;
+    let mut html_file = args
+        .report
+        .as_deref()
+        .map(|p| create("report", p))
+        .transpose()?;
     let report = match target {
         Target::MySql(opts) => drive(MySqlManager::new(opts), &plan, killer).await,
         Target::Postgres(opts) => match tokio_pg {
@@ -66,9 +75,9 @@ pub(crate) async fn run(args: LoadArgs) -> Result<u8, Fail> {
     };
     let report = match (report, &args.json) {
         (Ok(report), _) => report,
-        (Err(fail), path) => {
-            // No report: do not leave the empty file behind.
-            if let Some(path) = path {
+        (Err(fail), _) => {
+            // No report: do not leave the empty files behind.
+            for path in [&args.json, &args.report].into_iter().flatten() {
                 let _ = std::fs::remove_file(path);
             }
             return Err(fail);
@@ -78,6 +87,12 @@ pub(crate) async fn run(args: LoadArgs) -> Result<u8, Fail> {
     if let Some(file) = json_file.as_mut() {
         serde_json::to_writer_pretty(&mut *file, &report)
             .map_err(|e| Fail::internal(format!("cannot write the JSON report: {e}")))?;
+    }
+    if let Some(file) = html_file.as_mut() {
+        let value = serde_json::to_value(&report)
+            .map_err(|e| Fail::internal(format!("cannot encode the report: {e}")))?;
+        std::io::Write::write_all(file, crate::html::render(&value).as_bytes())
+            .map_err(|e| Fail::internal(format!("cannot write the HTML report: {e}")))?;
     }
     Ok(if report.errors > 0 && !args.allow_errors {
         1
@@ -158,6 +173,7 @@ fn prepare(args: &LoadArgs) -> Result<(Plan, Target, KillPlan, Option<TokioPgMan
         metrics_addr: args.metrics_addr,
         session_idle_timeout: args.session_idle_timeout,
         kill_idle_every: args.kill_idle_every,
+        sample_every: args.sample_every,
         live,
     };
     Ok((plan, target, killer, tokio_pg))
@@ -182,6 +198,12 @@ async fn drive<B: Backend>(manager: B, plan: &Plan, killer: KillPlan) -> Result<
         Arc::clone(live),
         plan.amount,
     ));
+    let sampler = tokio::spawn(sample_loop(
+        pool.clone(),
+        Arc::clone(live),
+        plan.sample_every,
+        halted.clone(),
+    ));
 
     let ran = run_bursts(&pool, plan, halted).await;
 
@@ -195,12 +217,15 @@ async fn drive<B: Backend>(manager: B, plan: &Plan, killer: KillPlan) -> Result<
             .map_err(|e| Fail::internal(format!("the killer task failed: {e}")))?,
         None => KillTally::default(),
     };
+    let timeline = sampler
+        .await
+        .map_err(|e| Fail::internal(format!("the sampler task failed: {e}")))?;
     let ran = ran?;
     // Read before closing: closing retires every connection with reason
     // `closed`, which would drown what happened during the run.
     let figures = PoolFigures::from(&pool.state());
     pool.close().await;
-    Ok(report_of(plan, ran, figures, kills))
+    Ok(report_of(plan, ran, figures, kills, timeline))
 }
 
 /// Opens the pool eagerly. A bare connect comes first: a refused password
@@ -302,6 +327,7 @@ async fn run_bursts<B: Backend>(
     for burst in 0..plan.bursts {
         if burst > 0 {
             live.in_gap.store(true, Relaxed);
+            live.timeline.mark("idle_gap", None);
             tokio::select! {
                 _ = tokio::time::sleep(plan.idle_gap) => {}
                 _ = halted.wait_for(|h| *h) => {}
@@ -312,6 +338,7 @@ async fn run_bursts<B: Backend>(
             break;
         }
         live.burst.store(burst + 1, Relaxed);
+        live.timeline.mark("burst", Some(u64::from(burst + 1)));
         let burst_start = Instant::now();
         let (lat, acq) = run_burst(pool, plan, burst).await?;
         ran.busy += burst_start.elapsed();
@@ -323,7 +350,13 @@ async fn run_bursts<B: Backend>(
     Ok(ran)
 }
 
-fn report_of(plan: &Plan, ran: Ran, figures: PoolFigures, kills: KillTally) -> Report {
+fn report_of(
+    plan: &Plan,
+    ran: Ran,
+    figures: PoolFigures,
+    kills: KillTally,
+    timeline: Vec<Sample>,
+) -> Report {
     let live = &plan.live;
     let requests = live.started.load(Relaxed);
     let samples = std::mem::take(&mut *live.samples.lock().unwrap_or_else(|p| p.into_inner()));
@@ -357,6 +390,9 @@ fn report_of(plan: &Plan, ran: Ran, figures: PoolFigures, kills: KillTally) -> R
         kill_failures: kills.failures,
         kill_error: kills.first_error.map(|e| redact(&e)),
         interrupted: live.interrupted.load(Relaxed),
+        sample_every_seconds: plan.sample_every.as_secs_f64(),
+        timeline,
+        events: live.timeline.events(),
     }
 }
 
@@ -413,7 +449,7 @@ async fn run_burst<B: Backend>(
             Arc::clone(live),
             Arc::clone(&plan.sql),
             limit.clone(),
-            (Arc::clone(&shards), i % shards.len()),
+            (Arc::clone(&shards), i),
         ));
     }
     while let Some(done) = workers.join_next().await {
@@ -452,8 +488,9 @@ async fn worker<B: Backend>(
     live: Arc<Live>,
     sql: Arc<str>,
     limit: Limit,
-    (shards, shard): (Arc<[Mutex<Recorded>]>, usize),
+    (shards, index): (Arc<[Mutex<Recorded>]>, usize),
 ) {
+    let shard = index % shards.len();
     let record =
         |f: &dyn Fn(&mut Recorded)| f(&mut shards[shard].lock().unwrap_or_else(|p| p.into_inner()));
     let mut seen = std::collections::HashSet::new();
@@ -498,8 +535,12 @@ async fn worker<B: Backend>(
             Ok(()) => {
                 let took = micros(start.elapsed());
                 record(&|(latency, _)| latency.saturating_record(took));
+                live.timeline.record(index, waited, Some(took));
             }
-            Err(message) => live.error(message),
+            Err(message) => {
+                live.timeline.record(index, waited, None);
+                live.error(message);
+            }
         }
         live.done.fetch_add(1, Relaxed);
     }

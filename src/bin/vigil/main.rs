@@ -27,12 +27,14 @@ macro_rules! out {
 
 mod backend;
 mod between;
+mod html;
 mod kill;
 mod live;
 mod load;
 mod probe;
 mod progress;
 mod report;
+mod timeline;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -67,6 +69,19 @@ enum Command {
     /// Connect once and report the server's version, idle timeouts and
     /// max_connections, with recommended pool settings.
     Probe(ProbeArgs),
+    /// Render a saved `vigil load --json` report as a self-contained HTML
+    /// page: the same page `vigil load --report` writes.
+    Report(ReportArgs),
+}
+
+/// Flags of `vigil report`.
+#[derive(Debug, Args)]
+pub(crate) struct ReportArgs {
+    /// A JSON report written by `vigil load --json`.
+    pub(crate) json: std::path::PathBuf,
+    /// Where to write the HTML page.
+    #[arg(long)]
+    pub(crate) html: std::path::PathBuf,
 }
 
 /// Flags of `vigil load`.
@@ -118,6 +133,13 @@ pub(crate) struct LoadArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub(crate) json: Option<std::path::PathBuf>,
+    /// Write a self-contained HTML report (charts over time, the summary) to this file.
+    #[arg(long)]
+    pub(crate) report: Option<std::path::PathBuf>,
+    /// The timeline's interval: one sample of requests, errors, latency and
+    /// the pool per interval (in --json and --report).
+    #[arg(long, default_value = "1s", value_parser = positive_duration, allow_hyphen_values = true)]
+    pub(crate) sample_every: Duration,
     /// Exit 0 even when requests failed.
     #[arg(long)]
     pub(crate) allow_errors: bool,
@@ -469,6 +491,7 @@ fn main() -> ExitCode {
         match command {
             Command::Load(args) => load::run(*args).await,
             Command::Probe(args) => probe::run(args).await.map(|()| 0),
+            Command::Report(args) => html::from_file(&args).map(|()| 0),
         }
     });
     // Leftover tasks (a killer mid-query, the metrics server) must not keep

@@ -114,6 +114,12 @@ pub(crate) struct Report {
     pub(crate) kill_error: Option<String>,
     /// Stopped early by Ctrl-C.
     pub(crate) interrupted: bool,
+    /// The timeline's interval (`--sample-every`).
+    pub(crate) sample_every_seconds: f64,
+    /// One sample per interval; see `timeline.rs` for the fields.
+    pub(crate) timeline: Vec<crate::timeline::Sample>,
+    /// The tool's own events: bursts, idle gaps, kill rounds.
+    pub(crate) events: Vec<crate::timeline::Event>,
 }
 
 /// The pool's counters, as the report shows them.
