@@ -37,13 +37,37 @@
 //! # fn main() {}
 //! ```
 //!
-//! Any database works through the [`Manager`] trait; `mysql` (mysql_async),
-//! `postgres`, `sqlite` and `sqlx-mysql` (sqlx) are provided behind features.
+//! Any database works through the [`Manager`] trait; the backends vigil
+//! provides are behind features.
+//!
+//! # Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | `sqlite` (default) | [`backend::sqlx::SqliteManager`] (sqlx) |
+//! | `postgres` | [`backend::sqlx::PgManager`] (sqlx) |
+//! | `sqlx-mysql` | `backend::sqlx::MySqlSqlxManager` (sqlx) |
+//! | `tokio-postgres` | `backend::tokio_postgres::TokioPgManager`: PostgreSQL whose dead sessions are seen without a round trip |
+//! | `mysql` | `backend::mysql::MySqlManager` (mysql_async) |
+//! | `tls` | TLS to the database for every enabled backend (rustls, ring) |
+//! | `metrics` | `metrics::Metrics`: a prometheus-client exporter read at scrape time |
+//! | `metrics-server` | `server::serve`: `/metrics` and `/status` over HTTP (axum) |
+//! | `bb8` | `bb8::Bb8Manager`: vigil's liveness under an existing bb8 pool |
+//! | `tower` | `scope`: request-scoped connections, a tower `Layer` and an axum extractor |
+//! | `cli` | the `vigil` binary: `vigil load` (with `--report`), `vigil probe`, `vigil report` |
+//!
+//! Each backend has an example that runs against a local server:
+//! `cargo run --example quickstart` (SQLite, no server), `--example mysql
+//! --features mysql`, `--example tokio_postgres --features tokio-postgres`,
+//! `--example sqlx_postgres --features postgres`, `--example sqlx_mysql
+//! --features sqlx-mysql`.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod backend;
 #[cfg(feature = "bb8")]
+#[cfg_attr(docsrs, doc(cfg(feature = "bb8")))]
 pub mod bb8;
 mod config;
 mod error;
@@ -51,11 +75,14 @@ pub mod keyed;
 pub mod liveness;
 mod manager;
 #[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
 mod pool;
 #[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod scope;
 #[cfg(feature = "metrics-server")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics-server")))]
 pub mod server;
 mod stats;
 

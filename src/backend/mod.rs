@@ -7,10 +7,16 @@
 ))]
 pub mod credentials;
 #[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
 pub mod mysql;
 #[cfg(feature = "sqlx-backend")]
+#[cfg_attr(
+    docsrs,
+    doc(cfg(any(feature = "postgres", feature = "sqlite", feature = "sqlx-mysql")))
+)]
 pub mod sqlx;
 #[cfg(feature = "tokio-postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tokio-postgres")))]
 pub mod tokio_postgres;
 
 /// A connection URL given to a manager's `from_url` could not be parsed.

@@ -572,10 +572,10 @@ impl Manager for MySqlManager {
         Ok(())
     }
 
-    /// One query per [`RELEARN_AFTER`], not per connection: the session
+    /// One query a minute, not per connection: the session
     /// `wait_timeout` and `max_allowed_packet`. Every session of one manager
     /// opens with the same options (its `init` commands included), so what
-    /// one found holds for the next; see [`Learned`].
+    /// one found holds for the next (for 60 s).
     async fn server_timeouts(&self, conn: &mut Conn) -> Result<ServerTimeouts, mysql_async::Error> {
         // Learned from one server, true of that server only.
         if let Some(learned) = self.learned().filter(|_| self.more_hosts.is_empty()) {

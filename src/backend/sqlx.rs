@@ -559,6 +559,7 @@ mod postgres {
     pub type PgManager = SqlxManager<Postgres>;
 }
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use postgres::PgManager;
 
 #[cfg(feature = "sqlite")]
@@ -632,6 +633,7 @@ mod sqlite {
     pub type SqliteManager = SqlxManager<Sqlite>;
 }
 #[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::SqliteManager;
 
 #[cfg(feature = "sqlx-mysql")]
@@ -717,4 +719,5 @@ mod mysql {
     pub type MySqlSqlxManager = SqlxManager<MySql>;
 }
 #[cfg(feature = "sqlx-mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlx-mysql")))]
 pub use mysql::MySqlSqlxManager;

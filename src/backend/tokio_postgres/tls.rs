@@ -35,7 +35,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 #[cfg(feature = "tls")]
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// libpq's `sslmode`; see the [module docs](self) for what each means.
+/// libpq's `sslmode`; see [`TokioPgManager::from_url`](super::TokioPgManager::from_url)
+/// and the backend's module docs for what each means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum SslMode {
