@@ -51,6 +51,7 @@
 //! | `mysql` | `backend::mysql::MySqlManager` (mysql_async) |
 //! | `tls` | TLS to the database for every enabled backend (rustls, ring) |
 //! | `metrics` | `metrics::Metrics`: a prometheus-client exporter read at scrape time |
+//! | `otel` | `otel::register`: the OpenTelemetry semantic-convention instruments (`db.client.connection.*`) |
 //! | `metrics-server` | `server::serve`: `/metrics` and `/status` over HTTP (axum) |
 //! | `bb8` | `bb8::Bb8Manager`: vigil's liveness under an existing bb8 pool |
 //! | `tower` | `scope`: request-scoped connections, a tower `Layer` and an axum extractor |
@@ -77,6 +78,9 @@ mod manager;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub mod metrics;
+#[cfg(feature = "otel")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
+pub mod otel;
 mod pool;
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]

@@ -193,7 +193,7 @@ impl<M: Manager> Pool<M> {
 
     /// A handle for exporters: reads the pool's state without keeping the
     /// pool alive (`None` once it is gone).
-    #[cfg(feature = "metrics")]
+    #[cfg(any(feature = "metrics", feature = "otel"))]
     pub(crate) fn observer(&self) -> Observer {
         let weak = Arc::downgrade(self.shared());
         let weak2 = weak.clone();
@@ -351,7 +351,7 @@ impl<M: Manager> Pool<M> {
 
 /// Reads a pool's state through a weak reference, type-erased so pools with
 /// different managers can share one exporter.
-#[cfg(feature = "metrics")]
+#[cfg(any(feature = "metrics", feature = "otel"))]
 pub(crate) struct Observer {
     pub(crate) name: String,
     pub(crate) state: Box<dyn Fn() -> Option<State> + Send + Sync>,
