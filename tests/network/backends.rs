@@ -1,8 +1,10 @@
 //! The backends the network tests drive, behind one trait.
 
+use std::time::{Duration, Instant};
+
 use futures::future::BoxFuture;
 use mysql_async::prelude::Queryable;
-use vigil::Manager;
+use vigil::{Manager, Pool};
 
 /// One of vigil's backends, as these tests drive it, on a port of 127.0.0.1.
 pub(crate) trait Backend: 'static {
@@ -77,4 +79,43 @@ impl Backend for Maria {
     fn select_1(conn: &mut <Self::M as Manager>::Connection) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move { conn.query_drop("SELECT 1").await.map_err(|e| e.to_string()) })
     }
+}
+
+/// 4 tasks × 25 checkouts of `SELECT 1`: the errors callers saw, and the
+/// longest `get()`.
+pub(crate) async fn burst<B: Backend>(pool: &Pool<B::M>) -> (Vec<String>, Duration) {
+    let runs = (0..4).map(|_| async {
+        let (mut errors, mut longest) = (Vec::new(), Duration::ZERO);
+        for _ in 0..25 {
+            let started = Instant::now();
+            let got = pool.get().await;
+            longest = longest.max(started.elapsed());
+            match got {
+                Ok(mut conn) => {
+                    if let Err(e) = B::select_1(&mut conn).await {
+                        errors.push(e);
+                    }
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+        }
+        (errors, longest)
+    });
+    let all = futures::future::join_all(runs).await;
+    let longest = all.iter().map(|(_, l)| *l).max().unwrap_or_default();
+    (all.into_iter().flat_map(|(e, _)| e).collect(), longest)
+}
+
+/// A burst no caller saw an error in (`when`: after what, for the
+/// message); its longest `get()`.
+pub(crate) async fn clean_burst<B: Backend>(pool: &Pool<B::M>, when: &str) -> Duration {
+    let (errors, longest) = burst::<B>(pool).await;
+    assert!(
+        errors.is_empty(),
+        "{} errors reached callers {when}; the first: {}; {:?}",
+        errors.len(),
+        errors[0],
+        pool.state()
+    );
+    longest
 }

@@ -8,53 +8,16 @@
 //! `validation_timeout`.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vigil::{IdleCutoff, Pool};
 
-use crate::backends::{Backend, Maria, TokioPg};
+use crate::backends::{clean_burst, Backend, Maria, TokioPg};
 use crate::proxy::{IdleCut, Proxy};
 use crate::{shared_maria, shared_pg, SEC};
 
 const CUTOFF: Duration = Duration::from_secs(2);
 const GAP: Duration = Duration::from_secs(5);
-
-/// 4 tasks × 25 checkouts of `SELECT 1`: the errors callers saw, and the
-/// longest `get()`.
-async fn burst<B: Backend>(pool: &Pool<B::M>) -> (Vec<String>, Duration) {
-    let runs = (0..4).map(|_| async {
-        let (mut errors, mut longest) = (Vec::new(), Duration::ZERO);
-        for _ in 0..25 {
-            let started = Instant::now();
-            let got = pool.get().await;
-            longest = longest.max(started.elapsed());
-            match got {
-                Ok(mut conn) => {
-                    if let Err(e) = B::select_1(&mut conn).await {
-                        errors.push(e);
-                    }
-                }
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
-        (errors, longest)
-    });
-    let all = futures::future::join_all(runs).await;
-    let longest = all.iter().map(|(_, l)| *l).max().unwrap_or_default();
-    (all.into_iter().flat_map(|(e, _)| e).collect(), longest)
-}
-
-async fn clean_burst<B: Backend>(pool: &Pool<B::M>, when: &str) -> Duration {
-    let (errors, longest) = burst::<B>(pool).await;
-    assert!(
-        errors.is_empty(),
-        "{} errors reached callers {when}; the first: {}; {:?}",
-        errors.len(),
-        errors[0],
-        pool.state()
-    );
-    longest
-}
 
 fn pool<B: Backend>(proxy: &Proxy, cutoff: IdleCutoff) -> Pool<B::M> {
     Pool::builder(B::manager(proxy.addr().port()))

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use vigil::{Manager, Pool, Reason};
 
-use crate::backends::{Backend, Sqlx, TokioPg};
+use crate::backends::{clean_burst, Backend, Sqlx, TokioPg};
 use crate::bouncer::{Bouncer, Mode};
 use crate::SEC;
 
@@ -24,37 +24,6 @@ fn pool<B: Backend>(bouncer: &Bouncer) -> Pool<B::M> {
         .acquire_timeout(10 * SEC)
         .build()
         .expect("valid settings")
-}
-
-/// 4 tasks × 25 checkouts of `SELECT 1`; every error a caller saw.
-async fn burst<B: Backend>(pool: &Pool<B::M>) -> Vec<String> {
-    let runs = (0..4).map(|_| async {
-        let mut errors = Vec::new();
-        for _ in 0..25 {
-            match pool.get().await {
-                Ok(mut conn) => {
-                    if let Err(e) = B::select_1(&mut conn).await {
-                        errors.push(e);
-                    }
-                }
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
-        errors
-    });
-    futures::future::join_all(runs).await.concat()
-}
-
-/// Asserts a burst went through without an error reaching a caller.
-async fn clean_burst<B: Backend>(pool: &Pool<B::M>, after: &str) {
-    let errors = burst::<B>(pool).await;
-    assert!(
-        errors.is_empty(),
-        "{} errors reached callers after {after}; the first: {}; {:?}",
-        errors.len(),
-        errors[0],
-        pool.state()
-    );
 }
 
 /// Connections the pool closed because it found them finished (broken flag
@@ -89,13 +58,13 @@ async fn session_mode<B: Backend>() {
         .map(Arc::new)
         .expect("start pgbouncer");
     let pool = pool::<B>(&bouncer);
-    clean_burst::<B>(&pool, "the start").await;
+    clean_burst::<B>(&pool, "after the start").await;
 
     pause().await;
     let killed = bouncer.kill_server_sessions().await;
     assert!(killed >= 1, "no server session behind pgbouncer to kill");
     pause().await;
-    clean_burst::<B>(&pool, "server sessions killed behind pgbouncer").await;
+    clean_burst::<B>(&pool, "after server sessions killed behind pgbouncer").await;
     let dead = found_dead(&pool);
     assert!(dead >= 1, "the pool never noticed: {:?}", pool.state());
 
@@ -103,17 +72,17 @@ async fn session_mode<B: Backend>() {
     bouncer.admin("KILL test").await;
     bouncer.admin("RESUME test").await;
     pause().await;
-    clean_burst::<B>(&pool, "pgbouncer's KILL").await;
+    clean_burst::<B>(&pool, "after pgbouncer's KILL").await;
     assert!(found_dead(&pool) > dead, "{:?}", pool.state());
 
     bouncer.admin("RECONNECT test").await;
-    clean_burst::<B>(&pool, "pgbouncer's RECONNECT").await;
+    clean_burst::<B>(&pool, "after pgbouncer's RECONNECT").await;
 
     pause().await;
     let dead = found_dead(&pool);
     restart(&bouncer).await;
     pause().await;
-    clean_burst::<B>(&pool, "a pgbouncer restart").await;
+    clean_burst::<B>(&pool, "after a pgbouncer restart").await;
     assert!(found_dead(&pool) > dead, "{:?}", pool.state());
     crate::report(
         "pgbouncer_session",
@@ -152,10 +121,10 @@ async fn transaction_mode<B: Backend>() {
     .expect("start pgbouncer");
     let pool = pool::<B>(&bouncer);
     for gap in 0..3 {
-        clean_burst::<B>(&pool, &format!("idle gap {gap}")).await;
+        clean_burst::<B>(&pool, &format!("after idle gap {gap}")).await;
         tokio::time::sleep(3 * SEC).await;
     }
-    clean_burst::<B>(&pool, "the last idle gap").await;
+    clean_burst::<B>(&pool, "after the last idle gap").await;
     let dead = found_dead(&pool);
     assert!(
         dead >= 3,
@@ -166,16 +135,16 @@ async fn transaction_mode<B: Backend>() {
     bouncer.admin("KILL test").await;
     bouncer.admin("RESUME test").await;
     pause().await;
-    clean_burst::<B>(&pool, "pgbouncer's KILL").await;
+    clean_burst::<B>(&pool, "after pgbouncer's KILL").await;
 
     let killed = bouncer.kill_server_sessions().await;
     assert!(killed >= 1, "no server session behind pgbouncer to kill");
-    clean_burst::<B>(&pool, "server sessions killed behind pgbouncer").await;
+    clean_burst::<B>(&pool, "after server sessions killed behind pgbouncer").await;
 
     pause().await;
     restart(&bouncer).await;
     pause().await;
-    clean_burst::<B>(&pool, "a pgbouncer restart").await;
+    clean_burst::<B>(&pool, "after a pgbouncer restart").await;
     crate::report(
         "pgbouncer_transaction",
         B::NAME,

@@ -9,6 +9,9 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
+// The terminal report's formatting, so both say the same thing.
+use crate::human_secs as secs;
+
 const W: f64 = 960.0;
 const H: f64 = 220.0;
 const LEFT: f64 = 64.0;
@@ -37,24 +40,6 @@ fn esc(s: &str) -> String {
 
 fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or(0.0)
-}
-
-/// Seconds for people: µs, ms or s with three significant digits.
-fn secs(s: f64) -> String {
-    if s < 1e-3 {
-        format!("{:.0} µs", s * 1e6)
-    } else if s < 1.0 {
-        format!("{:.3} ms", s * 1e3)
-            .trim_end_matches('0')
-            .trim_end_matches('.')
-            .to_owned()
-    } else if s < 120.0 {
-        format!("{s:.2} s")
-    } else if s < 7200.0 {
-        format!("{:.1} min", s / 60.0)
-    } else {
-        format!("{:.1} h", s / 3600.0)
-    }
 }
 
 /// A tick value: no more digits than the step has.
