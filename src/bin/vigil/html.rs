@@ -19,16 +19,18 @@ const RIGHT: f64 = 16.0;
 const TOP: f64 = 14.0;
 const BOTTOM: f64 = 30.0;
 
-/// Colours of the closure reasons, in `Reason::ALL` order.
-const REASONS: [(&str, &str); 8] = [
-    ("broken", "#dc2626"),
-    ("validation_failed", "#f97316"),
-    ("max_lifetime", "#8b5cf6"),
-    ("idle_timeout", "#64748b"),
-    ("server_timeout", "#0ea5e9"),
-    ("reset_failed", "#db2777"),
-    ("closed", "#94a3b8"),
-    ("role_changed", "#eab308"),
+/// Colours of the closure reasons, by `Reason::ALL` index: the names come
+/// from the crate, so a new reason cannot go missing from the chart (the
+/// array length is checked against `Reason::ALL` at compile time).
+const REASON_COLORS: [&str; vigil::Reason::ALL.len()] = [
+    "#dc2626", // broken
+    "#f97316", // validation_failed
+    "#8b5cf6", // max_lifetime
+    "#64748b", // idle_timeout
+    "#0ea5e9", // server_timeout
+    "#db2777", // reset_failed
+    "#94a3b8", // closed
+    "#eab308", // role_changed
 ];
 
 fn esc(s: &str) -> String {
@@ -431,14 +433,15 @@ pub(crate) fn render(r: &Value) -> String {
         Shape::Stacked,
         |v| format!("{v:.0}"),
     );
-    let mut closures: Vec<Series> = REASONS
+    let mut closures: Vec<Series> = vigil::Reason::ALL
         .iter()
+        .zip(REASON_COLORS)
         .map(|(reason, color)| Series {
             name: format!("closed: {reason}"),
             color,
             values: samples
                 .iter()
-                .map(|s| s["closed"][*reason].as_f64())
+                .map(|s| s["closed"][reason.as_str()].as_f64())
                 .collect(),
         })
         .filter(|s| s.values.iter().any(Option::is_some))
