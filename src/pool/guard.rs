@@ -66,7 +66,7 @@ impl<M: Manager> Pooled<M> {
         let shared = permit.shared();
         shared.slots.lock().forget_active(&conn.meta);
         shared.note_retired(&conn.meta, Reason::Closed);
-        conn.raw
+        conn.into_raw()
     }
 
     /// Closes the connection instead of returning it (say, after an error

@@ -70,7 +70,7 @@ impl<M: Manager> Shared<M> {
                 self.idle_died(idle, conn.meta.server_idle);
             }
             self.note_retired(&conn.meta, reason);
-            self.say_goodbye(conn.raw);
+            self.say_goodbye(conn.into_raw());
         }
         for (mut conn, permit) in sweep.keepalive {
             spawner.spawn(async move {

@@ -45,7 +45,7 @@ use super::deadlines::Deadlines;
 use super::evidence::Evidence;
 use super::guard::Pooled;
 use super::owners::{Connecting, InFlight, Pending, Permit};
-use super::slots::{Activity, Conn, Meta, Slots};
+use super::slots::{Activity, Conn, Meta, Record, Slots};
 use super::TARGET;
 use crate::config::Config;
 use crate::error::TimeoutPhase;
@@ -493,7 +493,7 @@ impl<M: Manager> Shared<M> {
     /// after `validation_timeout`: a black hole teaches the idle cutoff
     /// within the idle period it ends, and should the ping answer after
     /// all, its survival takes the report back.
-    pub(super) async fn ping(&self, conn: &mut Conn<M::Connection>) -> bool {
+    pub(super) async fn ping(&self, conn: &mut Record<M::Connection>) -> bool {
         let started = Instant::now();
         let idle = started.saturating_duration_since(conn.meta.last_io);
         let limit = self.config.validation_timeout;
@@ -636,7 +636,7 @@ impl<M: Manager> Shared<M> {
             "connection opened"
         );
         connecting.opened(&mut meta, activity);
-        Ok(Conn { raw, meta })
+        Ok(Conn::new(raw, meta))
     }
 
     /// `(last connect error, last connect timeout)`: at most one is set.

@@ -301,7 +301,7 @@ impl<M: Manager> Pool<M> {
             return false;
         };
         shared.note_retired(&conn.meta, Reason::Closed);
-        shared.close_raw(conn.raw).await;
+        shared.close_raw(conn.into_raw()).await;
         true
     }
 

@@ -95,7 +95,7 @@ impl<M: Manager> Shared<M> {
     /// Counts, logs and politely closes a connection no longer counted anywhere.
     pub(crate) fn retire(self: &Arc<Self>, conn: Conn<M::Connection>, reason: Reason) {
         self.note_retired(&conn.meta, reason);
-        self.say_goodbye(conn.raw);
+        self.say_goodbye(conn.into_raw());
     }
 
     /// Closes `raw` politely in a task of its own, counted in `goodbyes`.

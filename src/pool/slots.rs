@@ -51,10 +51,43 @@ impl Meta {
     }
 }
 
-/// A connection with the pool's bookkeeping.
-pub(crate) struct Conn<C> {
+/// A connection with the pool's bookkeeping, boxed: it moves on every
+/// checkout and return (into the idle set, out of it, into the guard, into
+/// a `Returning` task), and a pointer is cheaper to move than the
+/// ~140-byte record (measured: a quarter of a contended cycle's
+/// instructions went to `memcpy` before). One allocation per connection,
+/// at connect.
+pub(crate) struct Conn<C>(Box<Record<C>>);
+
+/// What a [`Conn`] points to.
+pub(crate) struct Record<C> {
     pub(crate) raw: C,
     pub(crate) meta: Meta,
+}
+
+impl<C> Conn<C> {
+    pub(crate) fn new(raw: C, meta: Meta) -> Self {
+        Conn(Box::new(Record { raw, meta }))
+    }
+
+    /// The driver's connection, for good.
+    pub(crate) fn into_raw(self) -> C {
+        self.0.raw
+    }
+}
+
+impl<C> std::ops::Deref for Conn<C> {
+    type Target = Record<C>;
+
+    fn deref(&self) -> &Record<C> {
+        &self.0
+    }
+}
+
+impl<C> std::ops::DerefMut for Conn<C> {
+    fn deref_mut(&mut self) -> &mut Record<C> {
+        &mut self.0
+    }
 }
 
 /// The housekeeper's decision for one pass, taken under the lock. `P` is
@@ -434,7 +467,7 @@ mod tests {
         };
         slots.start_connect();
         slots.finish_connect(Some((&mut meta, Activity::Opening)), at);
-        assert!(slots.push(Conn { raw: id, meta }).is_none());
+        assert!(slots.push(Conn::new(id, meta)).is_none());
     }
 
     fn sweep(
