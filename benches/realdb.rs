@@ -23,13 +23,13 @@
 //!
 //! Every pool is sized 16 and pre-warmed (16 connections open before the clock
 //! starts), then 64 tasks on a 2-worker runtime share `VIGIL_BENCH_QUERIES`
-//! queries (default 30,000): claim one, time `get` + query + drop, repeat.
-//! Runs are interleaved (every case once, then again) so load from elsewhere
-//! falls on all cases alike; queries/s is the median run, latency percentiles
+//! queries (default 20,000): claim one, time `get` + query + drop, repeat.
+//! Runs are interleaved (every case once, then again, every other round in
+//! reverse order) so load from elsewhere falls on all cases alike; queries/s is the median run, latency percentiles
 //! are over all runs (acquire included).
 //!
 //! Run: `cargo bench --features postgres,mysql,sqlx-mysql,tokio-postgres --bench realdb`.
-//! Environment: `VIGIL_BENCH_QUERIES` (30000), `VIGIL_BENCH_RUNS` (9),
+//! Environment: `VIGIL_BENCH_QUERIES` (20000), `VIGIL_BENCH_RUNS` (15),
 //! `VIGIL_BENCH_POOLS` (comma list of pool names, default all),
 //! `VIGIL_BENCH_SERVERS` (`pg,mariadb`), `VIGIL_BENCH_PG_URL`
 //! (`postgres://postgres@127.0.0.1:5432/test`), `VIGIL_BENCH_MYSQL_URL`
@@ -368,9 +368,17 @@ fn measure(cases: Vec<Case>, queries: u64, runs: usize) -> Vec<Cell> {
             first_error: None,
         })
         .collect();
-    // Interleaved: every case once, then again.
+    // Interleaved: every case once, then again, in reverse order every
+    // other round, so a machine that drifts within a round does not always
+    // favour the cases that run first (vigil's MariaDB row runs first of
+    // its server's, the peers' later).
     for run in 0..runs {
-        for cell in cells.iter_mut() {
+        let mut order: Vec<usize> = (0..cells.len()).collect();
+        if run % 2 == 1 {
+            order.reverse();
+        }
+        for &i in &order {
+            let cell = &mut cells[i];
             let r = run_once(&cell.case, queries);
             for l in &r.latencies {
                 cell.latencies.saturating_record((*l).max(1));
@@ -433,8 +441,8 @@ fn main() {
         return;
     }
     let complete = cases.len() == every;
-    let queries = env_or("VIGIL_BENCH_QUERIES", 30_000u64).max(TASKS as u64);
-    let runs = env_or("VIGIL_BENCH_RUNS", 9usize).max(1);
+    let queries = env_or("VIGIL_BENCH_QUERIES", 20_000u64).max(TASKS as u64);
+    let runs = env_or("VIGIL_BENCH_RUNS", 15usize).max(1);
     let cells = measure(cases, queries, runs);
     let (rows, targets) = report(&cells, queries, runs);
     if !complete {
