@@ -232,19 +232,34 @@ impl Policy {
         server_idle_timeout: Option<Duration>,
         expires: Option<Instant>,
     ) -> Option<Instant> {
-        // How long after its last I/O the connection may be lent without a
-        // ping: the bypass window (`needs_ping` fires strictly after it)
-        // and the server's deadline, whichever is shorter.
+        Self::lend_before_allowed(last_io, self.lend_allowance(server_idle_timeout), expires)
+    }
+
+    /// How long after its last I/O a connection whose server times idle
+    /// sessions out after `server_idle_timeout` may be lent without a
+    /// ping: the bypass window (`needs_ping` fires strictly after it) and
+    /// the server's deadline, whichever is shorter; `None`: for ever. Fixed
+    /// for a connection's life, so the pool works it out once, at connect.
+    pub(crate) fn lend_allowance(&self, server_idle_timeout: Option<Duration>) -> Option<Duration> {
         let window = match self.validation {
             Validation::Always => Some(Duration::ZERO),
             Validation::Never => None,
             Validation::IdleFor(w) => w.checked_add(Duration::from_nanos(1)),
         };
         let server = server_idle_timeout.map(|t| self.server_deadline(t));
-        let allowance = match (window, server) {
+        match (window, server) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
-        };
+        }
+    }
+
+    /// [`lend_before_parts`](Policy::lend_before_parts) with the
+    /// connection's [`lend_allowance`](Policy::lend_allowance) worked out.
+    pub(crate) fn lend_before_allowed(
+        last_io: Instant,
+        allowance: Option<Duration>,
+        expires: Option<Instant>,
+    ) -> Option<Instant> {
         // `checked_add`: a bound `Instant` cannot hold never comes.
         match (allowance.and_then(|a| last_io.checked_add(a)), expires) {
             (Some(a), Some(b)) => Some(a.min(b)),

@@ -37,7 +37,7 @@ use tokio::time::Instant;
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
-use tokio::sync::{Notify, Semaphore, TryAcquireError};
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::timeout;
 
 use super::backoff::{Backoff, BACKOFF_START};
@@ -220,17 +220,21 @@ impl<M: Manager> Shared<M> {
 
     /// The fast path of `get()`: a free slot and a warm idle connection that
     /// needs neither retirement nor a ping. Synchronous: no timer, no await,
-    /// one lock. `None` sends the caller down the slow path, with nothing
-    /// changed.
+    /// one lock. `Err` sends the caller down the slow path with the slot it
+    /// took, if there was one free (no warm connection: a ping or a connect
+    /// is due), so the slow path does not give it back to take it again.
     pub(crate) fn try_checkout_now(
         self: &Arc<Self>,
         now: Instant,
         site: &'static Location<'static>,
-    ) -> Option<Pooled<M>> {
-        let permit = self.try_permit()?;
-        // No warm connection: the permit goes back as it is dropped.
-        let conn = self.pop_warm(now, site)?;
-        Some(permit.lend(conn, now))
+    ) -> Result<Pooled<M>, Option<Permit<M>>> {
+        let Some(permit) = self.try_permit() else {
+            return Err(None);
+        };
+        match self.pop_warm(now, site) {
+            Some(conn) => Ok(permit.lend(conn, now)),
+            None => Err(Some(permit)),
+        }
     }
 
     /// The most recently used idle connection, if it needs neither
@@ -248,10 +252,12 @@ impl<M: Manager> Shared<M> {
         slots.pop_if(now, site, |conn| self.decide(conn, now) == Checkout::Lend)
     }
 
-    /// The slow path of `Pool::get`, until `deadline`; `phase` says what
-    /// it was doing when it stopped with [`Stop::TimedOut`].
+    /// The slow path of `Pool::get`, until `deadline`, with the slot the
+    /// fast path took if it took one; `phase` says what it was doing when
+    /// it stopped with [`Stop::TimedOut`].
     pub(crate) async fn acquire(
         self: &Arc<Self>,
+        held: Option<Permit<M>>,
         phase: &mut TimeoutPhase,
         site: &'static Location<'static>,
         deadline: Instant,
@@ -259,13 +265,21 @@ impl<M: Manager> Shared<M> {
         // From here the permit is a value: it goes back on every path that
         // drops it, cancellation included (the timeout drops the future
         // that owns it), or moves into the `Pooled` that is lent.
-        let permit = self.acquire_permit(deadline).await?;
-        // What a woken waiter usually finds: the connection just returned.
-        let now = Instant::now();
-        if let Some(conn) = self.pop_warm(now, site) {
-            Stats::bump(&self.stats.validations_skipped);
-            return Ok(permit.lend(conn, now));
-        }
+        let permit = match held {
+            // The fast path found no warm connection a moment ago: go
+            // straight to the ping or the connect.
+            Some(permit) => permit,
+            None => {
+                let permit = self.acquire_permit(deadline).await?;
+                // What a woken waiter usually finds: the connection just returned.
+                let now = Instant::now();
+                if let Some(conn) = self.pop_warm(now, site) {
+                    Stats::bump(&self.stats.validations_skipped);
+                    return Ok(permit.lend(conn, now));
+                }
+                permit
+            }
+        };
         // Otherwise a tokio timer, registered only if this phase waits (a
         // ping, a connect, a backoff). Boxed: this rarer path's state (the
         // timer, a detached ping's or connect's channel, the backoff) is most
@@ -365,15 +379,12 @@ impl<M: Manager> Shared<M> {
         rx.await.unwrap_or(Connected::Closed)
     }
 
-    /// A slot, waiting in line until `deadline`.
+    /// A slot, waiting in line until `deadline`. The fast path has just
+    /// found none free, so this goes straight into the line (the semaphore
+    /// still grants a permit freed in between at the first poll).
     async fn acquire_permit(self: &Arc<Self>, deadline: Instant) -> Result<Permit<M>, Stop> {
-        match self.permits.try_acquire() {
-            Ok(p) => {
-                p.forget();
-                return Ok(Permit::new(self));
-            }
-            Err(TryAcquireError::Closed) => return Err(Stop::Closed),
-            Err(TryAcquireError::NoPermits) => {}
+        if self.permits.is_closed() {
+            return Err(Stop::Closed);
         }
         let Some(_pending) = Pending::enter(&self.stats, self.config.max_waiters) else {
             Stats::bump(&self.stats.rejected);
@@ -613,6 +624,7 @@ impl<M: Manager> Shared<M> {
             last_io: now,
             last_borrowed: now,
             server_idle: server.idle,
+            lend_allowance: self.policy.lend_allowance(server.idle),
             uses: 0,
             slot: usize::MAX,
             generation,

@@ -132,16 +132,19 @@ impl<M: Manager> Pool<M> {
     async fn get_at(&self, site: &'static Location<'static>) -> Result<Pooled<M>, Error<M::Error>> {
         let shared = self.shared();
         let started = Instant::now();
-        if let Some(conn) = shared.try_checkout_now(started, site) {
-            // Served without waiting: one counter, read as a skipped
-            // validation and as a wait in the lowest bucket (the true figure
-            // is well under 10 µs), without a second clock read.
-            Stats::bump(&shared.stats.lent_at_once);
-            return Ok(conn);
-        }
+        let held = match shared.try_checkout_now(started, site) {
+            Ok(conn) => {
+                // Served without waiting: one counter, read as a skipped
+                // validation and as a wait in the lowest bucket (the true
+                // figure is well under 10 µs), without a second clock read.
+                Stats::bump(&shared.stats.lent_at_once);
+                return Ok(conn);
+            }
+            Err(held) => held,
+        };
         let mut phase = TimeoutPhase::WaitingForConnection;
         let deadline = started + shared.config.acquire_timeout;
-        let result = shared.acquire(&mut phase, site, deadline).await;
+        let result = shared.acquire(held, &mut phase, site, deadline).await;
         match result {
             // The guard's `lent_at` is the checkout's last clock reading.
             Ok(conn) => {

@@ -13,7 +13,7 @@ use super::inner::Shared;
 use super::owners::Permit;
 use super::slots::{Activity, Conn, Meta};
 use super::TARGET;
-use crate::liveness::{assess, may_retire_at_return, Reason, Verdict};
+use crate::liveness::{assess, may_retire_at_return, Policy, Reason, Verdict};
 use crate::manager::Manager;
 
 impl<M: Manager> Shared<M> {
@@ -75,8 +75,7 @@ impl<M: Manager> Shared<M> {
         let this = permit.shared();
         let meta = &conn.meta;
         let lend_before =
-            this.policy
-                .lend_before_parts(meta.last_io, meta.server_idle, meta.expires);
+            Policy::lend_before_allowed(meta.last_io, meta.lend_allowance, meta.expires);
         conn.meta.lend_before = lend_before;
         let refused = this.slots.lock().push(conn);
         if let Some(conn) = refused {

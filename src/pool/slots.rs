@@ -24,6 +24,10 @@ pub(crate) struct Meta {
     pub(crate) last_borrowed: Instant,
     /// The server's idle timeout for this session (`ServerTimeouts::idle`).
     pub(crate) server_idle: Option<Duration>,
+    /// How long after its last I/O it may be lent without a ping
+    /// ([`Policy::lend_allowance`](crate::liveness::Policy::lend_allowance)
+    /// of `server_idle`, worked out at connect).
+    pub(crate) lend_allowance: Option<Duration>,
     pub(crate) uses: u64,
     /// Index in the active registry while active; meaningless while idle.
     pub(crate) slot: usize,
@@ -460,6 +464,7 @@ mod tests {
             last_io: at,
             last_borrowed: at,
             server_idle: server.map(S),
+            lend_allowance: None,
             uses,
             slot: usize::MAX,
             generation: 0,
