@@ -31,7 +31,8 @@
 //! Run: `cargo bench --features postgres,mysql,sqlx-mysql,tokio-postgres --bench realdb`.
 //! Environment: `VIGIL_BENCH_QUERIES` (20000), `VIGIL_BENCH_RUNS` (15),
 //! `VIGIL_BENCH_POOLS` (comma list of pool names, default all),
-//! `VIGIL_BENCH_SERVERS` (`pg,mariadb`), `VIGIL_BENCH_PG_URL`
+//! `VIGIL_BENCH_SERVERS` (`pg,mariadb`), `VIGIL_BENCH_VALIDATION` (`on,off`),
+//! `VIGIL_BENCH_PG_URL`
 //! (`postgres://postgres@127.0.0.1:5432/test`), `VIGIL_BENCH_MYSQL_URL`
 //! (`mysql://root@127.0.0.1:3306/test`). A complete (unfiltered) run writes
 //! `target/bench-realdb.json` for BENCHMARKS.md. `cargo test --benches
@@ -413,6 +414,7 @@ fn main() {
     let bench = argv.iter().any(|a| a == "--bench");
     let pools = env_list("VIGIL_BENCH_POOLS");
     let servers = env_list("VIGIL_BENCH_SERVERS");
+    let validation = env_list("VIGIL_BENCH_VALIDATION");
     let every = all_cases().len();
     let cases: Vec<Case> = all_cases()
         .into_iter()
@@ -425,6 +427,10 @@ fn main() {
             servers
                 .as_ref()
                 .map_or(true, |s| s.iter().any(|s| s == c.server.name()))
+        })
+        .filter(|c| {
+            let v = if c.validation { "on" } else { "off" };
+            validation.as_ref().map_or(true, |l| l.iter().any(|l| l == v))
         })
         .collect();
     if argv.iter().any(|a| a == "--list") {
