@@ -791,58 +791,89 @@ const KEPT: usize = 256;
 
 #[derive(Debug, Default)]
 struct Scan {
-    /// Header bytes of the message being read (type byte and length).
-    header: Vec<u8>,
-    /// Body bytes still to come.
+    /// The header (type byte and length) of a message whose header is
+    /// split across reads, and how much of it has come.
+    header: [u8; 5],
+    header_len: usize,
+    /// Body bytes still to come of a message split across reads, and its
+    /// type byte.
     remaining: usize,
-    /// The type byte and body so far, while reading a watched message.
-    kept: Option<(u8, Vec<u8>)>,
+    tag: u8,
+    /// The body so far of a watched message split across reads (at most
+    /// [`KEPT`] bytes; the buffer is reused).
+    kept: Vec<u8>,
+}
+
+/// A message type whose body [`Scan`] reads: `ErrorResponse` and
+/// `ReadyForQuery`.
+fn watched(tag: u8) -> bool {
+    matches!(tag, b'E' | b'Z')
+}
+
+/// The length field of a message header (it counts itself, not the type byte).
+fn body_len(len: [u8; 4]) -> usize {
+    (u32::from_be_bytes(len) as usize).saturating_sub(4)
 }
 
 impl Scan {
-    /// Feeds the next bytes from the server, recording in `seen` what they say.
+    /// Feeds the next bytes from the server, recording in `seen` what they
+    /// say. A message that arrives whole (the usual case: a reply fits in
+    /// one read) is looked at where it lies; only one split across reads
+    /// is assembled, and only if it is watched.
     fn feed(&mut self, mut bytes: &[u8], seen: &Seen) {
         while !bytes.is_empty() {
-            if self.remaining == 0 && self.kept.is_none() && self.header.len() < 5 {
-                let take = (5 - self.header.len()).min(bytes.len());
-                self.header.extend_from_slice(&bytes[..take]);
+            if self.remaining > 0 {
+                let take = self.remaining.min(bytes.len());
+                if watched(self.tag) {
+                    let room = KEPT.saturating_sub(self.kept.len());
+                    self.kept.extend_from_slice(&bytes[..take.min(room)]);
+                }
                 bytes = &bytes[take..];
-                if self.header.len() == 5 {
-                    let len = u32::from_be_bytes([
-                        self.header[1],
-                        self.header[2],
-                        self.header[3],
-                        self.header[4],
-                    ]) as usize;
-                    self.remaining = len.saturating_sub(4);
-                    let tag = self.header[0];
-                    self.kept = matches!(tag, b'E' | b'Z').then(|| (tag, Vec::new()));
-                    self.header.clear();
-                    if self.remaining == 0 {
-                        self.finish(seen);
-                    }
+                self.remaining -= take;
+                if self.remaining == 0 {
+                    Self::message(self.tag, &self.kept, seen);
+                    self.kept.clear();
                 }
                 continue;
             }
-            let take = self.remaining.min(bytes.len());
-            if let Some((_, kept)) = self.kept.as_mut() {
-                let room = KEPT.saturating_sub(kept.len());
-                kept.extend_from_slice(&bytes[..take.min(room)]);
+            if self.header_len == 0 && bytes.len() >= 5 {
+                let tag = bytes[0];
+                let len = body_len([bytes[1], bytes[2], bytes[3], bytes[4]]);
+                let rest = &bytes[5..];
+                if rest.len() >= len {
+                    Self::message(tag, &rest[..len], seen);
+                    bytes = &rest[len..];
+                } else {
+                    (self.tag, self.remaining) = (tag, len);
+                    bytes = rest;
+                }
+                continue;
             }
+            let take = (5 - self.header_len).min(bytes.len());
+            self.header[self.header_len..self.header_len + take].copy_from_slice(&bytes[..take]);
+            self.header_len += take;
             bytes = &bytes[take..];
-            self.remaining -= take;
-            if self.remaining == 0 {
-                self.finish(seen);
+            if self.header_len == 5 {
+                self.header_len = 0;
+                let h = self.header;
+                let len = body_len([h[1], h[2], h[3], h[4]]);
+                if len == 0 {
+                    Self::message(h[0], &[], seen);
+                } else {
+                    (self.tag, self.remaining) = (h[0], len);
+                }
             }
         }
     }
 
-    /// A message ended. An error's fields are a type byte and a
-    /// NUL-terminated value; `V` (9.6+) is the severity in English, `S` the
-    /// localized one. `ReadyForQuery`'s body is its status byte.
-    fn finish(&mut self, seen: &Seen) {
-        match self.kept.take() {
-            Some((b'E', body)) => {
+    /// A whole message of type `tag` (its body, or the first [`KEPT`] bytes
+    /// of it). An error's fields are a type byte and a NUL-terminated
+    /// value; `V` (9.6+) is the severity in English, `S` the localized one.
+    /// `ReadyForQuery`'s body is its status byte.
+    fn message(tag: u8, body: &[u8], seen: &Seen) {
+        match tag {
+            b'E' => {
+                let body = &body[..body.len().min(KEPT)];
                 let fatal = body.split(|b| *b == 0).any(|field| {
                     matches!(field, [b'V' | b'S', rest @ ..] if rest == b"FATAL" || rest == b"PANIC")
                 });
@@ -851,7 +882,7 @@ impl Scan {
                     seen.fatal.store(true, Ordering::Release);
                 }
             }
-            Some((b'Z', body)) => {
+            b'Z' => {
                 if let Some(&status) = body.first() {
                     seen.status.store(status, Ordering::Release);
                 }
@@ -869,8 +900,9 @@ impl Scan {
 struct Outgoing {
     /// Past the startup message.
     started: bool,
-    /// Header bytes of the message being written.
-    header: Vec<u8>,
+    /// Header bytes of the message being written, and how many have come.
+    header: [u8; 5],
+    header_len: usize,
     /// Body bytes still to come.
     remaining: usize,
 }
@@ -886,20 +918,20 @@ impl Outgoing {
                 continue;
             }
             let header_len = if self.started { 5 } else { 4 };
-            let take = (header_len - self.header.len()).min(bytes.len());
-            self.header.extend_from_slice(&bytes[..take]);
+            let take = (header_len - self.header_len).min(bytes.len());
+            self.header[self.header_len..self.header_len + take].copy_from_slice(&bytes[..take]);
+            self.header_len += take;
             bytes = &bytes[take..];
-            if self.header.len() < header_len {
+            if self.header_len < header_len {
                 continue;
             }
-            let len = &self.header[header_len - 4..];
-            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-            self.remaining = len.saturating_sub(4);
+            let h = &self.header[header_len - 4..header_len];
+            self.remaining = body_len([h[0], h[1], h[2], h[3]]);
             if self.started && matches!(self.header[0], b'Q' | b'S') {
                 seen.sent.fetch_add(1, Ordering::Release);
             }
             self.started = true;
-            self.header.clear();
+            self.header_len = 0;
         }
     }
 }
