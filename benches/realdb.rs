@@ -430,7 +430,9 @@ fn main() {
         })
         .filter(|c| {
             let v = if c.validation { "on" } else { "off" };
-            validation.as_ref().map_or(true, |l| l.iter().any(|l| l == v))
+            validation
+                .as_ref()
+                .map_or(true, |l| l.iter().any(|l| l == v))
         })
         .collect();
     if argv.iter().any(|a| a == "--list") {
