@@ -299,10 +299,17 @@ impl PrivateMaria {
     #[allow(dead_code)] // the TLS tests' (this file is shared with them)
     pub fn start_with(options: impl FnOnce(&Path) -> Vec<String>) -> PrivateMaria {
         let dir = scratch_dir("maria");
+        // A temporary directory of its own: the bootstrap and the server
+        // otherwise share the machine's /tmp with every other instance
+        // (and their `#sql-temptable-*` files), and a bootstrap once failed
+        // there on a temporary table that vanished under it.
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap_or_else(|e| panic!("create {}: {e}", tmp.display()));
         run(
             Command::new(MARIADB_INSTALL)
                 .arg("--no-defaults")
                 .arg(format!("--datadir={}", dir.join("data").display()))
+                .arg(format!("--tmpdir={}", tmp.display()))
                 .args([
                     "--user=root",
                     "--auth-root-authentication-method=normal",
@@ -342,6 +349,7 @@ impl PrivateMaria {
             .arg(format!("--socket={}", d.join("sock").display()))
             .arg(format!("--pid-file={}", d.join("pid").display()))
             .arg(format!("--log-error={}", d.join("err.log").display()))
+            .arg(format!("--tmpdir={}", d.join("tmp").display()))
             .args([
                 "--bind-address=127.0.0.1",
                 "--user=root",
