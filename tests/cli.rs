@@ -773,8 +773,14 @@ fn default_timeouts_survive_black_holed_idle_connections() {
     let _ = std::fs::remove_file(&path);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     assert_eq!(report["errors"], 0, "{report}");
+    // A checkout ping met each black-holed session: it failed at the
+    // validation timeout, or (the pool had a free slot) its caller was
+    // served a new connection at the hedge delay and the run ended before
+    // the ping did. Either way no caller saw the black hole.
+    let failed = report["connections_closed"]["validation_failed"].as_u64();
+    let hedged = report["validations"]["hedged"].as_u64();
     assert!(
-        report["connections_closed"]["validation_failed"].as_u64() >= Some(1),
+        failed >= Some(1) || hedged >= Some(1),
         "the black-holed sessions were met by a checkout ping: {report}"
     );
     drop(proxy);

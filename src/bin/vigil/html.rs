@@ -620,8 +620,12 @@ fn summary(r: &Value) -> String {
         (
             "validations",
             format!(
-                "{} ok, {} failed, {} skipped",
-                v["ok"], v["failed"], v["skipped"]
+                "{} ok, {} failed, {} skipped, {} hedged",
+                v["ok"],
+                v["failed"],
+                v["skipped"],
+                // Reports written before the field existed have none.
+                v["hedged"].as_u64().unwrap_or(0)
             ),
         ),
         (

@@ -64,6 +64,10 @@ pub(crate) struct Validations {
     pub(crate) ok: u64,
     pub(crate) failed: u64,
     pub(crate) skipped: u64,
+    /// Checkout pings still silent at the hedge delay, whose caller was
+    /// served a new connection instead (the ping's outcome is counted in
+    /// `ok` or `failed` only if it ends before the pool closes).
+    pub(crate) hedged: u64,
 }
 
 /// Everything `vigil load` reports. Field names are the JSON keys.
@@ -145,6 +149,7 @@ impl PoolFigures {
                 ok: state.validations_ok,
                 failed: state.validations_failed,
                 skipped: state.validations_skipped,
+                hedged: state.validations_hedged,
             },
             server_idle_timeout: state.server_idle_timeout.flatten().map(|d| d.as_secs_f64()),
         }
