@@ -36,7 +36,7 @@ impl<M: Manager> Shared<M> {
                 self.config.min_idle,
                 self.generation(),
                 |c| self.manager.has_broken(c),
-                || self.try_permit(),
+                || Permit::new(self),
             );
             let leaks = match self.config.leak_threshold {
                 Some(threshold) => slots.new_leaks(now, threshold),

@@ -15,21 +15,23 @@
 //! would leave the return's histogram without a precise reading anyway, so
 //! it would save one read's difference at the price of deterministic tests.
 //!
-//! Capacity is a semaphore with `max_size` permits. A permit is held by every
-//! connection that is lent out or held by the pool for I/O, and by every
-//! connect in flight; idle connections hold none. Waiters queue on the
-//! semaphore, which is FIFO and cancel-safe, so fairness and lost wake-ups
-//! are tokio's proven code, not ours. Each permit is `forget`-ed on
-//! acquisition and owned from then on by a [`Permit`] value, which travels
-//! with the work: through a checkout, inside the [`Pooled`] guard while
-//! lent, inside a `Returning` task while a returned connection is cleaned,
-//! and goes back to the semaphore when that value is dropped.
+//! Capacity is `max_size` units, counted with the idle set under its lock
+//! (`line.rs`). A unit is held by every connection that is lent out or
+//! held by the pool for I/O, and by every connect in flight; idle
+//! connections hold none. Callers that find none free wait in line, first
+//! come first served; a connection coming back while someone waits goes
+//! straight to the first in line, with its unit, so the woken caller has
+//! nothing left to take. Each unit taken is owned by a [`Permit`] value,
+//! which travels with the work: through a checkout, inside the [`Pooled`]
+//! guard while lent, inside a `Returning` task while a returned connection
+//! is cleaned, and goes back when that value is dropped.
 
 use std::future::Future;
 use std::panic::Location;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -38,10 +40,12 @@ use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, Semaphore};
+
+use super::line::{self, Served};
 use tokio::time::timeout;
 
 use super::backoff::{Backoff, BACKOFF_START};
-use super::deadlines::Deadlines;
+use super::deadlines::Watchdog;
 use super::evidence::Evidence;
 use super::guard::Pooled;
 use super::owners::{Connecting, InFlight, Pending, Permit};
@@ -57,12 +61,10 @@ pub(crate) struct Shared<M: Manager> {
     pub(crate) manager: M,
     pub(crate) config: Config,
     pub(crate) policy: Policy,
-    /// The lock and the semaphore are each on a cache line of their own:
-    /// every checkout and return writes both, and the settings and counters
-    /// beside them are read by every thread.
+    /// The idle set, capacity and the line (see the module docs), on a
+    /// cache line of its own: every checkout and return writes it, and the
+    /// settings and counters beside it are read by every thread.
     pub(crate) slots: CachePadded<Mutex<Slots<M::Connection>>>,
-    /// Capacity: `max_size` permits; see the module docs.
-    pub(crate) permits: CachePadded<Semaphore>,
     /// Bounds connects in flight (`max_concurrent_connects`).
     connects: Semaphore,
     pub(crate) stats: Stats,
@@ -81,9 +83,9 @@ pub(crate) struct Shared<M: Manager> {
     epoch: Instant,
     /// Bumped by `retire_all`; connections from older generations are never lent.
     generation: AtomicU64,
-    /// `acquire_timeout` for callers queued for a slot; its watchdog task
-    /// is spawned with the housekeeper.
-    pub(crate) deadlines: Arc<Deadlines>,
+    /// Wakes the watchdog that keeps `acquire_timeout` for callers in
+    /// line (`deadlines.rs`), spawned with the housekeeper.
+    pub(crate) watchdog: Watchdog,
     /// Wakes the housekeeper (on close) and `close()` (when a connection leaves).
     pub(crate) changed: Notify,
     /// Goodbyes (`Manager::close`) running in their own tasks; `close()`
@@ -107,8 +109,7 @@ impl<M: Manager> Shared<M> {
             verify_returns,
             manager,
             policy: Policy::from(&config),
-            slots: CachePadded::new(Mutex::new(Slots::new())),
-            permits: CachePadded::new(Semaphore::new(config.max_size)),
+            slots: CachePadded::new(Mutex::new(Slots::new(config.max_size))),
             connects: Semaphore::new(config.max_concurrent_connects),
             stats: Stats::new(),
             last_connect_failure: Mutex::new(None),
@@ -119,7 +120,7 @@ impl<M: Manager> Shared<M> {
             suspect_since: AtomicU64::new(0),
             epoch: Instant::now(),
             generation: AtomicU64::new(0),
-            deadlines: Arc::default(),
+            watchdog: Watchdog::default(),
             changed: Notify::new(),
             goodbyes: AtomicU64::new(0),
             role_check_due: Mutex::new(Instant::now() + config.role_check_interval),
@@ -210,10 +211,10 @@ impl<M: Manager> Shared<M> {
         self.new_generation(Reason::RoleChanged);
     }
 
-    /// A capacity permit if one is free now.
+    /// A capacity permit if one is free now (never while anyone waits).
     pub(crate) fn try_permit(self: &Arc<Self>) -> Option<Permit<M>> {
-        self.permits.try_acquire().ok()?.forget();
-        Some(Permit::new(self))
+        let took = self.slots.lock().try_take();
+        took.then(|| Permit::new(self))
     }
 
     // ---------------------------------------------------------------- checkout
@@ -228,10 +229,17 @@ impl<M: Manager> Shared<M> {
         now: Instant,
         site: &'static Location<'static>,
     ) -> Result<Pooled<M>, Option<Permit<M>>> {
-        let Some(permit) = self.try_permit() else {
-            return Err(None);
+        let popped = {
+            let mut slots = self.slots.lock();
+            if !slots.try_take() {
+                return Err(None);
+            }
+            slots.pop_if(now, site, |conn| self.decide(conn, now) == Checkout::Lend)
         };
-        match self.pop_warm(now, site) {
+        // Made after the lock is let go: a permit dropped under it would
+        // deadlock (giving it back takes the lock).
+        let permit = Permit::new(self);
+        match popped {
             Some(conn) => Ok(permit.lend(conn, now)),
             None => Err(Some(permit)),
         }
@@ -270,12 +278,31 @@ impl<M: Manager> Shared<M> {
             // straight to the ping or the connect.
             Some(permit) => permit,
             None => {
-                let permit = self.acquire_permit(deadline).await?;
-                // What a woken waiter usually finds: the connection just returned.
+                let (permit, handed) = self.wait_in_line(deadline, site).await?;
                 let now = Instant::now();
-                if let Some(conn) = self.pop_warm(now, site) {
-                    Stats::bump(&self.stats.validations_skipped);
-                    return Ok(permit.lend(conn, now));
+                match handed {
+                    // What a woken waiter usually holds: the connection just
+                    // returned, straight from its last borrower.
+                    Some(mut conn) => {
+                        if self.decide(&mut conn, now) == Checkout::Lend {
+                            Stats::bump(&self.stats.validations_skipped);
+                            return Ok(permit.lend(conn, now));
+                        }
+                        // Due a ping or a retirement: into the idle set,
+                        // where the slow path below takes it up.
+                        let refused = self.slots.lock().push(conn);
+                        if let Some(conn) = refused {
+                            self.retire_active(conn, Reason::Closed);
+                        }
+                    }
+                    // Capacity alone (a connection left the pool): a warm
+                    // one may be idle all the same.
+                    None => {
+                        if let Some(conn) = self.pop_warm(now, site) {
+                            Stats::bump(&self.stats.validations_skipped);
+                            return Ok(permit.lend(conn, now));
+                        }
+                    }
                 }
                 permit
             }
@@ -332,8 +359,8 @@ impl<M: Manager> Shared<M> {
         // is not missed.
         let over = self.backoff_over.notified();
         // `close()` may have run before `over` existed: its wake-up is lost,
-        // but the semaphore it closed tells.
-        if self.permits.is_closed() {
+        // but the closed flag it set tells.
+        if self.slots.lock().is_closed() {
             return;
         }
         let Some(at) = self.backoff.lock().retry_at() else {
@@ -379,39 +406,35 @@ impl<M: Manager> Shared<M> {
         rx.await.unwrap_or(Connected::Closed)
     }
 
-    /// A slot, waiting in line until `deadline`. The fast path has just
-    /// found none free, so this goes straight into the line (the semaphore
-    /// still grants a permit freed in between at the first poll).
-    async fn acquire_permit(self: &Arc<Self>, deadline: Instant) -> Result<Permit<M>, Stop> {
-        if self.permits.is_closed() {
-            return Err(Stop::Closed);
-        }
+    /// Capacity, waiting in line until `deadline`, and the connection that
+    /// came with it if it was handed over by its last borrower. The fast
+    /// path has just found none free, so this goes straight into the line
+    /// (capacity freed in between is still taken at the first poll).
+    async fn wait_in_line(
+        self: &Arc<Self>,
+        deadline: Instant,
+        site: &'static Location<'static>,
+    ) -> Result<(Permit<M>, Option<Conn<M::Connection>>), Stop> {
         let Some(_pending) = Pending::enter(&self.stats, self.config.max_waiters) else {
             Stats::bump(&self.stats.rejected);
             return Err(Stop::Busy);
         };
         // The deadline is kept by the pool's watchdog, not a timer of our
-        // own (see `deadlines.rs`). The permit is polled first: one granted
-        // at the deadline is taken, not thrown away.
-        let ticket = self.deadlines.enter(deadline);
-        let acquire = self.permits.acquire();
-        tokio::pin!(acquire);
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(granted) = acquire.as_mut().poll(cx) {
-                return Poll::Ready(match granted {
-                    Ok(p) => {
-                        p.forget();
-                        Ok(Permit::new(self))
-                    }
-                    Err(_) => Err(Stop::Closed),
-                });
-            }
-            if ticket.expired(cx) {
-                return Poll::Ready(Err(Stop::TimedOut));
-            }
-            Poll::Pending
-        })
-        .await
+        // own (see `deadlines.rs`).
+        let served = InLine {
+            shared: self,
+            id: None,
+            deadline,
+            site,
+        }
+        .await;
+        match served {
+            // From the grant to the permit with no await between: nothing
+            // can drop the capacity on the floor.
+            Served::Granted(conn) => Ok((Permit::new(self), conn)),
+            Served::Expired => Err(Stop::TimedOut),
+            Served::Closed => Err(Stop::Closed),
+        }
     }
 
     /// Takes idle connections until one passes the policy (and, when due, a
@@ -729,4 +752,62 @@ pub(crate) enum Stop {
     Busy,
     /// The deadline passed.
     TimedOut,
+}
+
+/// A caller's place in line, from its first poll until it is served. Drop
+/// safe: dropped in line it leaves; dropped after a grant it never took,
+/// it hands the capacity (and the connection with it) on as if they came
+/// back now.
+struct InLine<'a, M: Manager> {
+    shared: &'a Arc<Shared<M>>,
+    /// The place in line once joined; `None` before, and after being served.
+    id: Option<u64>,
+    deadline: Instant,
+    site: &'static Location<'static>,
+}
+
+impl<M: Manager> Future for InLine<'_, M> {
+    type Output = Served<M::Connection>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let polled = this
+            .shared
+            .slots
+            .lock()
+            .poll_line(this.id, this.deadline, this.site, cx);
+        match polled {
+            line::Poll::Served(served) => {
+                // Out of line, with what it was served: nothing to hand on.
+                this.id = None;
+                Poll::Ready(served)
+            }
+            line::Poll::Joined { id, wake_watchdog } => {
+                this.id = Some(id);
+                if wake_watchdog {
+                    this.shared.watchdog.wake();
+                }
+                Poll::Pending
+            }
+            line::Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<M: Manager> Drop for InLine<'_, M> {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else {
+            return;
+        };
+        let left = self.shared.slots.lock().leave_line(id);
+        // Outside the lock: handing on takes it again.
+        if let Some(Served::Granted(conn)) = left {
+            let permit = Permit::new(self.shared);
+            match conn {
+                // To the next in line, or idle.
+                Some(conn) => Shared::make_idle(conn, permit),
+                None => drop(permit),
+            }
+        }
+    }
 }

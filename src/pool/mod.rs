@@ -8,6 +8,7 @@ mod guard;
 mod hedge;
 mod housekeeping;
 mod inner;
+mod line;
 mod owners;
 mod returns;
 mod run;
@@ -78,16 +79,18 @@ impl<M: Manager> fmt::Debug for Pool<M> {
 /// Stops lending, wakes every waiter with `Closed`, and closes the idle set.
 /// Returns nothing to wait for; `Pool::close` waits for the lent connections.
 fn shut_down<M: Manager>(shared: &Arc<Shared<M>>) {
-    let idle = shared.slots.lock().close();
-    // Closing the semaphore fails every queued and future `acquire` at once.
-    shared.permits.close();
-    shared.deadlines.close();
+    // Every caller in line is told `Closed`, and no one joins after.
+    let (idle, waiters) = shared.slots.lock().close();
+    for waiter in waiters {
+        waiter.wake();
+    }
+    shared.watchdog.close();
     for conn in idle {
         shared.retire(conn, Reason::Closed);
     }
     shared.changed.notify_waiters();
-    // Callers waiting out a connect backoff hold permits, not a place in the
-    // semaphore's queue: wake them to see the pool closed.
+    // Callers waiting out a connect backoff hold permits, not a place in
+    // line: wake them to see the pool closed.
     shared.backoff_over.notify_waiters();
 }
 
@@ -535,7 +538,7 @@ impl<M: Manager> Builder<M> {
         );
         let shared = Arc::new(Shared::new(self.manager, self.config, runtime.clone()));
         runtime.spawn(housekeeping::housekeeper(Arc::clone(&shared)));
-        runtime.spawn(Arc::clone(&shared.deadlines).watch());
+        runtime.spawn(deadlines::watch(Arc::clone(&shared)));
         Pool {
             handle: Arc::new(Owner { shared }),
         }

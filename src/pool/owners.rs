@@ -19,19 +19,39 @@ use crate::stats::Stats;
 
 /// One unit of capacity (`max_size`), owned by what uses it: a checkout in
 /// progress, a lent connection (inside [`Pooled`]), a connection the pool
-/// is doing I/O on (a ping, a reset, a connect). It goes back to the
-/// semaphore when dropped, and only then: no code gives a permit back by
-/// hand, so no path can forget one or give one back twice.
-pub(crate) struct Permit<M: Manager>(Arc<Shared<M>>);
+/// is doing I/O on (a ping, a reset, a connect). It goes back when dropped
+/// (to the first caller in line, or free), and only then: no code gives a
+/// permit back by hand, so no path can forget one or give one back twice.
+/// The one exception is [`Permit::handed_on`], for the lock holder that
+/// has just passed the capacity on with a connection.
+///
+/// Never dropped while the pool's lock is held: giving it back takes that
+/// lock.
+pub(crate) struct Permit<M: Manager> {
+    shared: Arc<Shared<M>>,
+    /// Gives the capacity back on drop; cleared by `handed_on`.
+    owned: bool,
+}
 
 impl<M: Manager> Permit<M> {
-    /// Owns a permit just taken from the semaphore (and `forget`-ed there).
+    /// Owns a unit of capacity just taken from the line (`Slots::try_take`,
+    /// or granted to a waiter).
     pub(super) fn new(shared: &Arc<Shared<M>>) -> Self {
-        Permit(Arc::clone(shared))
+        Permit {
+            shared: Arc::clone(shared),
+            owned: true,
+        }
     }
 
     pub(super) fn shared(&self) -> &Arc<Shared<M>> {
-        &self.0
+        &self.shared
+    }
+
+    /// The capacity went on with a connection under the lock
+    /// (`Slots::file`: to a waiter, or freed with the connection idle):
+    /// this value no longer owns it.
+    pub(super) fn handed_on(mut self) {
+        self.owned = false;
     }
 
     /// The permit moves into the connection being lent.
@@ -42,8 +62,14 @@ impl<M: Manager> Permit<M> {
 
 impl<M: Manager> Drop for Permit<M> {
     fn drop(&mut self) {
-        // A waiting `get()` (first in line) gets it.
-        self.0.permits.add_permits(1);
+        if !self.owned {
+            return;
+        }
+        // The first caller in line gets it, woken outside the lock.
+        let waiter = self.shared.slots.lock().release();
+        if let Some(waker) = waiter {
+            waker.wake();
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::time::{timeout, Instant};
 
 use super::inner::Shared;
 use super::owners::Permit;
-use super::slots::{Activity, Conn, Meta};
+use super::slots::{Activity, Conn, Filed, Meta};
 use super::TARGET;
 use crate::liveness::{assess, may_retire_at_return, Policy, Reason, Verdict};
 use crate::manager::Manager;
@@ -66,22 +66,30 @@ impl<M: Manager> Shared<M> {
         }
     }
 
-    /// Puts an active connection into the idle set, then lets its permit go.
-    /// Ordering: the push comes first, so the waiter the permit wakes finds
-    /// the connection in the idle set instead of opening a new one. The
-    /// checkout decision is precomputed here (`Meta::lend_before`): the
-    /// connection's facts change only with I/O, which it does not do idle.
+    /// Puts an active connection back with its permit, in one step under
+    /// the lock: straight to the first caller in line, who wakes holding
+    /// both, or into the idle set with the capacity freed. The checkout
+    /// decision is precomputed here (`Meta::lend_before`): the connection's
+    /// facts change only with I/O, which it does not do idle.
     pub(crate) fn make_idle(mut conn: Conn<M::Connection>, permit: Permit<M>) {
-        let this = permit.shared();
         let meta = &conn.meta;
         let lend_before =
             Policy::lend_before_allowed(meta.last_io, meta.lend_allowance, meta.expires);
         conn.meta.lend_before = lend_before;
-        let refused = this.slots.lock().push(conn);
-        if let Some(conn) = refused {
-            this.retire_active(conn, Reason::Closed);
+        let filed = permit.shared().slots.lock().file(conn);
+        match filed {
+            Filed::Idle => permit.handed_on(),
+            Filed::Handed(waiter) => {
+                permit.handed_on();
+                if let Some(waker) = waiter {
+                    waker.wake();
+                }
+            }
+            Filed::Refused(conn) => {
+                permit.shared().retire_active(conn, Reason::Closed);
+                drop(permit);
+            }
         }
-        drop(permit);
     }
 
     /// Closes a connection counted active. Its permit, if it has one, is

@@ -1,16 +1,19 @@
 //! The pool's synchronous state, kept under one lock and free of `.await`.
 //!
-//! Capacity is not counted here: a semaphore with `max_size` permits bounds
-//! it (see `inner.rs`). This module owns the idle set and the counts of
-//! connections in each state, and the housekeeper's sweep decision.
+//! This module owns the idle set, the counts of connections in each state,
+//! capacity and the line of callers waiting for it (`line.rs`), and the
+//! housekeeper's sweep decision: everything a checkout or a return changes,
+//! so each takes this one lock once.
 
 use std::collections::VecDeque;
 use std::mem;
 use std::panic::Location;
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::line::{self, Line, Served};
 use crate::liveness::{assess, Facts, Policy, Reason, Verdict};
 
 /// What the pool remembers about one connection.
@@ -122,6 +125,19 @@ pub(crate) struct Slots<C> {
     /// ping fails, so `min_idle` counts them.
     pinging: usize,
     closed: bool,
+    /// Capacity (`max_size`) and the callers waiting for it.
+    line: Line<C>,
+}
+
+/// What became of a connection filed back by [`Slots::file`].
+pub(crate) enum Filed<C> {
+    /// Idle; its capacity is free.
+    Idle,
+    /// Straight to the first waiter, with its capacity; the waker is to be
+    /// woken outside the lock.
+    Handed(Option<Waker>),
+    /// The pool is closed: still counted active, for the caller to retire.
+    Refused(Conn<C>),
 }
 
 /// Counts read by `Pool::state`.
@@ -133,7 +149,8 @@ pub(crate) struct Counts {
 }
 
 impl<C> Slots<C> {
-    pub(crate) fn new() -> Self {
+    /// Empty, with `capacity` (`max_size`) free.
+    pub(crate) fn new(capacity: usize) -> Self {
         Slots {
             // Grown on demand: `max_size` is a cap, and may be huge.
             idle: VecDeque::new(),
@@ -141,6 +158,66 @@ impl<C> Slots<C> {
             connecting: 0,
             pinging: 0,
             closed: false,
+            line: Line::new(capacity),
+        }
+    }
+
+    /// Takes a unit of capacity if one is free and the pool is open.
+    pub(crate) fn try_take(&mut self) -> bool {
+        !self.closed && self.line.try_take()
+    }
+
+    /// A unit of capacity comes back without a connection; the waker (of
+    /// the waiter it went to) is to be woken outside the lock.
+    #[must_use = "the waker must be woken outside the lock"]
+    pub(crate) fn release(&mut self) -> Option<Waker> {
+        self.line.release()
+    }
+
+    /// A waiter's poll; see [`Line::poll`].
+    pub(crate) fn poll_line(
+        &mut self,
+        id: Option<u64>,
+        deadline: Instant,
+        site: &'static Location<'static>,
+        cx: &mut Context<'_>,
+    ) -> line::Poll<C> {
+        self.line.poll(id, deadline, site, self.closed, cx)
+    }
+
+    /// Waiter `id` gives up its place; what it was granted, if anything,
+    /// is the caller's to hand on.
+    pub(crate) fn leave_line(&mut self, id: u64) -> Option<Served<C>> {
+        self.line.leave(id)
+    }
+
+    /// Expires the waiters due at `now`; see [`Line::expire_due`].
+    pub(crate) fn expire_due(&mut self, now: Instant, due: &mut Vec<Waker>) -> Option<Instant> {
+        self.line.expire_due(now, due)
+    }
+
+    /// Files an active connection coming back with its capacity: to the
+    /// first waiter, lent at its `get()` site from the connection's
+    /// `last_io` on, or into the idle set with the capacity freed.
+    pub(crate) fn file(&mut self, conn: Conn<C>) -> Filed<C> {
+        if self.closed {
+            return Filed::Refused(conn);
+        }
+        let (active, pinging) = (&mut self.active, &mut self.pinging);
+        let handed = self.line.hand_over(conn, |conn, site| {
+            // Active before, active after: only what it is doing changes.
+            let since = conn.meta.last_io;
+            if active.relend(&conn.meta, since, site) == Some(Activity::Keepalive) {
+                *pinging -= 1;
+            }
+        });
+        match handed {
+            Ok(waker) => Filed::Handed(waker),
+            Err(conn) => {
+                self.remove_active(&conn.meta);
+                self.idle.push_back(conn);
+                Filed::Idle
+            }
         }
     }
 
@@ -156,10 +233,11 @@ impl<C> Slots<C> {
         self.closed
     }
 
-    /// Marks the pool closed and hands back every idle connection to close.
-    pub(crate) fn close(&mut self) -> Vec<Conn<C>> {
+    /// Marks the pool closed and hands back every idle connection to close,
+    /// and the wakers of the callers in line (each is told `Closed`).
+    pub(crate) fn close(&mut self) -> (Vec<Conn<C>>, Vec<Waker>) {
         self.closed = true;
-        self.drain_idle()
+        (self.drain_idle(), self.line.close())
     }
 
     /// Empties the idle set; the connections are no longer counted anywhere.
@@ -217,9 +295,10 @@ impl<C> Slots<C> {
         self.idle.pop_front()
     }
 
-    /// Puts an active connection back into the idle set. Hands it back
-    /// instead when the pool is closed, still counted active, for the caller
-    /// to retire.
+    /// Puts an active connection back into the idle set, keeping its
+    /// capacity with the caller (a checkout that will take it up again).
+    /// Hands it back instead when the pool is closed, still counted active,
+    /// for the caller to retire.
     pub(crate) fn push(&mut self, conn: Conn<C>) -> Option<Conn<C>> {
         if self.closed {
             return Some(conn);
@@ -287,9 +366,10 @@ impl<C> Slots<C> {
     }
 
     /// The housekeeper's pass: retires idle connections the policy calls
-    /// obsolete, takes out those due a keepalive ping (each needs a permit
-    /// from `take_permit`; without one it stays idle for now), and notes
-    /// which retirements deserve a replacement.
+    /// obsolete, takes out those due a keepalive ping (each takes a unit of
+    /// free capacity, owned by the `P` that `permit` makes; without one it
+    /// stays idle for now), and notes which retirements deserve a
+    /// replacement.
     pub(crate) fn sweep<P>(
         &mut self,
         now: Instant,
@@ -297,7 +377,7 @@ impl<C> Slots<C> {
         min_idle: usize,
         generation: u64,
         mut has_broken: impl FnMut(&mut C) -> bool,
-        mut take_permit: impl FnMut() -> Option<P>,
+        mut permit: impl FnMut() -> P,
     ) -> Sweep<C, P> {
         let mut out = Sweep {
             retired: Vec::new(),
@@ -329,13 +409,11 @@ impl<C> Slots<C> {
                     out.retired.push((conn, reason));
                 }
                 Verdict::Keep => {
-                    if policy.keepalive_due(conn.meta.last_io, now) {
-                        if let Some(permit) = take_permit() {
-                            self.active.insert(&mut conn.meta, now, Activity::Keepalive);
-                            self.pinging += 1;
-                            out.keepalive.push((conn, permit));
-                            continue;
-                        }
+                    if policy.keepalive_due(conn.meta.last_io, now) && self.try_take() {
+                        self.active.insert(&mut conn.meta, now, Activity::Keepalive);
+                        self.pinging += 1;
+                        out.keepalive.push((conn, permit()));
+                        continue;
                     }
                     let next = policy.next_deadline(&facts);
                     out.next_deadline = match (out.next_deadline, next) {
@@ -428,6 +506,25 @@ impl Registry {
         entry.map(|e| e.activity)
     }
 
+    /// The connection, active still, is lent anew at `site` from `since`;
+    /// returns what it was doing.
+    fn relend(
+        &mut self,
+        meta: &Meta,
+        since: Instant,
+        site: &'static Location<'static>,
+    ) -> Option<Activity> {
+        let info = self.entries.get_mut(meta.slot)?.as_mut()?;
+        debug_assert!(
+            info.id == meta.id,
+            "an active connection is at its own slot"
+        );
+        info.uses = meta.uses;
+        info.since = since;
+        info.leak_reported = false;
+        Some(mem::replace(&mut info.activity, Activity::Lent(site)))
+    }
+
     /// Notes the new activity; returns the one it replaces.
     fn set_activity(&mut self, meta: &Meta, activity: Activity) -> Option<Activity> {
         match self.entries.get_mut(meta.slot) {
@@ -444,6 +541,8 @@ mod tests {
     use crate::config::Validation;
 
     const S: fn(u64) -> Duration = Duration::from_secs;
+    /// Capacity for tests that do not run out of it.
+    const CAPACITY: usize = 8;
 
     fn policy() -> Policy {
         Policy {
@@ -475,30 +574,18 @@ mod tests {
         assert!(slots.push(Conn::new(id, meta)).is_none());
     }
 
-    fn sweep(
-        slots: &mut Slots<u64>,
-        now: Instant,
-        min_idle: usize,
-        permits: &mut u32,
-    ) -> Sweep<u64, ()> {
-        slots.sweep(
-            now,
-            &policy(),
-            min_idle,
-            0,
-            |_| false,
-            || (*permits > 0).then(|| *permits -= 1),
-        )
+    fn sweep(slots: &mut Slots<u64>, now: Instant, min_idle: usize) -> Sweep<u64, ()> {
+        slots.sweep(now, &policy(), min_idle, 0, |_| false, || ())
     }
 
     #[test]
     fn obsolete_connections_are_retired_and_only_used_ones_replaced() {
         let t0 = Instant::now();
-        let mut slots = Slots::new();
+        let mut slots = Slots::new(CAPACITY);
         open(&mut slots, 1, t0, Some(60), 3); // used, server deadline 55 s
         open(&mut slots, 2, t0, Some(60), 0); // never lent
         open(&mut slots, 3, t0 + S(30), Some(60), 1); // deadline at 85 s
-        let out = sweep(&mut slots, t0 + S(55), 0, &mut 0);
+        let out = sweep(&mut slots, t0 + S(55), 0);
         let retired: Vec<_> = out.retired.iter().map(|(c, r)| (c.raw, *r)).collect();
         assert_eq!(
             retired,
@@ -525,16 +612,15 @@ mod tests {
     }
 
     #[test]
-    fn a_keepalive_needs_a_permit_and_counts_toward_min_idle() {
+    fn a_keepalive_needs_free_capacity_and_counts_toward_min_idle() {
         let t0 = Instant::now();
-        let mut slots = Slots::new();
+        let mut slots = Slots::new(1);
         open(&mut slots, 1, t0, None, 1);
         open(&mut slots, 2, t0, None, 1);
         let now = t0 + S(120);
-        let mut permits = 1;
-        let out = sweep(&mut slots, now, 2, &mut permits);
-        assert_eq!(out.keepalive.len(), 1, "one permit, one ping");
-        assert_eq!(permits, 0);
+        let out = sweep(&mut slots, now, 2);
+        assert_eq!(out.keepalive.len(), 1, "one unit of capacity, one ping");
+        assert_eq!(slots.line.free(), 0);
         assert_eq!(
             slots.counts(),
             Counts {
@@ -555,11 +641,12 @@ mod tests {
     #[test]
     fn idle_timeout_shrinks_oldest_first_down_to_min_idle() {
         let t0 = Instant::now();
-        let mut slots = Slots::new();
+        // No free capacity: no keepalive pings, only the shrink.
+        let mut slots = Slots::new(0);
         for id in 1..=4 {
             open(&mut slots, id, t0 + S(id), None, 1);
         }
-        let out = sweep(&mut slots, t0 + S(700), 2, &mut 0);
+        let out = sweep(&mut slots, t0 + S(700), 2);
         let retired: Vec<_> = out.retired.iter().map(|(c, r)| (c.raw, *r)).collect();
         assert_eq!(
             retired,
@@ -572,7 +659,7 @@ mod tests {
     #[test]
     fn after_close_a_returned_connection_is_handed_back_to_be_retired() {
         let t0 = Instant::now();
-        let mut slots = Slots::new();
+        let mut slots = Slots::new(CAPACITY);
         open(&mut slots, 1, t0, None, 0);
         let conn = slots.pop(t0, Location::caller()).expect("the idle one");
         assert_eq!(
@@ -583,7 +670,7 @@ mod tests {
                 connecting: 0
             }
         );
-        assert_eq!(slots.close().len(), 0);
+        assert_eq!(slots.close().0.len(), 0);
         let refused = slots.push(conn).expect("refused after close");
         assert_eq!(refused.raw, 1);
         slots.forget_active(&refused.meta);

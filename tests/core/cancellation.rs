@@ -116,3 +116,62 @@ async fn cancelled_gets_never_leak_capacity_or_connections() {
     let held: Vec<_> = futures::future::join_all((0..8).map(|_| pool.get())).await;
     assert!(held.iter().all(|r| r.is_ok()), "{:?}", pool.state());
 }
+
+/// A connection coming back goes straight to the first caller in line. If
+/// that caller's `get()` is dropped before it runs to take it (a timeout
+/// or `select!` around it firing in the same instant), the connection must
+/// go on to the next in line, not sit with the dropped future or be closed.
+#[tokio::test(start_paused = true)]
+async fn a_connection_handed_to_a_waiter_dropped_before_taking_it_goes_to_the_next() {
+    use std::future::Future;
+    use std::task::{Context, Poll};
+
+    let fake = Fake::new();
+    let pool = pool(&fake, 1);
+    let held = pool.get().await.unwrap();
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut first = Box::pin(pool.get());
+    let mut second = Box::pin(pool.get());
+    assert!(first.as_mut().poll(&mut cx).is_pending());
+    assert!(second.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(pool.state().pending, 2);
+    drop(held); // handed to `first`, which never runs again
+    drop(first);
+    let Poll::Ready(Ok(conn)) = second.as_mut().poll(&mut cx) else {
+        panic!("the second waiter was handed the connection");
+    };
+    assert_eq!(vigil::Pooled::id(&conn), 1, "the same connection");
+    drop(conn);
+    let s = pool.state();
+    assert_eq!((s.idle, s.active, s.pending), (1, 0, 0), "{s:?}");
+    assert_eq!(s.closed.total(), 0, "{s:?}");
+    assert_eq!(fake.script.connects.load(SeqCst), 1);
+}
+
+/// Capacity alone (a connection retired while lent) granted to a waiter
+/// dropped before it ran goes on to the next, who opens a new connection.
+#[tokio::test(start_paused = true)]
+async fn capacity_granted_to_a_waiter_dropped_before_taking_it_goes_to_the_next() {
+    use std::future::Future;
+    use std::task::Context;
+
+    let fake = Fake::new();
+    let pool = pool(&fake, 1);
+    let held = pool.get().await.unwrap();
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    let mut first = Box::pin(pool.get());
+    assert!(first.as_mut().poll(&mut cx).is_pending());
+    let second = tokio::spawn({
+        let pool = pool.clone();
+        async move { vigil::Pooled::id(&pool.get().await.unwrap()) }
+    });
+    tokio::task::yield_now().await; // `second` is in line behind `first`
+    assert_eq!(pool.state().pending, 2);
+    vigil::Pooled::retire(held); // capacity alone, to `first`
+    drop(first);
+    assert_eq!(second.await.unwrap(), 2, "a new connection for the second");
+    let s = pool.state();
+    assert_eq!((s.idle, s.active, s.pending), (1, 0, 0), "{s:?}");
+}

@@ -1,0 +1,397 @@
+//! Capacity and the line of callers waiting for it, kept under the pool's
+//! one lock (inside `Slots`) and free of `.await`.
+//!
+//! Why not a semaphore beside the idle set: a returned connection then took
+//! two locks to go back (the idle set's, then the semaphore's to wake a
+//! waiter) and the woken waiter three more (the semaphore's, the idle
+//! set's to pop what was just pushed, the deadline queue's to leave it).
+//! Here a connection coming back with someone waiting goes straight to the
+//! first waiter, under the lock that files it: the waiter wakes holding it.
+//!
+//! The rules, each kept by every function below:
+//! - `free` counts capacity nobody holds. While someone is [`Waiting`],
+//!   `free` is 0: capacity that comes back goes to the first waiter.
+//! - Waiters are served in arrival order; entry `i` of the line has id
+//!   `base + i`. An entry that left is `None` until everything ahead of it
+//!   has left too (so ids stay valid without a search).
+//! - Whatever is granted (capacity, and maybe a connection) belongs to the
+//!   waiter's future from then on: taken when it is polled, or handed on
+//!   (to the next waiter, or back to `free` and the idle set) when the
+//!   future is dropped first.
+//!
+//! [`Waiting`]: State::Waiting
+
+use std::collections::VecDeque;
+use std::mem;
+use std::panic::Location;
+use std::task::{Context, Waker};
+
+use tokio::time::Instant;
+
+use super::slots::Conn;
+
+/// The capacity count and the line.
+pub(crate) struct Line<C> {
+    free: usize,
+    base: u64,
+    entries: VecDeque<Option<Waiter<C>>>,
+    /// The watchdog found no deadline to wait for and waits to be told of a
+    /// newcomer. Kept with the entries: a waiter that joins while expired
+    /// ones are still queued (so the line is not empty) must still wake it.
+    watchdog_idle: bool,
+}
+
+/// One caller in line.
+struct Waiter<C> {
+    deadline: Instant,
+    /// Where the caller's `get()` is: a connection handed over is lent there.
+    site: &'static Location<'static>,
+    waker: Option<Waker>,
+    state: State<C>,
+}
+
+enum State<C> {
+    Waiting,
+    /// Capacity is this waiter's, with a connection if one came back.
+    Granted(Option<Conn<C>>),
+    /// The deadline passed first.
+    Expired,
+    /// The pool closed first.
+    Closed,
+}
+
+/// How a waiter's wait ended.
+pub(crate) enum Served<C> {
+    /// Capacity, and a connection straight from its last borrower.
+    Granted(Option<Conn<C>>),
+    Expired,
+    Closed,
+}
+
+/// What the line says to a poll.
+pub(crate) enum Poll<C> {
+    Served(Served<C>),
+    /// Joined now: the line's id, and whether the idle watchdog must be told.
+    Joined {
+        id: u64,
+        wake_watchdog: bool,
+    },
+    Pending,
+}
+
+impl<C> Line<C> {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Line {
+            free: capacity,
+            base: 0,
+            entries: VecDeque::new(),
+            watchdog_idle: false,
+        }
+    }
+
+    /// Takes a unit of capacity if one is free.
+    pub(crate) fn try_take(&mut self) -> bool {
+        if self.free == 0 {
+            return false;
+        }
+        self.free -= 1;
+        true
+    }
+
+    /// Capacity nobody holds.
+    #[cfg(test)]
+    pub(crate) fn free(&self) -> usize {
+        self.free
+    }
+
+    /// A unit of capacity comes back without a connection: the first
+    /// waiter gets it (the waker to wake is returned), or it is free.
+    #[must_use = "the waker must be woken outside the lock"]
+    pub(crate) fn release(&mut self) -> Option<Waker> {
+        match self.first_waiting() {
+            Some(w) => {
+                w.state = State::Granted(None);
+                w.waker.take()
+            }
+            None => {
+                self.free += 1;
+                None
+            }
+        }
+    }
+
+    /// A connection comes back with its capacity: straight to the first
+    /// waiter (after `lend` notes it lent at that waiter's `get()` site;
+    /// the waker to wake is returned), or `Err` with the connection to put
+    /// into the idle set (its capacity is free then).
+    pub(crate) fn hand_over(
+        &mut self,
+        mut conn: Conn<C>,
+        lend: impl FnOnce(&mut Conn<C>, &'static Location<'static>),
+    ) -> Result<Option<Waker>, Conn<C>> {
+        match self.first_waiting() {
+            Some(w) => {
+                lend(&mut conn, w.site);
+                w.state = State::Granted(Some(conn));
+                Ok(w.waker.take())
+            }
+            None => {
+                self.free += 1;
+                Err(conn)
+            }
+        }
+    }
+
+    fn first_waiting(&mut self) -> Option<&mut Waiter<C>> {
+        self.entries
+            .iter_mut()
+            .flatten()
+            .find(|w| matches!(w.state, State::Waiting))
+    }
+
+    /// A caller's poll. `id` is its place from an earlier poll, `None` the
+    /// first time: then it takes free capacity (there is none while anyone
+    /// waits) or joins the line with `deadline`. Afterwards it is told how
+    /// its wait ended, or has `cx`'s waker kept for when it does.
+    pub(crate) fn poll(
+        &mut self,
+        id: Option<u64>,
+        deadline: Instant,
+        site: &'static Location<'static>,
+        closed: bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<C> {
+        let Some(id) = id else {
+            if closed {
+                return Poll::Served(Served::Closed);
+            }
+            if self.try_take() {
+                return Poll::Served(Served::Granted(None));
+            }
+            self.entries.push_back(Some(Waiter {
+                deadline,
+                site,
+                waker: Some(cx.waker().clone()),
+                state: State::Waiting,
+            }));
+            let id = self.base + self.entries.len() as u64 - 1;
+            let wake_watchdog = mem::take(&mut self.watchdog_idle);
+            return Poll::Joined { id, wake_watchdog };
+        };
+        let Some(w) = self.entry(id) else {
+            debug_assert!(
+                false,
+                "a waiter polled after its wait ended is still in line"
+            );
+            return Poll::Served(Served::Closed);
+        };
+        match w.state {
+            State::Waiting => {
+                match &w.waker {
+                    Some(old) if old.will_wake(cx.waker()) => {}
+                    _ => w.waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            _ => Poll::Served(self.leave(id).expect("the entry was just seen")),
+        }
+    }
+
+    fn entry(&mut self, id: u64) -> Option<&mut Waiter<C>> {
+        let i = usize::try_from(id.checked_sub(self.base)?).ok()?;
+        self.entries.get_mut(i)?.as_mut()
+    }
+
+    /// Takes waiter `id` out of the line, with how its wait ended (`None`
+    /// if it had left already). A grant it never took is the caller's to
+    /// hand on.
+    pub(crate) fn leave(&mut self, id: u64) -> Option<Served<C>> {
+        let i = usize::try_from(id.checked_sub(self.base)?).ok()?;
+        let w = self.entries.get_mut(i)?.take()?;
+        while matches!(self.entries.front(), Some(None)) {
+            self.entries.pop_front();
+            self.base += 1;
+        }
+        Some(match w.state {
+            State::Granted(conn) => Served::Granted(conn),
+            State::Expired => Served::Expired,
+            State::Waiting | State::Closed => Served::Closed,
+        })
+    }
+
+    /// Expires every waiter due at `now`, pushing the wakers to wake onto
+    /// `due`; returns the next deadline to wait for, if anyone still waits.
+    pub(crate) fn expire_due(&mut self, now: Instant, due: &mut Vec<Waker>) -> Option<Instant> {
+        let mut next = None;
+        for w in self.entries.iter_mut().flatten() {
+            if !matches!(w.state, State::Waiting) {
+                continue;
+            }
+            if w.deadline <= now {
+                w.state = State::Expired;
+                due.extend(w.waker.take());
+            } else {
+                // Deadlines come in arrival order (give or take the moments
+                // between a caller's clock read and its entry): the first
+                // one not due is the next to wait for.
+                next = Some(w.deadline);
+                break;
+            }
+        }
+        self.watchdog_idle = next.is_none();
+        next
+    }
+
+    /// The pool closed: every waiter is told so; their wakers are returned.
+    pub(crate) fn close(&mut self) -> Vec<Waker> {
+        let mut wake = Vec::new();
+        for w in self.entries.iter_mut().flatten() {
+            if matches!(w.state, State::Waiting) {
+                w.state = State::Closed;
+                wake.extend(w.waker.take());
+            }
+        }
+        wake
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The line without a runtime: plain data and a no-op waker.
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    fn waker() -> Waker {
+        struct Noop;
+        impl std::task::Wake for Noop {
+            fn wake(self: Arc<Self>) {}
+        }
+        Waker::from(Arc::new(Noop))
+    }
+
+    fn join(line: &mut Line<u8>, deadline: Instant) -> u64 {
+        let w = waker();
+        let mut cx = Context::from_waker(&w);
+        match line.poll(None, deadline, Location::caller(), false, &mut cx) {
+            Poll::Joined { id, .. } => id,
+            _ => panic!("expected to join the line"),
+        }
+    }
+
+    fn poll(line: &mut Line<u8>, id: u64) -> Option<Served<u8>> {
+        let w = waker();
+        let mut cx = Context::from_waker(&w);
+        match line.poll(Some(id), Instant::now(), Location::caller(), false, &mut cx) {
+            Poll::Served(s) => Some(s),
+            Poll::Pending => None,
+            Poll::Joined { .. } => panic!("already in line"),
+        }
+    }
+
+    #[test]
+    fn capacity_is_taken_while_free_then_waiters_are_served_in_order() {
+        let now = Instant::now();
+        let mut line = Line::<u8>::new(1);
+        assert!(line.try_take());
+        let a = join(&mut line, now);
+        let b = join(&mut line, now);
+        assert!(poll(&mut line, a).is_none() && poll(&mut line, b).is_none());
+        assert!(line.release().is_some(), "the first waiter is woken");
+        assert_eq!(line.free(), 0, "capacity went to the waiter, not to free");
+        assert!(poll(&mut line, b).is_none(), "b is behind a");
+        assert!(matches!(poll(&mut line, a), Some(Served::Granted(None))));
+        assert!(line.release().is_some());
+        assert!(matches!(poll(&mut line, b), Some(Served::Granted(None))));
+        let _ = line.release();
+        assert_eq!(line.free(), 1, "nobody waits: capacity is free");
+        assert!(line.entries.is_empty());
+    }
+
+    #[test]
+    fn a_grant_left_untaken_is_the_leavers_to_hand_on() {
+        let now = Instant::now();
+        let mut line = Line::<u8>::new(0);
+        let a = join(&mut line, now);
+        let _ = line.release();
+        assert!(matches!(line.leave(a), Some(Served::Granted(None))));
+        assert_eq!(
+            line.free(),
+            0,
+            "leave hands the grant to its caller, not to free"
+        );
+    }
+
+    #[test]
+    fn expired_and_left_waiters_are_skipped_when_capacity_comes_back() {
+        let now = Instant::now();
+        let mut line = Line::<u8>::new(0);
+        let early = join(&mut line, now);
+        let gone = join(&mut line, now + Duration::from_secs(1));
+        let last = join(&mut line, now + Duration::from_secs(2));
+        let mut due = Vec::new();
+        assert_eq!(
+            line.expire_due(now, &mut due),
+            Some(now + Duration::from_secs(1))
+        );
+        assert_eq!(due.len(), 1);
+        assert!(matches!(line.leave(gone), Some(Served::Closed)));
+        assert!(line.release().is_some());
+        assert!(matches!(poll(&mut line, early), Some(Served::Expired)));
+        assert!(matches!(poll(&mut line, last), Some(Served::Granted(None))));
+        assert!(line.entries.is_empty() && line.base == 3);
+    }
+
+    #[test]
+    fn a_waiter_joining_behind_expired_ones_wakes_an_idle_watchdog() {
+        let now = Instant::now();
+        let mut line = Line::<u8>::new(0);
+        let w = waker();
+        let mut cx = Context::from_waker(&w);
+        let first = line.poll(None, now, Location::caller(), false, &mut cx);
+        assert!(matches!(
+            first,
+            Poll::Joined {
+                wake_watchdog: false,
+                ..
+            }
+        ));
+        let mut due = Vec::new();
+        assert_eq!(
+            line.expire_due(now, &mut due),
+            None,
+            "nothing left to wait for"
+        );
+        // The expired waiter has not left yet: the line is not empty.
+        let late = line.poll(
+            None,
+            now + Duration::from_secs(1),
+            Location::caller(),
+            false,
+            &mut cx,
+        );
+        assert!(
+            matches!(
+                late,
+                Poll::Joined {
+                    wake_watchdog: true,
+                    ..
+                }
+            ),
+            "the watchdog is woken to wait for the newcomer's deadline"
+        );
+    }
+
+    #[test]
+    fn closing_tells_every_waiter_and_a_closed_pool_lets_nobody_join() {
+        let now = Instant::now();
+        let mut line = Line::<u8>::new(0);
+        let a = join(&mut line, now);
+        assert_eq!(line.close().len(), 1);
+        assert!(matches!(poll(&mut line, a), Some(Served::Closed)));
+        let w = waker();
+        let mut cx = Context::from_waker(&w);
+        let late = line.poll(None, now, Location::caller(), true, &mut cx);
+        assert!(matches!(late, Poll::Served(Served::Closed)));
+    }
+}
