@@ -917,6 +917,19 @@ impl Outgoing {
                 self.remaining -= take;
                 continue;
             }
+            // The usual case: a whole header in hand (a write carries
+            // several messages), read where it lies.
+            if self.started && self.header_len == 0 && bytes.len() >= 5 {
+                if matches!(bytes[0], b'Q' | b'S') {
+                    seen.sent.fetch_add(1, Ordering::Release);
+                }
+                let len = body_len([bytes[1], bytes[2], bytes[3], bytes[4]]);
+                let rest = &bytes[5..];
+                let take = len.min(rest.len());
+                self.remaining = len - take;
+                bytes = &rest[take..];
+                continue;
+            }
             let header_len = if self.started { 5 } else { 4 };
             let take = (header_len - self.header_len).min(bytes.len());
             self.header[self.header_len..self.header_len + take].copy_from_slice(&bytes[..take]);
