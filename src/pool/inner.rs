@@ -40,14 +40,13 @@ use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, Semaphore};
-
-use super::line::{self, Served};
 use tokio::time::timeout;
 
 use super::backoff::{Backoff, BACKOFF_START};
 use super::deadlines::Watchdog;
 use super::evidence::Evidence;
 use super::guard::Pooled;
+use super::line::{self, Served};
 use super::owners::{Connecting, InFlight, Pending, Permit};
 use super::slots::{Activity, Conn, Meta, Record, Slots};
 use super::TARGET;
