@@ -178,7 +178,10 @@ impl<C> Line<C> {
             let wake_watchdog = mem::take(&mut self.watchdog_idle);
             return Poll::Joined { id, wake_watchdog };
         };
-        let Some(w) = self.entry(id) else {
+        let found = self
+            .index(id)
+            .and_then(|i| Some((i, self.entries[i].as_mut()?)));
+        let Some((i, w)) = found else {
             debug_assert!(
                 false,
                 "a waiter polled after its wait ended is still in line"
@@ -193,21 +196,33 @@ impl<C> Line<C> {
                 }
                 Poll::Pending
             }
-            _ => Poll::Served(self.leave(id).expect("the entry was just seen")),
+            _ => Poll::Served(self.take(i).expect("the entry was just seen")),
         }
     }
 
-    fn entry(&mut self, id: u64) -> Option<&mut Waiter<C>> {
+    /// Where waiter `id` is in `entries`, if it is still there.
+    fn index(&self, id: u64) -> Option<usize> {
         let i = usize::try_from(id.checked_sub(self.base)?).ok()?;
-        self.entries.get_mut(i)?.as_mut()
+        (i < self.entries.len()).then_some(i)
     }
 
     /// Takes waiter `id` out of the line, with how its wait ended (`None`
     /// if it had left already). A grant it never took is the caller's to
     /// hand on.
     pub(crate) fn leave(&mut self, id: u64) -> Option<Served<C>> {
-        let i = usize::try_from(id.checked_sub(self.base)?).ok()?;
-        let w = self.entries.get_mut(i)?.take()?;
+        let i = self.index(id)?;
+        self.take(i)
+    }
+
+    /// Takes the waiter at `i` out, and the places left before it off the
+    /// front. Served waiters are usually the first: that case pops at once.
+    fn take(&mut self, i: usize) -> Option<Served<C>> {
+        let w = if i == 0 && matches!(self.entries.front(), Some(Some(_))) {
+            self.base += 1;
+            self.entries.pop_front()??
+        } else {
+            self.entries.get_mut(i)?.take()?
+        };
         while matches!(self.entries.front(), Some(None)) {
             self.entries.pop_front();
             self.base += 1;
