@@ -88,6 +88,17 @@ pub trait Manager: Send + Sync + 'static {
         false
     }
 
+    /// Cheap, synchronous: did the session's last word say a transaction
+    /// the borrower opened is still open? `Pool::run_idempotent` never
+    /// reruns work whose session died inside one. Narrower than
+    /// [`needs_cleanup`](Manager::needs_cleanup), which may also be `true`
+    /// because a reply is still on its way (a query written just before
+    /// the session died has no answer, and never gets one). Default:
+    /// `needs_cleanup`.
+    fn in_transaction(&self, conn: &mut Self::Connection) -> bool {
+        self.needs_cleanup(conn)
+    }
+
     /// Cheap, synchronous: does this error, returned by
     /// [`reset`](Manager::reset) or [`is_valid`](Manager::is_valid), mean the
     /// session is finished (socket closed, server gone, session terminated)

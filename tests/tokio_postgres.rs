@@ -488,6 +488,38 @@ async fn kill_own_session(admin: &Client, conn: &Client) {
     );
 }
 
+/// A session that dies while its query is in flight (here the query ends
+/// its own session) leaves a request that never gets its `ReadyForQuery`:
+/// that says nothing about a transaction, so idempotent work is rerun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_idempotent_reruns_work_whose_session_died_mid_query() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::sync::Arc;
+    trace();
+    let app = unique("tp_mid_query");
+    let pool = pool(&app, 1).build().expect("valid settings");
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let got = pool
+        .run_idempotent({
+            let attempts = Arc::clone(&attempts);
+            move |conn| {
+                let attempts = Arc::clone(&attempts);
+                Box::pin(async move {
+                    if attempts.fetch_add(1, SeqCst) == 0 {
+                        conn.simple_query("SELECT pg_terminate_backend(pg_backend_pid())")
+                            .await?;
+                    }
+                    Ok::<i32, _>(conn.query_one("SELECT 7", &[]).await?.get(0))
+                })
+            }
+        })
+        .await;
+    assert_eq!(got.expect("the rerun succeeds"), 7);
+    assert_eq!(attempts.load(SeqCst), 2, "run twice");
+    assert_eq!(pool.state().retries, 1);
+    pool.close().await;
+}
+
 /// `run_idempotent` reruns work once, on another connection, when its first
 /// connection's session was killed between the checkout and the query;
 /// `run` returns the original error; neither retries another kind of error,

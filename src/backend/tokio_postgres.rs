@@ -1144,6 +1144,12 @@ impl Manager for TokioPgManager {
         !conn.seen.settled_clean()
     }
 
+    /// The status byte of the last `ReadyForQuery` only: a request still
+    /// unanswered when the session died says nothing about a transaction.
+    fn in_transaction(&self, conn: &mut PgClient) -> bool {
+        conn.seen.in_transaction()
+    }
+
     async fn reset(&self, conn: &mut PgClient, full: bool) -> Result<(), tokio_postgres::Error> {
         if !conn.seen.settled_clean() {
             // A reply is still on its way (an error is flushed before the

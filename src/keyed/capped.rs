@@ -149,6 +149,10 @@ impl<M: Manager> Manager for Capped<M> {
         self.inner.needs_cleanup(&mut conn.raw)
     }
 
+    fn in_transaction(&self, conn: &mut Self::Connection) -> bool {
+        self.inner.in_transaction(&mut conn.raw)
+    }
+
     async fn reset(&self, conn: &mut Self::Connection, full: bool) -> Result<(), Self::Error> {
         self.inner.reset(&mut conn.raw, full).await.map_err(backend)
     }

@@ -132,7 +132,7 @@ impl<M: Manager> Pool<M> {
         // Inside a transaction the work opened (the session's last word said
         // one was open): the caller decides what a half-done transaction
         // means, so it is never run again behind its back.
-        let in_transaction = shared.manager.needs_cleanup(&mut conn);
+        let in_transaction = shared.manager.in_transaction(&mut conn);
         // The session is over: its connection never goes back idle.
         Pooled::retire_as(conn, Reason::Broken);
         shared.suspect();
