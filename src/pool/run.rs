@@ -72,7 +72,9 @@ impl<M: Manager> Pool<M> {
     /// syntax error, a timeout of the caller's own); never when the pool
     /// itself could not lend a connection; never when the session died
     /// inside a transaction the work had opened (the manager's
-    /// [`needs_cleanup`](Manager::needs_cleanup) says one was open): what a
+    /// [`in_transaction`](Manager::in_transaction) says the session's last
+    /// word was that one is open; a query still in flight when it died
+    /// does not count as one): what a
     /// half-done transaction means is the caller's to decide. The work must
     /// be idempotent as a whole, because statements it committed before
     /// the session ended stay committed. Each retry counts in `State::retries` and
