@@ -28,8 +28,17 @@
 //! reverse order) so load from elsewhere falls on all cases alike; queries/s is the median run, latency percentiles
 //! are over all runs (acquire included).
 //!
+//! The targets are judged on **paired blocks** instead (see
+//! [`measure_blocks`]): per server, vigil and the pools its targets name are
+//! all open at once in one runtime, and each block runs `VIGIL_BENCH_BLOCK_QUERIES`
+//! (2,000) queries through each of them back to back; vigil's queries/s ÷ a
+//! peer's within each block, over `VIGIL_BENCH_BLOCKS` (200) blocks, gives
+//! the median, and the medians of batches of 10 blocks its interval.
+//!
 //! Run: `cargo bench --features postgres,mysql,sqlx-mysql,tokio-postgres --bench realdb`.
-//! Environment: `VIGIL_BENCH_QUERIES` (20000), `VIGIL_BENCH_RUNS` (15),
+//! Environment: `VIGIL_BENCH_QUERIES` (20000), `VIGIL_BENCH_RUNS` (15; 0
+//! runs the blocks alone), `VIGIL_BENCH_BLOCKS` (200; 0: none),
+//! `VIGIL_BENCH_BLOCK_QUERIES` (2000),
 //! `VIGIL_BENCH_POOLS` (comma list of pool names, default all),
 //! `VIGIL_BENCH_SERVERS` (`pg,mariadb`), `VIGIL_BENCH_VALIDATION` (`on,off`),
 //! `VIGIL_BENCH_PG_URL`
@@ -74,7 +83,7 @@ use realdb_pools::{
 };
 #[path = "support/realdb_report.rs"]
 mod realdb_report;
-use realdb_report::report;
+use realdb_report::{judged, report};
 
 const POOL_SIZE: usize = 16;
 const TASKS: usize = 64;
@@ -268,9 +277,8 @@ struct RunResult {
     first_error: Option<String>,
 }
 
-/// One run: a fresh runtime and a fresh, pre-warmed pool; `TASKS` tasks share
-/// `queries` queries; the clock runs from the moment every task is ready
-/// until the last one finishes.
+/// One run: a fresh runtime and a fresh, pre-warmed pool, then
+/// [`workload`].
 fn run_once(case: &Case, queries: u64) -> RunResult {
     let rt = runtime();
     let result = rt.block_on(async {
@@ -279,68 +287,79 @@ fn run_once(case: &Case, queries: u64) -> RunResult {
         // Let pools that return in a task (sqlx's release ping, mysql_async's
         // reset) settle before the clock starts.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let left = Arc::new(AtomicU64::new(queries));
-        let errors = Arc::new(AtomicU64::new(0));
-        let start = Arc::new(tokio::sync::Barrier::new(TASKS + 1));
-        let handles: Vec<_> = (0..TASKS)
-            .map(|task| {
-                let (target, left, errors, start) = (
-                    Arc::clone(&target),
-                    Arc::clone(&left),
-                    Arc::clone(&errors),
-                    Arc::clone(&start),
-                );
-                tokio::spawn(async move {
-                    let mut latencies = Vec::with_capacity(queries as usize / TASKS * 2 + 16);
-                    let mut first_error = None;
-                    start.wait().await;
-                    while left
-                        .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
-                        .is_ok()
-                    {
-                        let t = Instant::now();
-                        let outcome = tokio::time::timeout(QUERY_DEADLINE, target.query(task))
-                            .await
-                            .unwrap_or_else(|_| Err("no answer within 30 s".into()));
-                        match outcome {
-                            Ok(()) => latencies.push(t.elapsed().as_nanos() as u64),
-                            Err(e) => {
-                                errors.fetch_add(1, Relaxed);
-                                first_error.get_or_insert(e);
-                            }
-                        }
-                    }
-                    (latencies, first_error)
-                })
-            })
-            .collect();
-        start.wait().await;
-        let began = Instant::now();
-        let mut latencies = Vec::with_capacity(queries as usize);
-        let mut first_error = None;
-        for h in handles {
-            let (l, e) = h.await.expect("bench task");
-            latencies.extend(l);
-            first_error = first_error.or(e);
-        }
-        let elapsed = began.elapsed();
+        let result = workload(&target, queries).await;
         target.close().await;
-        let errors = errors.load(Relaxed);
-        RunResult {
-            queries_per_sec: (queries - errors) as f64 / elapsed.as_secs_f64(),
-            latencies,
-            errors,
-            first_error,
-        }
+        result
     });
     rt.shutdown_timeout(Duration::from_secs(1));
     result
+}
+
+/// `TASKS` tasks share `queries` queries through `target`: claim one, time
+/// `get` + query + drop, repeat. The clock runs from the moment every task
+/// is ready until the last one finishes.
+async fn workload(target: &Arc<dyn Target>, queries: u64) -> RunResult {
+    let left = Arc::new(AtomicU64::new(queries));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Arc::new(tokio::sync::Barrier::new(TASKS + 1));
+    let handles: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let (target, left, errors, start) = (
+                Arc::clone(target),
+                Arc::clone(&left),
+                Arc::clone(&errors),
+                Arc::clone(&start),
+            );
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(queries as usize / TASKS * 2 + 16);
+                let mut first_error = None;
+                start.wait().await;
+                while left
+                    .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    let t = Instant::now();
+                    let outcome = tokio::time::timeout(QUERY_DEADLINE, target.query(task))
+                        .await
+                        .unwrap_or_else(|_| Err("no answer within 30 s".into()));
+                    match outcome {
+                        Ok(()) => latencies.push(t.elapsed().as_nanos() as u64),
+                        Err(e) => {
+                            errors.fetch_add(1, Relaxed);
+                            first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                (latencies, first_error)
+            })
+        })
+        .collect();
+    start.wait().await;
+    let began = Instant::now();
+    let mut latencies = Vec::with_capacity(queries as usize);
+    let mut first_error = None;
+    for h in handles {
+        let (l, e) = h.await.expect("bench task");
+        latencies.extend(l);
+        first_error = first_error.or(e);
+    }
+    let elapsed = began.elapsed();
+    let errors = errors.load(Relaxed);
+    RunResult {
+        queries_per_sec: (queries - errors) as f64 / elapsed.as_secs_f64(),
+        latencies,
+        errors,
+        first_error,
+    }
 }
 
 /// Every run of one case.
 struct Cell {
     case: Case,
     runs: Vec<f64>,
+    /// Queries/s in each paired block (see [`measure_blocks`]); empty when
+    /// the case is not one the targets name.
+    blocks: Vec<f64>,
     latencies: Histogram<u64>,
     errors: u64,
     first_error: Option<String>,
@@ -350,7 +369,7 @@ impl Cell {
     fn median(&self) -> f64 {
         let mut r = self.runs.clone();
         r.sort_by(f64::total_cmp);
-        r[r.len() / 2]
+        r.get(r.len() / 2).copied().unwrap_or(f64::NAN)
     }
 
     fn micros(&self, q: f64) -> f64 {
@@ -364,6 +383,7 @@ fn measure(cases: Vec<Case>, queries: u64, runs: usize) -> Vec<Cell> {
         .map(|case| Cell {
             case,
             runs: Vec::new(),
+            blocks: Vec::new(),
             latencies: Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("histogram"),
             errors: 0,
             first_error: None,
@@ -407,6 +427,71 @@ fn measure(cases: Vec<Case>, queries: u64, runs: usize) -> Vec<Cell> {
     cells
 }
 
+/// The paired blocks the targets are judged on. Per server, vigil and the
+/// pools its targets name ([`judged`]: the peers over vigil's driver with
+/// validation off, and the dedicated connections) are built in one runtime
+/// and all kept open and warm; then each block runs the workload once
+/// through each of them, `queries` queries apiece, back to back, in an
+/// order that rotates from block to block (and runs backwards every other
+/// lap), so no pool always follows the same one.
+///
+/// Why blocks, beside the interleaved runs above: a fresh runtime and pool
+/// per run adds noise of its own (where 16 new server sessions land, how a
+/// new runtime's workers are placed), and runs half a second apart see
+/// different machines (queries/s drifts over seconds). Within a block the
+/// pools are a fraction of a second apart on the same runtime and the same
+/// server sessions, so the ratio of two of them in one block carries far
+/// less of the machine's noise than a ratio of two runs does, and many
+/// short blocks give a narrow interval for its median.
+fn measure_blocks(cells: &mut [Cell], queries: u64, blocks: usize) {
+    for server in [Server::Pg, Server::Maria] {
+        let members: Vec<usize> = (0..cells.len())
+            .filter(|&i| cells[i].case.server == server && judged(&cells[i].case))
+            .collect();
+        let has_vigil = members.iter().any(|&i| cells[i].case.pool == "vigil");
+        if members.len() < 2 || !has_vigil || blocks == 0 {
+            continue;
+        }
+        let rt = runtime();
+        rt.block_on(async {
+            let mut targets = Vec::with_capacity(members.len());
+            for &i in &members {
+                let target = (cells[i].case.build)().await;
+                target.warm(POOL_SIZE).await;
+                targets.push(target);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let n = members.len();
+            for block in 0..blocks {
+                let mut order: Vec<usize> = (0..n).map(|k| (block + k) % n).collect();
+                if (block / n) % 2 == 1 {
+                    order.reverse();
+                }
+                for k in order {
+                    let r = workload(&targets[k], queries).await;
+                    let cell = &mut cells[members[k]];
+                    eprintln!(
+                        "realdb/{}/{} block {}: {:.0} queries/s",
+                        server.name(),
+                        cell.case.pool,
+                        block + 1,
+                        r.queries_per_sec
+                    );
+                    cell.blocks.push(r.queries_per_sec);
+                    cell.errors += r.errors;
+                    if cell.first_error.is_none() {
+                        cell.first_error = r.first_error;
+                    }
+                }
+            }
+            for target in &targets {
+                target.close().await;
+            }
+        });
+        rt.shutdown_timeout(Duration::from_secs(1));
+    }
+}
+
 // ------------------------------------------------------------------ main
 
 fn main() {
@@ -444,15 +529,19 @@ fn main() {
     }
     // Without `--bench` (`cargo test --benches`): every case once, briefly.
     if !bench {
-        let cells = measure(cases, 500, 1);
-        report(&cells, 500, 1);
+        let mut cells = measure(cases, 500, 1);
+        measure_blocks(&mut cells, 500, 2);
+        report(&cells, 500, 1, (500, 2));
         return;
     }
-    let complete = cases.len() == every;
     let queries = env_or("VIGIL_BENCH_QUERIES", 20_000u64).max(TASKS as u64);
-    let runs = env_or("VIGIL_BENCH_RUNS", 15usize).max(1);
-    let cells = measure(cases, queries, runs);
-    let (rows, targets) = report(&cells, queries, runs);
+    let runs = env_or("VIGIL_BENCH_RUNS", 15usize);
+    let blocks = env_or("VIGIL_BENCH_BLOCKS", 200usize);
+    let block_queries = env_or("VIGIL_BENCH_BLOCK_QUERIES", 2_000u64).max(TASKS as u64);
+    let complete = cases.len() == every && runs > 0 && blocks > 0;
+    let mut cells = measure(cases, queries, runs);
+    measure_blocks(&mut cells, block_queries, blocks);
+    let (rows, targets) = report(&cells, queries, runs, (block_queries, blocks));
     if !complete {
         println!("\nnot writing bench-realdb.json: not every case ran in this invocation");
         return;
@@ -464,6 +553,8 @@ fn main() {
         "workers": WORKERS,
         "queries_per_run": queries,
         "runs": runs,
+        "block_queries": block_queries,
+        "blocks": blocks,
         "cases": rows,
         "targets": targets,
     });

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use crate::common::WORKERS;
 use crate::servers::Server;
-use crate::{Cell, POOL_SIZE, TASKS};
+use crate::{Case, Cell, POOL_SIZE, TASKS};
 
 fn find<'a>(cells: &'a [Cell], pool: &str, server: Server, validation: bool) -> Option<&'a Cell> {
     cells
@@ -29,8 +29,26 @@ fn cell_text(cell: Option<&Cell>, vigil: Option<&Cell>) -> String {
     )
 }
 
+/// Whether the targets name this case: vigil (its defaults), and on each
+/// server the pools over vigil's driver there with validation off, peers
+/// and dedicated connections alike. These run in the paired blocks.
+pub fn judged(case: &Case) -> bool {
+    match (case.pool, case.server) {
+        ("vigil", _) => case.validation,
+        (_, _) if case.validation => false,
+        (pool, Server::Pg) => over_tokio_postgres(pool) || pool == "dedicated-tp",
+        (pool, Server::Maria) => !pool.starts_with("vigil") && pool != "sqlx",
+    }
+}
+
 /// The ANCHORS.md-shaped table, the target lines, and the JSON rows.
-pub fn report(cells: &[Cell], queries: u64, runs: usize) -> (Vec<Value>, Vec<Value>) {
+/// `blocks` is (queries per pool per block, blocks).
+pub fn report(
+    cells: &[Cell],
+    queries: u64,
+    runs: usize,
+    blocks: (u64, usize),
+) -> (Vec<Value>, Vec<Value>) {
     use Server::{Maria, Pg};
     println!();
     println!(
@@ -71,6 +89,7 @@ pub fn report(cells: &[Cell], queries: u64, runs: usize) -> (Vec<Value>, Vec<Val
             "detail": c.case.detail,
             "queries_per_sec": c.median(),
             "runs_queries_per_sec": c.runs,
+            "blocks_queries_per_sec": c.blocks,
             "p50_us": c.micros(0.5),
             "p99_us": c.micros(0.99),
             "max_us": c.micros(1.0),
@@ -88,118 +107,101 @@ pub fn report(cells: &[Cell], queries: u64, runs: usize) -> (Vec<Value>, Vec<Val
         }
     }
     // Targets: vigil, validating with its defaults, at or above every
-    // peer's validation-off throughput and near the dedicated connections'
-    // (the limit, not a peer). Judged per round against each peer, so the
-    // peer that binds is the one vigil beats least often, not the one
-    // with the best median run.
+    // peer's validation-off throughput over vigil's driver and near the
+    // dedicated connections' (the limit, not a peer). Judged on the paired
+    // blocks against each peer, so the peer that binds is the one vigil
+    // beats least often, not the one with the best median run.
     let mut targets = Vec::new();
-    for server in [Pg, Maria] {
+    // PostgreSQL across drivers (reported, not a target): vigil over
+    // tokio-postgres beside the fastest pools over sqlx, per round of the
+    // interleaved runs (the sqlx pools are not in the blocks), with the
+    // two drivers' dedicated limits beside it.
+    if let Some(vigil) = find(cells, "vigil", Pg, true) {
+        let peers: Vec<&Cell> = cells
+            .iter()
+            .filter(|c| c.case.server == Pg && !c.case.validation)
+            .filter(|c| !c.case.pool.starts_with("dedicated") && !c.case.pool.starts_with("vigil"))
+            .collect();
+        let limit = find(cells, "dedicated", Pg, false);
+        if let Some(mut t) = judge("pg", vigil, &peers, limit, None) {
+            t["driver_limit_tp_over_sqlx"] = json!(find(cells, "dedicated-tp", Pg, false)
+                .zip(find(cells, "dedicated", Pg, false))
+                .map(|(tp, sqlx)| tp.median() / sqlx.median()));
+            targets.push(t);
+        }
+    }
+    for (server, label, limit_pool) in [
+        (Maria, "mariadb", "dedicated"),
+        (Pg, "pg, tokio-postgres peers", "dedicated-tp"),
+    ] {
         let Some(vigil) = find(cells, "vigil", server, true) else {
             continue;
         };
         let peers: Vec<&Cell> = cells
             .iter()
-            .filter(|c| c.case.server == server && !c.case.validation)
-            .filter(|c| !c.case.pool.starts_with("dedicated") && !c.case.pool.starts_with("vigil"))
-            // MariaDB: the peers over mysql_async, vigil's driver there.
-            .filter(|c| server == Pg || c.case.pool != "sqlx")
+            .filter(|c| c.case.server == server && judged(&c.case))
+            .filter(|c| c.case.pool != "vigil" && c.case.pool != limit_pool)
             .collect();
-        let Some(best) = peers
-            .iter()
-            .max_by(|a, b| a.median().total_cmp(&b.median()))
-        else {
-            continue;
-        };
-        let binding = binding_peer(vigil, &peers).expect("peers is not empty");
-        let limit = find(cells, "dedicated", server, false);
-        let over_limit = limit.map(|l| Paired::of(vigil, l));
-        // On PostgreSQL the target is against the peers over vigil's driver
-        // (below); this row compares across drivers and is reported, with
-        // the drivers' own limits beside it.
-        let met = (server == Maria)
-            .then(|| binding.1.median >= 1.0 && over_limit.is_some_and(|l| l.median >= 0.97));
-        println!(
-            "{}: vigil {:.0} q/s = {:.2}x the best peer with validation off ({} {:.0}); per round \
-             against {} (the binding peer): {}; against the dedicated connections: {} \
-             [target >= 1.00 and >= 0.97: {}]",
-            server.name(),
-            vigil.median(),
-            vigil.median() / best.median(),
-            best.case.pool,
-            best.median(),
-            binding.0.case.pool,
-            binding.1,
-            over_limit.map_or_else(|| "-".into(), |l| l.to_string()),
-            verdict(met),
-        );
-        targets.push(json!({
-            "server": server.name(),
-            "vigil_queries_per_sec": vigil.median(),
-            "best_peer_off": best.case.pool,
-            "best_peer_off_queries_per_sec": best.median(),
-            "vigil_over_best_peer_off": vigil.median() / best.median(),
-            "binding_peer": binding.0.case.pool,
-            "vigil_over_binding_peer_per_round": binding.1.json(),
-            "vigil_over_each_peer_per_round": each_peer(vigil, &peers),
-            "vigil_over_dedicated": limit.map(|l| vigil.median() / l.median()),
-            "vigil_over_dedicated_per_round": over_limit.map(Paired::json),
-            "driver_limit_tp_over_sqlx": (server == Pg).then(|| {
-                let tp = find(cells, "dedicated-tp", Pg, false)?;
-                let sqlx = find(cells, "dedicated", Pg, false)?;
-                Some(tp.median() / sqlx.median())
-            }).flatten(),
-            "met": met,
-        }));
-    }
-    // PostgreSQL over the same driver as vigil's default backend: vigil
-    // (tokio-postgres) against the peers over tokio-postgres with
-    // validation off and the 16 dedicated tokio-postgres connections.
-    if let Some(vigil) = find(cells, "vigil", Pg, true) {
-        let peers: Vec<&Cell> = cells
-            .iter()
-            .filter(|c| {
-                c.case.server == Pg && !c.case.validation && over_tokio_postgres(c.case.pool)
-            })
-            .filter(|c| !c.case.pool.starts_with("dedicated"))
-            .collect();
-        let best = peers
-            .iter()
-            .max_by(|a, b| a.median().total_cmp(&b.median()));
-        let binding = binding_peer(vigil, &peers);
-        let limit = find(cells, "dedicated-tp", Pg, false);
-        if let (Some(best), Some((binding, paired)), Some(limit)) = (best, binding, limit) {
-            let over_limit = Paired::of(vigil, limit);
-            let met = paired.median >= 1.0 && over_limit.median >= 0.97;
-            println!(
-                "pg over tokio-postgres: vigil {:.0} q/s = {:.2}x the best tokio-postgres peer \
-                 with validation off ({} {:.0}); per round against {} (the binding peer): {}; \
-                 against 16 dedicated tokio-postgres connections: {} \
-                 [target >= 1.00 and >= 0.97, per round: {}]",
-                vigil.median(),
-                vigil.median() / best.median(),
-                best.case.pool,
-                best.median(),
-                binding.case.pool,
-                paired,
-                over_limit,
-                verdict(Some(met)),
-            );
-            targets.push(json!({
-                "server": "pg, tokio-postgres peers",
-                "vigil_queries_per_sec": vigil.median(),
-                "best_peer_off": best.case.pool,
-                "best_peer_off_queries_per_sec": best.median(),
-                "vigil_over_best_peer_off": vigil.median() / best.median(),
-                "binding_peer": binding.case.pool,
-                "vigil_over_binding_peer_per_round": paired.json(),
-                "vigil_over_each_peer_per_round": each_peer(vigil, &peers),
-                "vigil_over_dedicated": vigil.median() / limit.median(),
-                "vigil_over_dedicated_per_round": over_limit.json(),
-                "met": met,
-            }));
-        }
+        let limit = find(cells, limit_pool, server, false);
+        targets.extend(judge(label, vigil, &peers, limit, Some(blocks)));
     }
     (rows, targets)
+}
+
+/// One target line and its JSON: vigil against `peers` and `limit`, paired
+/// (per block where they ran in the blocks, else per round). `blocks` is
+/// `None` for a comparison that is reported, not judged.
+fn judge(
+    label: &str,
+    vigil: &Cell,
+    peers: &[&Cell],
+    limit: Option<&Cell>,
+    blocks: Option<(u64, usize)>,
+) -> Option<Value> {
+    let best = peers
+        .iter()
+        .max_by(|a, b| a.median().total_cmp(&b.median()))?;
+    let by_block = blocks.is_some();
+    let (binding, over_binding) = binding_peer(vigil, peers, by_block)?;
+    let over_limit = limit.map(|l| paired(vigil, l, by_block));
+    let met =
+        blocks.map(|_| over_binding.median >= 1.0 && over_limit.is_some_and(|l| l.median >= 0.97));
+    println!(
+        "{label}: vigil {:.0} q/s = {:.2}x the best peer's median run ({} {:.0}); paired against \
+         {} (the binding peer): {over_binding}; against the dedicated connections: {} \
+         [target >= 1.00 and >= 0.97: {}]",
+        vigil.median(),
+        vigil.median() / best.median(),
+        best.case.pool,
+        best.median(),
+        binding.case.pool,
+        over_limit.map_or_else(|| "-".into(), |l| l.to_string()),
+        verdict(met),
+    );
+    Some(json!({
+        "server": label,
+        "vigil_queries_per_sec": vigil.median(),
+        "best_peer_off": best.case.pool,
+        "best_peer_off_queries_per_sec": best.median(),
+        "vigil_over_best_peer_off": vigil.median() / best.median(),
+        "binding_peer": binding.case.pool,
+        "vigil_over_binding_peer": over_binding.json(),
+        "vigil_over_each_peer": each_peer(vigil, peers, by_block),
+        "vigil_over_dedicated": limit.map(|l| vigil.median() / l.median()),
+        "vigil_over_dedicated_paired": over_limit.map(Paired::json),
+        "block_queries": blocks.map(|b| b.0),
+        "met": met,
+    }))
+}
+
+/// vigil's queries/s ÷ `other`'s, paired per block (`by_block`, when both
+/// ran in the blocks), per round of the interleaved runs otherwise.
+fn paired(vigil: &Cell, other: &Cell, by_block: bool) -> Paired {
+    if by_block && !vigil.blocks.is_empty() && vigil.blocks.len() == other.blocks.len() {
+        Paired::of(&vigil.blocks, &other.blocks, "blocks", BATCH)
+    } else {
+        Paired::of(&vigil.runs, &other.runs, "rounds", 1)
+    }
 }
 
 fn verdict(met: Option<bool>) -> &'static str {
@@ -210,9 +212,9 @@ fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
-/// `a`'s queries/s ÷ `b`'s within each round (the runs are interleaved, so
-/// a slow stretch of the machine falls on both sides of each ratio): the
-/// median, which the targets are judged on, and an interval for it.
+/// `a`'s queries/s ÷ `b`'s within each block or round (a slow stretch of
+/// the machine falls on both sides of each ratio): the median, which the
+/// targets are judged on, and an interval for it.
 #[derive(Clone, Copy)]
 struct Paired {
     median: f64,
@@ -223,25 +225,38 @@ struct Paired {
     low: f64,
     high: f64,
     coverage: f64,
-    rounds: usize,
+    /// How many pairs, and what pairs them: "blocks" or "rounds".
+    pairs: usize,
+    /// How many samples the interval is drawn from (batches of blocks).
+    samples: usize,
+    basis: &'static str,
 }
 
 impl Paired {
-    fn of(a: &Cell, b: &Cell) -> Paired {
-        let mut ratios: Vec<f64> = a.runs.iter().zip(&b.runs).map(|(x, y)| x / y).collect();
-        ratios.sort_by(f64::total_cmp);
-        let n = ratios.len();
+    /// The ratios of `a` to `b`, pair by pair. `batch` consecutive pairs
+    /// make one sample for the interval (1: each pair on its own): the
+    /// median of a batch of blocks, because neighbouring blocks share the
+    /// machine's mood of the moment (it changes over a second or two), so
+    /// single blocks are not independent and an interval over them would
+    /// claim more than the data holds.
+    fn of(a: &[f64], b: &[f64], basis: &'static str, batch: usize) -> Paired {
+        let ratios: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+        let mut samples: Vec<f64> = ratios.chunks(batch.max(1)).map(median).collect();
+        samples.sort_by(f64::total_cmp);
+        let n = samples.len();
         if n == 0 {
             return Paired {
                 median: f64::NAN,
                 low: f64::NAN,
                 high: f64::NAN,
                 coverage: 0.0,
-                rounds: 0,
+                pairs: 0,
+                samples: 0,
+                basis,
             };
         }
         // The largest k with P(Binomial(n, 1/2) < k) <= 2.5 %: the median
-        // lies between the k-th smallest and the k-th largest ratio with
+        // lies between the k-th smallest and the k-th largest sample with
         // probability 1 - 2 P(Binomial(n, 1/2) < k).
         let below = |k: usize| -> f64 { (0..k).map(|i| binomial_half(n, i)).sum() };
         let k = (1..=n / 2)
@@ -249,11 +264,13 @@ impl Paired {
             .last()
             .unwrap_or(1);
         Paired {
-            median: ratios[n / 2],
-            low: ratios[k - 1],
-            high: ratios[n - k],
+            median: median(&ratios),
+            low: samples[k - 1],
+            high: samples[n - k],
             coverage: 1.0 - 2.0 * below(k),
-            rounds: n,
+            pairs: ratios.len(),
+            samples: n,
+            basis,
         }
     }
 
@@ -263,7 +280,9 @@ impl Paired {
             "low": self.low,
             "high": self.high,
             "coverage": self.coverage,
-            "rounds": self.rounds,
+            "pairs": self.pairs,
+            "samples": self.samples,
+            "basis": self.basis,
         })
     }
 }
@@ -272,14 +291,29 @@ impl std::fmt::Display for Paired {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "median {:.2} ({:.0} % interval {:.2}..{:.2}, {} rounds)",
+            "median {:.3} ({:.0} % interval {:.3}..{:.3}, {} {}",
             self.median,
             self.coverage * 100.0,
             self.low,
             self.high,
-            self.rounds
-        )
+            self.pairs,
+            self.basis
+        )?;
+        if self.samples != self.pairs {
+            write!(f, " in {} batches", self.samples)?;
+        }
+        f.write_str(")")
     }
+}
+
+/// Blocks per sample of the paired interval (see [`Paired::of`]).
+const BATCH: usize = 10;
+
+/// The median of `xs` (the upper one of an even count); NaN when empty.
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// P(Binomial(n, 1/2) = i).
@@ -291,18 +325,22 @@ fn binomial_half(n: usize, i: usize) -> f64 {
 }
 
 /// The peer vigil's per-round median ratio is lowest against, with it.
-fn binding_peer<'a>(vigil: &Cell, peers: &[&'a Cell]) -> Option<(&'a Cell, Paired)> {
+fn binding_peer<'a>(
+    vigil: &Cell,
+    peers: &[&'a Cell],
+    by_block: bool,
+) -> Option<(&'a Cell, Paired)> {
     peers
         .iter()
-        .map(|p| (*p, Paired::of(vigil, p)))
+        .map(|p| (*p, paired(vigil, p, by_block)))
         .min_by(|a, b| a.1.median.total_cmp(&b.1.median))
 }
 
-fn each_peer(vigil: &Cell, peers: &[&Cell]) -> Value {
+fn each_peer(vigil: &Cell, peers: &[&Cell], by_block: bool) -> Value {
     Value::Object(
         peers
             .iter()
-            .map(|p| (p.case.pool.to_string(), Paired::of(vigil, p).json()))
+            .map(|p| (p.case.pool.to_string(), paired(vigil, p, by_block).json()))
             .collect(),
     )
 }
