@@ -219,7 +219,10 @@ impl<C> Line<C> {
     fn take(&mut self, i: usize) -> Option<Served<C>> {
         let w = if i == 0 && matches!(self.entries.front(), Some(Some(_))) {
             self.base += 1;
-            self.entries.pop_front()??
+            self.entries
+                .pop_front()
+                .flatten()
+                .expect("the front was just seen to hold a waiter")
         } else {
             self.entries.get_mut(i)?.take()?
         };
