@@ -41,12 +41,14 @@ use tokio::runtime::Runtime;
 
 #[path = "support/common.rs"]
 mod common;
-use common::{env_or, runtime, target_dir, WORKERS};
+use common::{env_or, runtime, target_dir, Span, WORKERS};
 #[path = "support/core_pools.rs"]
 mod core_pools;
 use core_pools::{BenchPool, Noop};
 #[path = "support/core_report.rs"]
 mod core_report;
+#[path = "support/paired.rs"]
+mod paired;
 use core_report::{criterion_dir, print_contended, print_metrics, print_uncontended};
 
 const POOL_SIZE: usize = 8;
@@ -160,20 +162,27 @@ struct RunResult {
 }
 
 /// `tasks` tasks share `cycles` get / yield / drop cycles on a fresh runtime
-/// and a fresh, pre-warmed pool; the clock runs from the moment every task is
-/// ready until the last one finishes.
+/// and a fresh, pre-warmed pool; the clock runs from the moment the first
+/// task starts until the last one finishes ([`Span`]).
 fn contended_run<P: BenchPool>(tasks: usize, cycles: u64) -> RunResult {
     let rt = runtime();
     let result = rt.block_on(async {
         let pool = P::warm().await;
         let left = Arc::new(AtomicU64::new(cycles));
-        let start = Arc::new(tokio::sync::Barrier::new(tasks + 1));
+        let start = Arc::new(tokio::sync::Barrier::new(tasks));
+        let span = Arc::new(Span::new());
         let handles: Vec<_> = (0..tasks)
             .map(|_| {
-                let (pool, left, start) = (pool.clone(), Arc::clone(&left), Arc::clone(&start));
+                let (pool, left, start, span) = (
+                    pool.clone(),
+                    Arc::clone(&left),
+                    Arc::clone(&start),
+                    Arc::clone(&span),
+                );
                 tokio::spawn(async move {
                     let mut waits = Vec::with_capacity((cycles as usize / tasks) * 2 + 16);
                     start.wait().await;
+                    span.start();
                     // Claim one cycle of the shared total; none left ends the task.
                     while left
                         .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
@@ -186,17 +195,16 @@ fn contended_run<P: BenchPool>(tasks: usize, cycles: u64) -> RunResult {
                         tokio::task::yield_now().await;
                         drop(conn);
                     }
+                    span.end();
                     waits
                 })
             })
             .collect();
-        start.wait().await;
-        let began = Instant::now();
         let mut waits = Vec::with_capacity(cycles as usize);
         for h in handles {
             waits.extend(h.await.expect("bench task"));
         }
-        let elapsed = began.elapsed();
+        let elapsed = span.elapsed();
         drop(pool);
         RunResult {
             cycles_per_sec: cycles as f64 / elapsed.as_secs_f64(),

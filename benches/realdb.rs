@@ -67,7 +67,7 @@ use sqlx::postgres::PgConnection;
 
 #[path = "support/common.rs"]
 mod common;
-use common::{env_list, env_or, runtime, target_dir, WORKERS};
+use common::{env_list, env_or, runtime, target_dir, Span, WORKERS};
 #[path = "support/drivers.rs"]
 mod drivers;
 use drivers::TpConn;
@@ -81,6 +81,8 @@ use realdb_pools::{
     pg_options, sqlx_mysql_options, sqlx_pool, tp_config, vigil_maria, vigil_pg,
     vigil_pg_no_return_ping, vigil_sqlx_maria, vigil_tp, vigil_tp_no_user_timeout, Target,
 };
+#[path = "support/paired.rs"]
+mod paired;
 #[path = "support/realdb_report.rs"]
 mod realdb_report;
 use realdb_report::{judged, report};
@@ -296,24 +298,27 @@ fn run_once(case: &Case, queries: u64) -> RunResult {
 }
 
 /// `TASKS` tasks share `queries` queries through `target`: claim one, time
-/// `get` + query + drop, repeat. The clock runs from the moment every task
-/// is ready until the last one finishes.
+/// `get` + query + drop, repeat. The clock runs from the moment the first
+/// task starts until the last one finishes ([`Span`]).
 async fn workload(target: &Arc<dyn Target>, queries: u64) -> RunResult {
     let left = Arc::new(AtomicU64::new(queries));
     let errors = Arc::new(AtomicU64::new(0));
-    let start = Arc::new(tokio::sync::Barrier::new(TASKS + 1));
+    let start = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let span = Arc::new(Span::new());
     let handles: Vec<_> = (0..TASKS)
         .map(|task| {
-            let (target, left, errors, start) = (
+            let (target, left, errors, start, span) = (
                 Arc::clone(target),
                 Arc::clone(&left),
                 Arc::clone(&errors),
                 Arc::clone(&start),
+                Arc::clone(&span),
             );
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(queries as usize / TASKS * 2 + 16);
                 let mut first_error = None;
                 start.wait().await;
+                span.start();
                 while left
                     .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
                     .is_ok()
@@ -330,12 +335,11 @@ async fn workload(target: &Arc<dyn Target>, queries: u64) -> RunResult {
                         }
                     }
                 }
+                span.end();
                 (latencies, first_error)
             })
         })
         .collect();
-    start.wait().await;
-    let began = Instant::now();
     let mut latencies = Vec::with_capacity(queries as usize);
     let mut first_error = None;
     for h in handles {
@@ -343,10 +347,9 @@ async fn workload(target: &Arc<dyn Target>, queries: u64) -> RunResult {
         latencies.extend(l);
         first_error = first_error.or(e);
     }
-    let elapsed = began.elapsed();
     let errors = errors.load(Relaxed);
     RunResult {
-        queries_per_sec: (queries - errors) as f64 / elapsed.as_secs_f64(),
+        queries_per_sec: (queries - errors) as f64 / span.elapsed().as_secs_f64(),
         latencies,
         errors,
         first_error,
