@@ -226,9 +226,7 @@ struct Cell {
 
 impl Cell {
     fn median(&self) -> f64 {
-        let mut r = self.runs.clone();
-        r.sort_by(f64::total_cmp);
-        r[r.len() / 2]
+        paired::median(&self.runs)
     }
 
     fn micros(&self, q: f64) -> f64 {

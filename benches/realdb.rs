@@ -372,9 +372,7 @@ struct Cell {
 
 impl Cell {
     fn median(&self) -> f64 {
-        let mut r = self.runs.clone();
-        r.sort_by(f64::total_cmp);
-        r.get(r.len() / 2).copied().unwrap_or(f64::NAN)
+        paired::median(&self.runs)
     }
 
     fn micros(&self, q: f64) -> f64 {
