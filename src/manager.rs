@@ -32,6 +32,20 @@ pub enum BrokenDetection {
     Blind,
 }
 
+/// What [`Manager::cancel_query`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cancelled {
+    /// Nothing was sent: this manager cannot stop a command in flight.
+    Unsupported,
+    /// The server was asked to stop the command and its reply has been
+    /// drained: the session may be cleaned and lent again.
+    Drained,
+    /// The server was asked to stop the command, but the session cannot be
+    /// used again (the driver gave it up when its borrower left).
+    Stopped,
+}
+
 /// Opens, checks, cleans and closes connections of one kind.
 ///
 /// Two tiers of liveness: [`has_broken`](Manager::has_broken) is a cheap
@@ -133,6 +147,38 @@ pub trait Manager: Send + Sync + 'static {
     /// 1290 / 1836, read-only)? The pool then retires every connection at
     /// once, as after a failed role check. Default `false`.
     fn error_shows_role_changed(&self, _error: &Self::Error) -> bool {
+        false
+    }
+
+    /// Cheap, synchronous: did the borrower give the connection back with a
+    /// command still running, its reply never read (a query future dropped
+    /// mid-flight: a request timeout, a client that went away)? The pool
+    /// then calls [`cancel_query`](Manager::cancel_query) instead of queueing
+    /// a rollback or a ping behind it. Default `false`.
+    fn query_in_flight(&self, _conn: &mut Self::Connection) -> bool {
+        false
+    }
+
+    /// Asks the server, over a separate connection, to stop the command
+    /// running on `conn`'s session (PostgreSQL's cancel request, MySQL's
+    /// `KILL QUERY`), and waits until the session has no reply pending.
+    /// Called only when [`query_in_flight`](Manager::query_in_flight) says
+    /// so, bounded by the pool. Default [`Cancelled::Unsupported`], without
+    /// I/O: the pool then retires the connection rather than wait for it.
+    fn cancel_query(
+        &self,
+        _conn: &mut Self::Connection,
+    ) -> impl Future<Output = Result<Cancelled, Self::Error>> + Send {
+        async { Ok(Cancelled::Unsupported) }
+    }
+
+    /// Cheap, synchronous: did a reply on this session, whoever asked for
+    /// it, suggest the server no longer has the required role (PostgreSQL
+    /// SQLSTATE 25006 read as it passed)? The pool then asks
+    /// [`has_role`](Manager::has_role) before the connection is reused, and
+    /// moves the whole pool if the role is gone. Only asked when
+    /// [`requires_role`](Manager::requires_role). Default `false`.
+    fn role_in_doubt(&self, _conn: &mut Self::Connection) -> bool {
         false
     }
 

@@ -12,7 +12,7 @@ use tokio::time::timeout;
 use super::cap::{Cap, CapError, Victims};
 use super::usage::Usage;
 use crate::error::{Error, TimeoutPhase};
-use crate::manager::{Manager, ServerTimeouts};
+use crate::manager::{BrokenDetection, Cancelled, Manager, ServerTimeouts};
 
 /// The error type of the sub-pools: the backend's, or why the cap said no.
 /// Never reaches a caller of `KeyedPool::get` (see `map_error`); it shows
@@ -133,6 +133,31 @@ impl<M: Manager> Manager for Capped<M> {
         self.inner.has_broken(&mut conn.raw)
     }
 
+    fn broken_detection(&self) -> BrokenDetection {
+        self.inner.broken_detection()
+    }
+
+    /// The wrapper's own errors never say a session ended: they happen
+    /// before there is one.
+    fn error_ends_session(&self, error: &Self::Error) -> bool {
+        matches!(error, CappedError::Backend(e) if self.inner.error_ends_session(e))
+    }
+
+    fn query_in_flight(&self, conn: &mut Self::Connection) -> bool {
+        self.inner.query_in_flight(&mut conn.raw)
+    }
+
+    async fn cancel_query(&self, conn: &mut Self::Connection) -> Result<Cancelled, Self::Error> {
+        self.inner
+            .cancel_query(&mut conn.raw)
+            .await
+            .map_err(backend)
+    }
+
+    fn role_in_doubt(&self, conn: &mut Self::Connection) -> bool {
+        self.inner.role_in_doubt(&mut conn.raw)
+    }
+
     fn requires_role(&self) -> bool {
         self.inner.requires_role()
     }
@@ -177,5 +202,261 @@ impl<M: Manager> Manager for Capped<M> {
         self.inner.close(raw).await;
         // Only now: the server was told before the unit goes to the next key.
         drop(permit);
+    }
+}
+
+#[cfg(test)]
+mod conformance {
+    //! `Capped` answers every question of the [`Manager`] contract as the
+    //! manager it wraps does. A recording manager gives an answer no
+    //! default gives to each method; the test asks each through the
+    //! wrapper. A method added to the contract and not forwarded fails
+    //! `every_manager_method_is_forwarded`, which reads the trait's method
+    //! names from the source and wants each one asked here and implemented
+    //! by `Capped`.
+    use std::sync::Mutex as StdMutex;
+
+    use super::*;
+    use crate::keyed::cap::Victim;
+    use crate::manager::Cancelled;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("recorded error {0}")]
+    struct RecError(u8);
+
+    /// Answers what no default answers, and records each call by name.
+    #[derive(Default)]
+    struct Recording {
+        calls: StdMutex<Vec<&'static str>>,
+    }
+
+    impl Recording {
+        fn note(&self, name: &'static str) {
+            self.calls.lock().unwrap().push(name);
+        }
+    }
+
+    impl Manager for Recording {
+        type Connection = u32;
+        type Error = RecError;
+
+        async fn connect(&self) -> Result<u32, RecError> {
+            self.note("connect");
+            Ok(7)
+        }
+        async fn is_valid(&self, _: &mut u32) -> Result<(), RecError> {
+            self.note("is_valid");
+            Err(RecError(1))
+        }
+        fn connect_declined(&self, e: &RecError) -> bool {
+            self.note("connect_declined");
+            e.0 == 9
+        }
+        fn has_broken(&self, _: &mut u32) -> bool {
+            self.note("has_broken");
+            true
+        }
+        fn broken_detection(&self) -> BrokenDetection {
+            self.note("broken_detection");
+            BrokenDetection::Blind
+        }
+        fn needs_cleanup(&self, _: &mut u32) -> bool {
+            self.note("needs_cleanup");
+            true
+        }
+        fn in_transaction(&self, _: &mut u32) -> bool {
+            self.note("in_transaction");
+            false // not `needs_cleanup`'s answer, which the default would give
+        }
+        fn error_ends_session(&self, e: &RecError) -> bool {
+            self.note("error_ends_session");
+            e.0 == 2
+        }
+        fn requires_role(&self) -> bool {
+            self.note("requires_role");
+            true
+        }
+        async fn has_role(&self, _: &mut u32) -> Result<bool, RecError> {
+            self.note("has_role");
+            Ok(false)
+        }
+        fn error_shows_role_changed(&self, e: &RecError) -> bool {
+            self.note("error_shows_role_changed");
+            e.0 == 3
+        }
+        fn query_in_flight(&self, _: &mut u32) -> bool {
+            self.note("query_in_flight");
+            true
+        }
+        async fn cancel_query(&self, _: &mut u32) -> Result<Cancelled, RecError> {
+            self.note("cancel_query");
+            Ok(Cancelled::Drained)
+        }
+        fn role_in_doubt(&self, _: &mut u32) -> bool {
+            self.note("role_in_doubt");
+            true
+        }
+        async fn reset(&self, _: &mut u32, full: bool) -> Result<(), RecError> {
+            self.note("reset");
+            Err(RecError(if full { 4 } else { 5 }))
+        }
+        async fn server_timeouts(&self, _: &mut u32) -> Result<ServerTimeouts, RecError> {
+            self.note("server_timeouts");
+            Ok(ServerTimeouts {
+                idle: Some(Duration::from_secs(42)),
+            })
+        }
+        async fn close(&self, _: u32) {
+            self.note("close");
+        }
+    }
+
+    struct NoVictims;
+    impl Victims for NoVictims {
+        fn pick(&self, _: u64) -> Option<Victim> {
+            None
+        }
+    }
+
+    fn backend_code(e: CappedError<RecError>) -> Option<u8> {
+        match e {
+            CappedError::Backend(e) => Some(e.0),
+            _ => None,
+        }
+    }
+
+    /// Each method asked through the wrapper, by name, with the answer the
+    /// recording manager gives.
+    #[tokio::test]
+    async fn capped_answers_as_the_manager_it_wraps() {
+        let victims: Arc<dyn Victims> = Arc::new(NoVictims);
+        let capped = Capped {
+            inner: Recording::default(),
+            cap: Arc::new(Cap::new(4, tokio::runtime::Handle::current())),
+            victims: Arc::downgrade(&victims),
+            usage: Arc::new(Usage::new(1, None, tokio::time::Instant::now())),
+            connect_timeout: Duration::from_secs(5),
+        };
+        let mut conn = capped
+            .connect()
+            .await
+            .expect("the recording manager connects");
+        assert_eq!(conn.raw, 7);
+        let err = |code| CappedError::Backend(Arc::new(RecError(code)));
+        assert_eq!(
+            backend_code(capped.is_valid(&mut conn).await.unwrap_err()),
+            Some(1)
+        );
+        assert!(
+            !capped.connect_declined(&err(9)),
+            "a backend error is never the cap's refusal"
+        );
+        assert!(capped.has_broken(&mut conn));
+        assert_eq!(capped.broken_detection(), BrokenDetection::Blind);
+        assert!(capped.needs_cleanup(&mut conn));
+        assert!(!capped.in_transaction(&mut conn));
+        assert!(capped.error_ends_session(&err(2)));
+        assert!(!capped.error_ends_session(&err(1)));
+        assert!(capped.requires_role());
+        assert!(!capped.has_role(&mut conn).await.unwrap());
+        assert!(capped.error_shows_role_changed(&err(3)));
+        assert!(capped.query_in_flight(&mut conn));
+        assert_eq!(
+            capped.cancel_query(&mut conn).await.unwrap(),
+            Cancelled::Drained
+        );
+        assert!(capped.role_in_doubt(&mut conn));
+        assert_eq!(
+            backend_code(capped.reset(&mut conn, true).await.unwrap_err()),
+            Some(4)
+        );
+        assert_eq!(
+            capped.server_timeouts(&mut conn).await.unwrap().idle,
+            Some(Duration::from_secs(42))
+        );
+        capped.close(conn).await;
+        let mut calls = capped.inner.calls.lock().unwrap().clone();
+        calls.sort_unstable();
+        calls.dedup();
+        let mut asked: Vec<&str> = ASKED.to_vec();
+        asked.sort_unstable();
+        // `connect_declined` is the wrapper's own question (the cap's
+        // refusals); a backend error is never one.
+        asked.retain(|m| *m != "connect_declined");
+        assert_eq!(calls, asked, "every method reached the wrapped manager");
+    }
+
+    /// What `capped_answers_as_the_manager_it_wraps` asks.
+    const ASKED: &[&str] = &[
+        "connect",
+        "is_valid",
+        "connect_declined",
+        "has_broken",
+        "broken_detection",
+        "needs_cleanup",
+        "in_transaction",
+        "error_ends_session",
+        "requires_role",
+        "has_role",
+        "error_shows_role_changed",
+        "query_in_flight",
+        "cancel_query",
+        "role_in_doubt",
+        "reset",
+        "server_timeouts",
+        "close",
+    ];
+
+    /// The `fn` names declared in the first `{ … }` block after `header`.
+    fn methods(source: &str, header: &str) -> Vec<String> {
+        let start = source.find(header).expect("the block is in the file");
+        let body = &source[start..];
+        let mut depth = 0;
+        let mut names = Vec::new();
+        for line in body.lines() {
+            let trimmed = line.trim_start();
+            if depth == 1 {
+                let rest = trimmed
+                    .strip_prefix("async fn ")
+                    .or_else(|| trimmed.strip_prefix("fn "));
+                if let Some(rest) = rest {
+                    let name: String = rest
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    names.push(name);
+                }
+            }
+            depth += line.matches('{').count() as i32;
+            depth -= line.matches('}').count() as i32;
+            if depth == 0 && line.contains('}') {
+                break;
+            }
+        }
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn every_manager_method_is_forwarded() {
+        let contract = methods(include_str!("../manager.rs"), "pub trait Manager");
+        let forwarded = methods(
+            include_str!("capped.rs"),
+            "impl<M: Manager> Manager for Capped<M>",
+        );
+        let mut asked: Vec<String> = ASKED.iter().map(|s| s.to_string()).collect();
+        asked.sort();
+        assert!(
+            contract.len() >= 17,
+            "the trait's methods were found: {contract:?}"
+        );
+        assert_eq!(
+            forwarded, contract,
+            "Capped implements every Manager method"
+        );
+        assert_eq!(
+            asked, contract,
+            "the conformance test asks every Manager method"
+        );
     }
 }

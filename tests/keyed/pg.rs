@@ -224,3 +224,64 @@ async fn an_idle_key_is_dropped_and_its_sessions_closed() {
     assert_eq!(pool.state().open, 0);
     roles.drop_all(&mut admin).await;
 }
+
+/// A session terminated while its guard is held comes back looking healthy
+/// over sqlx (`BrokenDetection::Blind`): the key's sub-pool must ping it on
+/// return, as a plain `Pool` over the same manager does, and never lend it
+/// again. Fails when `Capped` stops forwarding `broken_detection` (the
+/// sub-pools then skip the return ping: 20 of 20 borrowers got the dead
+/// session) or `error_ends_session` (the closures read `validation_failed`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_killed_while_lent_is_never_lent_again_by_a_key() {
+    const ROUNDS: usize = 20;
+    let mut admin = admin().await;
+    let roles = Roles::create(&mut admin, 1).await;
+    let app = unique("pgkill");
+    let pool = pool(&app, 2, 1);
+    let key = Credentials::new(&roles.0[0], PASSWORD);
+    let mut errors = Vec::new();
+    for round in 0..ROUNDS {
+        let mut conn = pool.get(&key).await.expect("a connection");
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut *conn)
+            .await
+            .expect("the session answers while lent");
+        let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&mut admin)
+            .await
+            .expect("terminate the lent session");
+        assert!(killed, "round {round}: the session was terminated");
+        eventually!(
+            "the terminated session to leave pg_stat_activity",
+            5 * SEC,
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_stat_activity WHERE pid = $1")
+                .bind(pid)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap()
+                == 0
+        );
+        drop(conn);
+        let mut next = pool.get(&key).await.expect("a connection after the kill");
+        if let Err(e) = sqlx::query_scalar::<_, i32>("SELECT 1")
+            .fetch_one(&mut *next)
+            .await
+        {
+            errors.push(format!("round {round}: {e}"));
+        }
+    }
+    assert!(
+        errors.is_empty(),
+        "{} of {ROUNDS} borrowers got the dead session: {errors:?}",
+        errors.len()
+    );
+    let state = pool.key_state(&key).expect("the key has a sub-pool");
+    assert_eq!(
+        state.closed.get(vigil::Reason::Broken),
+        ROUNDS as u64,
+        "each terminated session is counted broken: {:?}",
+        state.closed
+    );
+    close_and_clean_up(&pool, &mut admin, &app, roles).await;
+}
