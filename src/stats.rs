@@ -19,6 +19,8 @@ pub(crate) struct Stats {
     pub(crate) validations_failed: AtomicU64,
     /// Checkout pings silent past the hedge delay (`hedge.rs`).
     pub(crate) validations_hedged: AtomicU64,
+    /// Statements left running by a borrower that the server was asked to stop.
+    pub(crate) queries_cancelled: AtomicU64,
     /// Validations skipped by checkouts on the slow path; see `lent_at_once`.
     pub(crate) validations_skipped: AtomicU64,
     /// Checkouts served at once by the fast path. Each is a skipped
@@ -228,9 +230,18 @@ pub struct State {
     pub validations_failed: u64,
     /// Checkouts that skipped the round trip (used within the bypass window).
     pub validations_skipped: u64,
-    /// Checkout pings that went unanswered past the hedge delay, so the
-    /// caller was served another way (or, with no free slot, waited).
+    /// Checkout or keepalive pings that went unanswered past the hedge
+    /// delay: the connection was presumed dead and its slot went on without
+    /// it (a checkout's caller was served another way).
     pub validations_hedged: u64,
+    /// Connections presumed dead (a ping or a return's cleaning silent past
+    /// the hedge delay) whose I/O has not ended yet. They hold no slot of
+    /// `max_size` and are not in `open`; at most `max_size` of them.
+    pub presumed_dead: usize,
+    /// Statements a borrower left running (a query future dropped
+    /// mid-flight) that the server was asked to stop
+    /// ([`Manager::cancel_query`](crate::Manager::cancel_query)).
+    pub queries_cancelled: u64,
     /// The idle cutoff in force: learned from connections found dead after
     /// idling, or known from the settings ([`IdleCutoff`](crate::IdleCutoff)).
     pub idle_cutoff: Option<Duration>,

@@ -1,15 +1,17 @@
 //! A checkout's validation ping that goes unanswered: after the hedge
-//! delay (`Shared::hedge_delay`) the caller stops depending on it. A warm
-//! idle connection, if one came back meanwhile, is lent at once; otherwise
-//! a new connect starts beside the ping, and whichever is ready first
-//! serves the caller.
+//! delay (`Shared::hedge_delay`) the caller stops depending on it. The
+//! silent connection is presumed dead (`Io::silence`): it leaves the
+//! pool's count and its unit of capacity comes back to the caller, who is
+//! served by a warm idle connection if one came back meanwhile, or by a
+//! new connect on that unit.
 //!
-//! Slots stay exact because every party owns its permit: the ping's task
-//! owns the silent connection's (it goes back idle if the ping answers
-//! late, or is retired when the ping times out), the connect's task owns
-//! the one the hedge took, and the loser's outcome lands in the idle set or
-//! the retirements, never in a second caller. A hedge takes a free slot
-//! only: in a pool whose every slot is taken, it waits for the ping.
+//! Slots stay exact because every party owns its unit: the ping's task
+//! keeps the silent connection outside `max_size` (it is filed idle on a
+//! free unit if the ping answers late, closed if there is none, retired
+//! when the ping fails or times out), and the caller's unit moves into
+//! the connection it is lent. At most `max_size` connections are presumed
+//! dead at once; past that a silent ping keeps its unit and the caller
+//! waits for it, up to `validation_timeout`, as it would unhedged.
 
 use std::panic::Location;
 use std::sync::Arc;
@@ -34,59 +36,22 @@ impl<M: Manager> Shared<M> {
         site: &'static Location<'static>,
     ) -> Validated<M> {
         let conn_id = conn.meta.id;
-        let ping = self.validate_detached(conn, permit);
-        let Some(delay) = self.hedge_delay() else {
-            return ping.await;
-        };
-        tokio::pin!(ping);
-        if let Ok(validated) = tokio::time::timeout(delay, &mut ping).await {
-            return validated;
-        }
-        // The ping is silent past what this pool's pings take: a black
-        // hole, most likely, which would hold the caller for the whole
-        // `validation_timeout`.
-        Stats::bump(&self.stats.validations_hedged);
-        let Some(spare) = self.try_permit() else {
-            // debug: the pool is full; the caller waits as it would unhedged.
-            tracing::debug!(target: TARGET, conn_id, ?delay, "ping silent; no free slot to hedge with");
-            return ping.await;
+        let permit = match self.validate_detached(conn, permit).await {
+            Validated::Silent(permit) => permit,
+            done => return done,
         };
         // debug, not warn: the ping's own outcome is logged when it comes.
-        tracing::debug!(target: TARGET, conn_id, ?delay, "ping silent; hedging");
+        tracing::debug!(target: TARGET, conn_id, "ping silent; serving the caller another way");
         let now = Instant::now();
         if let Some(warm) = self.pop_warm(now, site) {
             Stats::bump(&self.stats.validations_skipped);
-            return Validated::Lent(spare.lend(warm, now));
+            return Validated::Lent(permit.lend(warm, now));
         }
-        let connect = self.connect_detached(spare, site);
-        tokio::pin!(connect);
-        tokio::select! {
-            validated = &mut ping => match validated {
-                // The connect's task puts its connection idle when it opens.
-                Validated::Lent(pooled) => Validated::Lent(pooled),
-                // The silent one was dead: the connect is the way now.
-                Validated::Failed(permit) => {
-                    drop(permit);
-                    match connect.await {
-                        Connected::Lent(pooled) => Validated::Lent(pooled),
-                        Connected::Retry(permit, _) => Validated::Failed(permit),
-                        Connected::Closed => Validated::Gone,
-                    }
-                }
-                Validated::Gone => Validated::Gone,
-            },
-            connected = &mut connect => match connected {
-                // The ping's task keeps what it finds: idle if it answers,
-                // retired if it does not.
-                Connected::Lent(pooled) => Validated::Lent(pooled),
-                // The connect failed; the ping may yet answer. The caller's
-                // loop backs off if it comes to connecting again.
-                Connected::Retry(permit, _) => {
-                    drop(permit);
-                    ping.await
-                }
-                Connected::Closed => Validated::Gone,
-            },
+        match self.connect_detached(permit, site).await {
+            Connected::Lent(pooled) => Validated::Lent(pooled),
+            // The caller's loop backs off if it comes to connecting again.
+            Connected::Retry(permit, _) => Validated::Failed(permit),
+            Connected::Closed => Validated::Gone,
         }
     }
 }

@@ -4,13 +4,14 @@
 //! are taken under the lock (`Slots::sweep`); every piece of I/O runs in a
 //! task of its own.
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::inner::{ConnectFailure, OpenError, Shared};
-use super::owners::Permit;
+use super::owners::{Io, Permit};
 use super::slots::Activity;
 use super::TARGET;
 use crate::error::ConnectError;
@@ -72,13 +73,18 @@ impl<M: Manager> Shared<M> {
             self.note_retired(&conn.meta, reason);
             self.say_goodbye(conn.into_raw());
         }
-        for (mut conn, permit) in sweep.keepalive {
+        for (conn, permit) in sweep.keepalive {
+            let mut io = Io::new(conn, permit);
             spawner.spawn(async move {
-                let shared = permit.shared();
-                if shared.ping(&mut conn).await {
-                    Shared::make_idle(conn, permit);
+                let shared = Arc::clone(io.shared());
+                // Silent past the hedge delay: presumed dead, and its unit
+                // goes back to the line at once.
+                if shared.ping(&mut io, drop).await {
+                    if let Some((conn, permit)) = io.keep() {
+                        Shared::make_idle(conn, permit);
+                    }
                 } else {
-                    shared.retire_active(conn, Reason::ValidationFailed);
+                    io.retire(Reason::ValidationFailed);
                 }
             });
         }
@@ -110,13 +116,17 @@ impl<M: Manager> Shared<M> {
         if now < *due {
             return Some(*due);
         }
+        *due = now + self.config.role_check_interval;
+        // Nothing idle, or every unit lent: the next connection that comes
+        // back is asked instead (`check_in`), so a busy pool is checked too.
         let Some(permit) = self.try_permit() else {
-            return Some(*due); // all lent: try again at the next pass
+            self.role_check_wanted.store(true, Relaxed);
+            return Some(*due);
         };
         let Some(mut conn) = self.slots.lock().take_for_check(now) else {
-            return Some(*due); // nothing idle: nothing to ask
+            self.role_check_wanted.store(true, Relaxed);
+            return Some(*due);
         };
-        *due = now + self.config.role_check_interval;
         self.runtime().spawn(async move {
             let shared = Arc::clone(permit.shared());
             let asked = tokio::time::timeout(

@@ -29,7 +29,7 @@
 use std::future::Future;
 use std::panic::Location;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -47,8 +47,8 @@ use super::deadlines::Watchdog;
 use super::evidence::Evidence;
 use super::guard::Pooled;
 use super::line::{self, Served};
-use super::owners::{Connecting, InFlight, Pending, Permit};
-use super::slots::{Activity, Conn, Meta, Record, Slots};
+use super::owners::{Connecting, Io, Pending, Permit};
+use super::slots::{Activity, Conn, Meta, Slots};
 use super::TARGET;
 use crate::config::Config;
 use crate::error::TimeoutPhase;
@@ -93,6 +93,12 @@ pub(crate) struct Shared<M: Manager> {
     pub(super) goodbyes: AtomicU64,
     /// When the housekeeper next asks a connection about its role.
     pub(super) role_check_due: Mutex<Instant>,
+    /// `Manager::requires_role`, asked once.
+    pub(super) requires_role: bool,
+    /// A role check fell due while nothing was idle to ask: the next
+    /// connection that comes back is asked before it is filed idle, so a
+    /// saturated pool checks as often as an idle one.
+    pub(super) role_check_wanted: AtomicBool,
     /// Returned connections are pinged: `verify_on_return`, resolved
     /// against what the manager's `has_broken` can see.
     pub(super) verify_returns: bool,
@@ -104,6 +110,7 @@ pub(crate) struct Shared<M: Manager> {
 impl<M: Manager> Shared<M> {
     pub(crate) fn new(manager: M, config: Config, runtime: Handle) -> Self {
         let verify_returns = config.verify_on_return.pings(manager.broken_detection());
+        let requires_role = manager.requires_role();
         Shared {
             verify_returns,
             manager,
@@ -123,6 +130,8 @@ impl<M: Manager> Shared<M> {
             changed: Notify::new(),
             goodbyes: AtomicU64::new(0),
             role_check_due: Mutex::new(Instant::now() + config.role_check_interval),
+            requires_role,
+            role_check_wanted: AtomicBool::new(false),
             evidence: Evidence::default(),
             config,
         }
@@ -475,7 +484,7 @@ impl<M: Manager> Shared<M> {
                     *phase = TimeoutPhase::Validating;
                     permit = match self.validate_hedged(conn, permit, site).await {
                         Validated::Lent(pooled) => return Ok(FromIdle::Lent(pooled)),
-                        Validated::Failed(permit) => permit,
+                        Validated::Failed(permit) | Validated::Silent(permit) => permit,
                         Validated::Gone => return Err(Stop::Closed),
                     };
                 }
@@ -489,7 +498,9 @@ impl<M: Manager> Shared<M> {
     /// the session mid-protocol, so it would have to be closed, while the
     /// task lets the ping finish and puts a live connection back idle. Under
     /// tight client timeouts this is the difference between reusing
-    /// connections and reconnecting on every cancelled checkout.
+    /// connections and reconnecting on every cancelled checkout. A ping
+    /// still silent at the hedge delay hands the permit back at once
+    /// ([`Validated::Silent`]) and goes on without it (see [`Io`]).
     pub(super) async fn validate_detached(
         self: &Arc<Self>,
         conn: Conn<M::Connection>,
@@ -497,22 +508,40 @@ impl<M: Manager> Shared<M> {
     ) -> Validated<M> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let shared = Arc::clone(self);
-        // If the runtime drops the task unrun, `InFlight` retires the
-        // connection and the permit goes back.
-        let mut held = InFlight::new(conn, permit);
+        // If the runtime drops the task unrun, `Io` retires the connection
+        // and the permit goes back.
+        let mut io = Io::new(conn, permit);
         self.runtime.spawn(async move {
-            let ok = shared.ping(held.conn()).await;
-            let (conn, permit) = held.take();
+            let mut tx = Some(tx);
+            let ok = shared
+                .ping(&mut io, |permit| {
+                    // Presumed dead: the caller goes on with the unit.
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(Validated::Silent(permit));
+                    }
+                })
+                .await;
             let outcome = if ok {
                 Stats::bump(&shared.stats.validations_ok);
-                Validated::Lent(permit.lend(conn, Instant::now()))
+                let Some((conn, permit)) = io.keep() else {
+                    return; // presumed dead, and its place is taken
+                };
+                match tx {
+                    Some(_) => Validated::Lent(permit.lend(conn, Instant::now())),
+                    // It answered after the caller went on without it.
+                    None => return Shared::make_idle(conn, permit),
+                }
             } else {
-                shared.retire_active(conn, Reason::ValidationFailed);
-                Validated::Failed(permit)
+                match io.retire(Reason::ValidationFailed) {
+                    Some(permit) => Validated::Failed(permit),
+                    None => return,
+                }
             };
-            if let Err(Validated::Lent(pooled)) = tx.send(outcome) {
-                // The caller is gone; the connection just proved alive.
-                Pooled::put_back_unused(pooled);
+            if let Some(tx) = tx {
+                if let Err(Validated::Lent(pooled)) = tx.send(outcome) {
+                    // The caller is gone; the connection just proved alive.
+                    Pooled::put_back_unused(pooled);
+                }
             }
         });
         rx.await.unwrap_or(Validated::Gone)
@@ -525,20 +554,30 @@ impl<M: Manager> Shared<M> {
     /// A ping still silent at the hedge delay is reported dead then, not
     /// after `validation_timeout`: a black hole teaches the idle cutoff
     /// within the idle period it ends, and should the ping answer after
-    /// all, its survival takes the report back.
-    pub(super) async fn ping(&self, conn: &mut Record<M::Connection>) -> bool {
+    /// all, its survival takes the report back. At that moment the
+    /// connection is presumed dead ([`Io::silence`]) and its permit goes
+    /// to `on_silent`: a black-holed ping no longer holds a unit of
+    /// `max_size` for the whole `validation_timeout`.
+    pub(super) async fn ping(&self, io: &mut Io<M>, on_silent: impl FnOnce(Permit<M>)) -> bool {
+        let (conn, permit) = io.parts();
         let started = Instant::now();
         let idle = started.saturating_duration_since(conn.meta.last_io);
         let limit = self.config.validation_timeout;
-        let early = self.hedge_delay().unwrap_or(limit);
+        let hedge = self.hedge_delay();
+        let early = hedge.unwrap_or(limit);
         let check = self.manager.is_valid(&mut conn.raw);
         tokio::pin!(check);
         let mut reported = false;
         let result = match timeout(early, &mut check).await {
             Ok(answer) => Ok(answer),
+            Err(elapsed) if hedge.is_none() => Err(elapsed),
             Err(_) => {
                 reported = true;
                 self.idle_died(idle, conn.meta.server_idle);
+                if let Some(permit) = Io::silence(self, &conn.meta, permit) {
+                    Stats::bump(&self.stats.validations_hedged);
+                    on_silent(permit);
+                }
                 timeout(limit.saturating_sub(early), check).await
             }
         };
@@ -717,6 +756,9 @@ enum FromIdle<M: Manager> {
 /// What a detached validation hands back to its caller.
 pub(super) enum Validated<M: Manager> {
     Lent(Pooled<M>),
+    /// The ping is silent past the hedge delay: the connection is presumed
+    /// dead and its permit comes back to be served another way.
+    Silent(Permit<M>),
     /// The ping failed and the connection was retired; try the next one.
     Failed(Permit<M>),
     /// The task was dropped unfinished: the runtime is shutting down.

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 
 use super::guard::Pooled;
 use super::inner::Shared;
-use super::slots::{Activity, Conn, Meta};
+use super::slots::{Activity, Conn, Meta, Record};
 use crate::liveness::Reason;
 use crate::manager::Manager;
 use crate::stats::Stats;
@@ -122,34 +122,115 @@ impl<M: Manager> Drop for Connecting<'_, M> {
     }
 }
 
-/// An active connection in the middle of pool-owned I/O during a checkout,
-/// with its permit. Dropped before `take` (its task was dropped
-/// unfinished) it retires the connection, whose protocol state is unknown,
-/// and the permit goes back.
-pub(super) struct InFlight<M: Manager>(Option<(Conn<M::Connection>, Permit<M>)>);
+/// An active connection the pool does I/O on (a checkout's ping, a
+/// keepalive, a return's cleaning), with its permit until that I/O goes
+/// silent past the hedge delay: then the connection is presumed dead
+/// ([`Io::silence`]), its permit goes on without it (to the caller, or back
+/// to the line) and it no longer counts against `max_size`. However the
+/// I/O ends, [`keep`](Io::keep) or [`retire`](Io::retire) settles it;
+/// dropped before either (its task dropped with the runtime), it retires
+/// the connection, whose protocol state is unknown.
+pub(super) struct Io<M: Manager> {
+    conn: Option<Conn<M::Connection>>,
+    /// `None` once the connection is presumed dead.
+    permit: Option<Permit<M>>,
+    shared: Arc<Shared<M>>,
+}
 
-impl<M: Manager> InFlight<M> {
+impl<M: Manager> Io<M> {
     pub(super) fn new(conn: Conn<M::Connection>, permit: Permit<M>) -> Self {
-        InFlight(Some((conn, permit)))
+        Io {
+            shared: Arc::clone(permit.shared()),
+            conn: Some(conn),
+            permit: Some(permit),
+        }
     }
 
-    pub(super) fn conn(&mut self) -> &mut Conn<M::Connection> {
-        &mut self
-            .0
+    pub(super) fn shared(&self) -> &Arc<Shared<M>> {
+        &self.shared
+    }
+
+    /// The I/O went silent: presume the connection dead and give up its
+    /// capacity, which the caller passes on. `None` when it was silenced
+    /// already, or `max_size` connections are presumed dead (then it keeps
+    /// its unit and the I/O is waited out as before).
+    pub(super) fn silence(
+        shared: &Shared<M>,
+        meta: &Meta,
+        permit: &mut Option<Permit<M>>,
+    ) -> Option<Permit<M>> {
+        permit.as_ref()?;
+        if !shared.slots.lock().silence(meta) {
+            return None;
+        }
+        // debug: the outcome of the I/O is logged when it comes.
+        tracing::debug!(target: super::TARGET, conn_id = meta.id, "pool I/O silent past the hedge delay; connection presumed dead, its slot goes on");
+        permit.take()
+    }
+
+    /// Splits into what the I/O and [`Io::silence`] need at once.
+    /// The record's fields can be borrowed apart (the I/O on `raw`,
+    /// `silence` on `meta`).
+    pub(super) fn parts(&mut self) -> (&mut Record<M::Connection>, &mut Option<Permit<M>>) {
+        let conn = self
+            .conn
             .as_mut()
-            .expect("InFlight holds its connection until take")
-            .0
+            .expect("Io holds its connection until it is settled");
+        (&mut **conn, &mut self.permit)
     }
 
-    pub(super) fn take(&mut self) -> (Conn<M::Connection>, Permit<M>) {
-        self.0.take().expect("InFlight::take is called once")
+    /// The I/O succeeded: the connection with its permit, to lend or file
+    /// idle. A connection presumed dead takes a unit of capacity again if
+    /// one is free; if none is, its place went to another and it is closed
+    /// (`None`).
+    pub(super) fn keep(mut self) -> Option<(Conn<M::Connection>, Permit<M>)> {
+        let mut conn = self.conn.take().expect("Io is settled once");
+        if let Some(permit) = self.permit.take() {
+            return Some((conn, permit));
+        }
+        let now = Instant::now();
+        let revived = self.shared.slots.lock().revive(&mut conn.meta, now);
+        if revived {
+            return Some((conn, Permit::new(&self.shared)));
+        }
+        // Not `retire_active`: it left the active set when it went silent.
+        self.shared.retire(conn, Reason::Closed);
+        None
+    }
+
+    /// The I/O failed: the connection is closed for `reason`; its permit,
+    /// if it still has one, comes back to the caller.
+    pub(super) fn retire(mut self, reason: Reason) -> Option<Permit<M>> {
+        let conn = self.conn.take().expect("Io is settled once");
+        match self.permit.take() {
+            Some(permit) => {
+                self.shared.retire_active(conn, reason);
+                Some(permit)
+            }
+            None => {
+                self.shared.slots.lock().bury();
+                self.shared.retire(conn, reason);
+                None
+            }
+        }
     }
 }
 
-impl<M: Manager> Drop for InFlight<M> {
+impl<M: Manager> Drop for Io<M> {
     fn drop(&mut self) {
-        if let Some((conn, permit)) = self.0.take() {
-            permit.shared().retire_active(conn, Reason::Closed);
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        match self.permit.take() {
+            Some(permit) => {
+                self.shared.slots.lock().forget_active(&conn.meta);
+                drop(permit);
+            }
+            None => self.shared.slots.lock().bury(),
         }
+        // Dropped unfinished (the runtime is shutting down): mid-protocol,
+        // never reused; no goodbye task can be spawned now.
+        self.shared.note_retired(&conn.meta, Reason::Closed);
+        drop(conn);
     }
 }

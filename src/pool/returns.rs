@@ -10,17 +10,19 @@ use std::sync::Arc;
 use tokio::time::{timeout, Instant};
 
 use super::inner::Shared;
-use super::owners::Permit;
+use super::owners::{Io, Permit};
 use super::slots::{Activity, Conn, Filed, Meta};
 use super::TARGET;
 use crate::liveness::{assess, may_retire_at_return, Policy, Reason, Verdict};
-use crate::manager::Manager;
+use crate::manager::{Cancelled, Manager};
+use crate::stats::Stats;
 
 impl<M: Manager> Shared<M> {
     /// Takes back a connection from a dropped [`Pooled`], with its permit.
     /// Synchronous: when the connection needs cleaning, the round trip runs
-    /// in a task that keeps the permit until it is done, so the pool never
-    /// exceeds `max_size` while a connection is being reset.
+    /// in a task that keeps the permit until it is done (or until it goes
+    /// silent past the hedge delay: see [`Io`]), so the pool never exceeds
+    /// `max_size` while a connection is being reset.
     pub(crate) fn check_in(
         mut conn: Conn<M::Connection>,
         permit: Permit<M>,
@@ -45,24 +47,77 @@ impl<M: Manager> Shared<M> {
                 &this.policy,
                 now,
             ) {
-                this.retire_active(conn, reason);
+                // A borrower that left mid-query may have left the
+                // statement running on the server (mysql_async gives such
+                // a session up): ask the server to stop it on the way out.
+                if broken && this.manager.query_in_flight(&mut conn.raw) {
+                    this.slots.lock().forget_active(&conn.meta);
+                    this.note_retired(&conn.meta, reason);
+                    this.cancel_and_say_goodbye(conn.into_raw());
+                } else {
+                    this.retire_active(conn, reason);
+                }
                 return; // the permit goes back as it is dropped
             }
         }
         let full = full_reset || this.config.reset_on_return;
         let dirty = full || this.manager.needs_cleanup(&mut conn.raw);
-        if !dirty && !this.verify_returns {
+        // A role check is due (the housekeeper found nothing idle to ask),
+        // or a reply on this session said the server turned read-only.
+        let role = this.requires_role
+            && ((this.role_check_wanted.load(Relaxed)
+                && this.role_check_wanted.swap(false, Relaxed))
+                || this.manager.role_in_doubt(&mut conn.raw));
+        if !dirty && !this.verify_returns && !role {
             Self::make_idle(conn, permit);
             return;
         }
+        let plan = Plan {
+            // A reply still on its way: stop the statement rather than
+            // queue a rollback or a ping behind it.
+            cancel: dirty && this.manager.query_in_flight(&mut conn.raw),
+            // A reset is a round trip too, and proves the session alive: a
+            // dirty connection is cleaned, a clean one only pinged.
+            reset: dirty.then_some(full),
+            role,
+        };
         let runtime = this.runtime.clone();
-        let returning = Returning::new(conn, permit);
-        // A reset is a round trip too, and proves the session alive: a
-        // dirty connection is cleaned, a clean one only pinged.
-        if dirty {
-            runtime.spawn(returning.reset(full));
-        } else {
-            runtime.spawn(returning.verify());
+        runtime.spawn(Returning::new(conn, permit).finish(plan));
+    }
+
+    /// Asks the server to stop what `raw`'s borrower left running, then
+    /// closes it politely, in a task of its own counted in `goodbyes`.
+    fn cancel_and_say_goodbye(self: &Arc<Self>, mut raw: M::Connection) {
+        self.goodbyes.fetch_add(1, Relaxed);
+        let shared = Arc::clone(self);
+        self.runtime.spawn(async move {
+            let limit = shared.config.validation_timeout;
+            let cancelled = timeout(limit, shared.manager.cancel_query(&mut raw)).await;
+            shared.note_cancel(cancelled.ok());
+            shared.close_raw(raw).await;
+            shared.goodbyes.fetch_sub(1, Relaxed);
+            shared.changed.notify_waiters();
+        });
+    }
+
+    /// Counts and logs a cancel's outcome (`None`: it timed out).
+    fn note_cancel(&self, outcome: Option<Result<Cancelled, M::Error>>) -> Option<Cancelled> {
+        match outcome {
+            Some(Ok(Cancelled::Unsupported)) => Some(Cancelled::Unsupported),
+            Some(Ok(done)) => {
+                Stats::bump(&self.stats.queries_cancelled);
+                // debug: the borrower chose to leave; this is the pool cleaning up.
+                tracing::debug!(target: TARGET, outcome = ?done, "statement left running by its borrower cancelled");
+                Some(done)
+            }
+            Some(Err(error)) => {
+                tracing::debug!(target: TARGET, %error, "cancelling a statement left running failed");
+                None
+            }
+            None => {
+                tracing::debug!(target: TARGET, "cancelling a statement left running timed out");
+                None
+            }
         }
     }
 
@@ -141,10 +196,31 @@ impl<M: Manager> Shared<M> {
     }
 }
 
-/// A returned connection being cleaned in its own task, with its permit:
-/// however the task ends (done, failed, or dropped with the runtime), the
+/// What a returned connection needs before it goes back idle, in order.
+#[derive(Clone, Copy)]
+struct Plan {
+    /// Stop the statement its borrower left running (`cancel_query`).
+    cancel: bool,
+    /// Clean it (`reset`; `Some(true)`: a full reset); `None`: ping it
+    /// instead (`verify_on_return`), unless `role` asks it a question anyway.
+    reset: Option<bool>,
+    /// Ask the session its role (`has_role`).
+    role: bool,
+}
+
+/// How a [`Plan`] ended.
+enum Outcome {
+    Clean,
+    Retire(Reason),
+    /// The session no longer has the role the manager requires.
+    RoleGone,
+}
+
+/// A returned connection being cleaned in its own task, with its permit
+/// (given up if the cleaning goes silent past the hedge delay): however
+/// the task ends (done, failed, or dropped with the runtime), the
 /// connection ends up idle or retired and the permit goes back.
-pub(super) struct Returning<M: Manager>(Option<(Conn<M::Connection>, Permit<M>)>);
+pub(super) struct Returning<M: Manager>(Io<M>);
 
 impl<M: Manager> Returning<M> {
     pub(super) fn new(conn: Conn<M::Connection>, permit: Permit<M>) -> Self {
@@ -153,89 +229,128 @@ impl<M: Manager> Returning<M> {
             .slots
             .lock()
             .set_activity(&conn.meta, Activity::Returning);
-        Returning(Some((conn, permit)))
+        Returning(Io::new(conn, permit))
     }
 
-    /// Cleans the connection (rollback, and a full reset when `full`), then
-    /// puts it back idle, or retires it if the cleaning failed.
-    pub(super) async fn reset(self, full: bool) {
-        self.finish(ReturnIo::Reset { full }).await;
-    }
-
-    /// Pings the connection (`verify_on_return`), then puts it back idle, or
-    /// retires it if the session did not survive its borrower.
-    pub(super) async fn verify(self) {
-        self.finish(ReturnIo::Verify).await;
-    }
-
-    /// Runs `io` on the connection, bounded by `validation_timeout`, and
-    /// files the connection by its outcome.
-    async fn finish(mut self, io: ReturnIo) {
-        let (what, failed) = match io {
-            ReturnIo::Reset { .. } => ("reset on return", Reason::ResetFailed),
-            ReturnIo::Verify => ("verify on return", Reason::ValidationFailed),
-        };
-        // The connection stays in `self` across the await: if this task is
-        // dropped mid-I/O, `Drop` closes it and the permit goes back.
-        let result = {
-            let (conn, permit) = self.0.as_mut().expect("Returning holds its connection");
-            let shared = permit.shared();
-            let (raw, manager) = (&mut conn.raw, &shared.manager);
-            timeout(shared.config.validation_timeout, async move {
-                match io {
-                    ReturnIo::Reset { full } => manager.reset(raw, full).await,
-                    ReturnIo::Verify => manager.is_valid(raw).await,
-                }
-            })
-            .await
-        };
-        let (mut conn, permit) = self.0.take().expect("Returning holds its connection");
-        let shared = Arc::clone(permit.shared());
-        let reason = match result {
-            Ok(Ok(())) => {
-                conn.meta.last_io = Instant::now();
-                Shared::make_idle(conn, permit);
-                return;
+    /// Runs the plan on the connection, each step bounded by
+    /// `validation_timeout`, then files the connection by its outcome.
+    async fn finish(mut self, plan: Plan) {
+        let shared = Arc::clone(self.0.shared());
+        let outcome = {
+            let (conn, permit) = self.0.parts();
+            let work = shared.run_plan(&mut conn.raw, conn.meta.id, plan);
+            tokio::pin!(work);
+            match shared.hedge_delay() {
+                Some(delay) => match timeout(delay, &mut work).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => {
+                        // Presumed dead (an abandoned statement the server
+                        // cannot be made to stop, a black hole): the next
+                        // caller does not wait for it. The unit goes back
+                        // to the line at once.
+                        drop(Io::silence(&shared, &conn.meta, permit));
+                        work.await
+                    }
+                },
+                None => work.await,
             }
+        };
+        match outcome {
+            Outcome::Clean => {
+                if let Some((mut conn, permit)) = self.0.keep() {
+                    conn.meta.last_io = Instant::now();
+                    Shared::make_idle(conn, permit);
+                }
+            }
+            Outcome::Retire(reason) => {
+                shared.suspect();
+                drop(self.0.retire(reason));
+            }
+            Outcome::RoleGone => {
+                drop(self.0.retire(Reason::RoleChanged));
+                shared.role_changed("a returned session no longer has its role");
+            }
+        }
+    }
+}
+
+impl<M: Manager> Shared<M> {
+    /// The I/O of a [`Plan`], step by step.
+    async fn run_plan(&self, raw: &mut M::Connection, conn_id: u64, plan: Plan) -> Outcome {
+        let limit = self.config.validation_timeout;
+        let manager = &self.manager;
+        if plan.cancel {
+            let cancelled = timeout(limit, manager.cancel_query(raw)).await;
+            if self.note_cancel(cancelled.ok()) != Some(Cancelled::Drained) {
+                // Never lent with a reply pending: closed instead.
+                return Outcome::Retire(Reason::ResetFailed);
+            }
+        }
+        let (what, failed) = match plan.reset {
+            Some(_) => ("reset on return", Reason::ResetFailed),
+            None => ("verify on return", Reason::ValidationFailed),
+        };
+        let cleaned = match plan.reset {
+            Some(full) => Some(timeout(limit, manager.reset(raw, full)).await),
+            // The role question proves the session alive as well as a ping.
+            None if plan.role => None,
+            None => Some(timeout(limit, manager.is_valid(raw)).await),
+        };
+        if let Some(result) = cleaned {
+            if let Some(reason) = self.return_failure(raw, conn_id, what, failed, result) {
+                return Outcome::Retire(reason);
+            }
+        }
+        if plan.role {
+            match timeout(limit, manager.has_role(raw)).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Outcome::RoleGone,
+                result => {
+                    let result = result.map(|r| r.map(drop));
+                    let reason = self
+                        .return_failure(
+                            raw,
+                            conn_id,
+                            "role check",
+                            Reason::ValidationFailed,
+                            result,
+                        )
+                        .unwrap_or(Reason::ValidationFailed);
+                    return Outcome::Retire(reason);
+                }
+            }
+        }
+        Outcome::Clean
+    }
+
+    /// What a failed step of a return means for the connection; `None`: it
+    /// did not fail.
+    fn return_failure(
+        &self,
+        raw: &mut M::Connection,
+        conn_id: u64,
+        what: &str,
+        failed: Reason,
+        result: Result<Result<(), M::Error>, tokio::time::error::Elapsed>,
+    ) -> Option<Reason> {
+        match result {
+            Ok(Ok(())) => None,
             Ok(Err(error)) => {
-                let manager = &shared.manager;
-                if manager.error_ends_session(&error) || manager.has_broken(&mut conn.raw) {
+                let manager = &self.manager;
+                if manager.error_ends_session(&error) || manager.has_broken(raw) {
                     // The session died while it was lent (a restart, a kill):
                     // the borrower saw that already; debug, like every retirement.
-                    tracing::debug!(target: TARGET, conn_id = conn.meta.id, %error, "returned connection's session is gone ({what})");
-                    Reason::Broken
+                    tracing::debug!(target: TARGET, conn_id, %error, "returned connection's session is gone ({what})");
+                    Some(Reason::Broken)
                 } else {
-                    tracing::warn!(target: TARGET, conn_id = conn.meta.id, %error, "{what} failed");
-                    failed
+                    tracing::warn!(target: TARGET, conn_id, %error, "{what} failed");
+                    Some(failed)
                 }
             }
             Err(_) => {
-                tracing::warn!(target: TARGET, conn_id = conn.meta.id, "{what} timed out");
-                failed
+                tracing::warn!(target: TARGET, conn_id, "{what} timed out");
+                Some(failed)
             }
-        };
-        shared.suspect();
-        shared.retire_active(conn, reason);
-        drop(permit);
-    }
-}
-
-/// What a `Returning` task does to its connection.
-#[derive(Clone, Copy)]
-enum ReturnIo {
-    Reset { full: bool },
-    Verify,
-}
-
-impl<M: Manager> Drop for Returning<M> {
-    fn drop(&mut self) {
-        if let Some((conn, permit)) = self.0.take() {
-            // The task was dropped unfinished (runtime shutting down): the
-            // connection may be mid-reset, so it is closed, never reused.
-            let shared = permit.shared();
-            shared.slots.lock().forget_active(&conn.meta);
-            shared.note_retired(&conn.meta, Reason::ResetFailed);
-            drop(conn);
         }
     }
 }

@@ -124,6 +124,14 @@ pub(crate) struct Slots<C> {
     /// Active connections out for a keepalive ping: idle again unless the
     /// ping fails, so `min_idle` counts them.
     pinging: usize,
+    /// Connections presumed dead: pool I/O on them (a ping, a return's
+    /// cleaning) went silent past the hedge delay, so they left `active`
+    /// and gave up their capacity, and wait for that I/O to end (taken
+    /// back if it answers, closed if not). At most `capacity` of them, so
+    /// a black hole leaves at most `max_size` sockets open beside the pool.
+    silent: usize,
+    /// `max_size`: the bound on `silent`.
+    capacity: usize,
     closed: bool,
     /// Capacity (`max_size`) and the callers waiting for it.
     line: Line<C>,
@@ -146,6 +154,8 @@ pub(crate) struct Counts {
     pub(crate) idle: usize,
     pub(crate) active: usize,
     pub(crate) connecting: usize,
+    /// Presumed dead, outside `max_size` (see `Slots::silence`).
+    pub(crate) silent: usize,
 }
 
 impl<C> Slots<C> {
@@ -157,6 +167,8 @@ impl<C> Slots<C> {
             active: Registry::default(),
             connecting: 0,
             pinging: 0,
+            silent: 0,
+            capacity,
             closed: false,
             line: Line::new(capacity),
         }
@@ -226,7 +238,42 @@ impl<C> Slots<C> {
             idle: self.idle.len(),
             active: self.active.len,
             connecting: self.connecting,
+            silent: self.silent,
         }
+    }
+
+    /// The active connection whose I/O went silent is presumed dead: it
+    /// leaves `active`, and the capacity its owner holds may go on without
+    /// it. `false` (nothing changes) when `max_size` connections are
+    /// presumed dead already: then the owner keeps waiting, holding its unit.
+    pub(crate) fn silence(&mut self, meta: &Meta) -> bool {
+        if self.silent >= self.capacity {
+            return false;
+        }
+        self.remove_active(meta);
+        self.silent += 1;
+        true
+    }
+
+    /// The silent I/O answered after all: the connection counts active
+    /// again, on a unit of capacity taken for it (the caller owns it), if
+    /// one is free; else `false`, and it is no longer counted anywhere
+    /// (the caller closes it: its place went to someone else).
+    pub(crate) fn revive(&mut self, meta: &mut Meta, now: Instant) -> bool {
+        debug_assert!(self.silent > 0, "a revived connection was presumed dead");
+        self.silent -= 1;
+        if !self.try_take() {
+            return false;
+        }
+        self.active.insert(meta, now, Activity::Returning);
+        true
+    }
+
+    /// The silent I/O failed or timed out: the connection presumed dead is
+    /// no longer counted anywhere (the caller closes it).
+    pub(crate) fn bury(&mut self) {
+        debug_assert!(self.silent > 0, "a buried connection was presumed dead");
+        self.silent -= 1;
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -606,7 +653,8 @@ mod tests {
             Counts {
                 idle: 1,
                 active: 0,
-                connecting: 0
+                connecting: 0,
+                silent: 0
             }
         );
     }
@@ -626,7 +674,8 @@ mod tests {
             Counts {
                 idle: 1,
                 active: 1,
-                connecting: 0
+                connecting: 0,
+                silent: 0
             }
         );
         assert_eq!(
@@ -667,7 +716,8 @@ mod tests {
             Counts {
                 idle: 0,
                 active: 1,
-                connecting: 0
+                connecting: 0,
+                silent: 0
             }
         );
         assert_eq!(slots.close().0.len(), 0);
@@ -679,7 +729,8 @@ mod tests {
             Counts {
                 idle: 0,
                 active: 0,
-                connecting: 0
+                connecting: 0,
+                silent: 0
             }
         );
         assert_eq!(slots.idle_deficit(5), 0, "a closed pool wants nothing");

@@ -40,14 +40,18 @@ async fn a_silent_checkout_ping_is_hedged_with_a_new_connect_after_the_floor() {
     assert_eq!(vigil::Pooled::id(&conn), 2, "a new connection");
     let s = pool.state();
     assert_eq!((s.validations_hedged, s.created), (1, 2), "{s:?}");
-    assert_eq!(s.open, 2, "the silent one keeps its slot: {s:?}");
+    assert_eq!(
+        (s.open, s.presumed_dead),
+        (1, 1),
+        "the silent one is presumed dead and gave its slot up: {s:?}"
+    );
 
-    // Its ping times out after validation_timeout: retired, slot freed.
+    // Its ping times out after validation_timeout: retired.
     tokio::time::sleep(5 * SEC).await;
     settle().await;
     let s = pool.state();
     assert_eq!(s.closed.get(Reason::ValidationFailed), 1, "{s:?}");
-    assert_eq!((s.open, s.active), (1, 1), "{s:?}");
+    assert_eq!((s.open, s.active, s.presumed_dead), (1, 1, 0), "{s:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -82,8 +86,12 @@ async fn a_warm_connection_back_meanwhile_serves_the_hedge() {
     assert_eq!(fake.script.connects.load(SeqCst), 2);
 }
 
+/// Issue 27: in a pool whose every slot is held, a silent ping used to
+/// hold its slot for the whole `validation_timeout` (5.07 s for the
+/// slowest request of a black-holed `vigil load`). Presumed dead at the
+/// hedge delay, it gives the slot to the caller, who connects anew.
 #[tokio::test(start_paused = true)]
-async fn with_every_slot_taken_a_silent_ping_is_waited_out() {
+async fn with_every_slot_taken_a_silent_ping_gives_its_slot_up() {
     let fake = Fake::new();
     let pool = builder(&fake, 1)
         .acquire_timeout(10 * SEC)
@@ -92,12 +100,33 @@ async fn with_every_slot_taken_a_silent_ping_is_waited_out() {
     one_silent_idle(&pool).await;
     fake.script.ping_hangs.store(true, SeqCst);
     let started = Instant::now();
+    let conn = pool.get().await.expect("a new connection at the hedge");
+    assert_eq!(
+        started.elapsed(),
+        50 * MS,
+        "the hedge floor, not validation_timeout"
+    );
+    let s = pool.state();
+    assert_eq!(
+        (s.open, s.presumed_dead, s.validations_hedged),
+        (1, 1, 1),
+        "{s:?}"
+    );
+
+    // A second silent ping while the first is still presumed dead: at most
+    // `max_size` sockets are presumed dead, so this one keeps its slot and
+    // its caller waits it out, as before.
+    drop(conn);
+    tokio::time::sleep(SEC).await;
+    let started = Instant::now();
     let _conn = pool
         .get()
         .await
         .expect("a new connection after the ping timed out");
     assert_eq!(started.elapsed(), 5 * SEC, "validation_timeout");
-    assert_eq!(pool.state().validations_hedged, 1);
+    let s = pool.state();
+    assert_eq!(s.presumed_dead, 0, "both silent pings ended: {s:?}");
+    assert_eq!(s.closed.get(Reason::ValidationFailed), 2, "{s:?}");
 }
 
 #[tokio::test(start_paused = true)]
