@@ -104,8 +104,18 @@ async fn failed_or_hanging_reset_retires_the_connection_and_frees_the_slot() {
         let mut c = pool.get().await.unwrap();
         c.in_transaction = true;
         drop(c);
+        let started = tokio::time::Instant::now();
         let c = pool.get().await.unwrap();
         assert_eq!(vigil::Pooled::id(&c), 2, "hang={hang}: never lent again");
+        if hang {
+            // The hanging reset gives its slot up at the hedge delay (the
+            // connection is presumed dead), not after validation_timeout.
+            assert_eq!(started.elapsed(), Duration::from_millis(50));
+            assert_eq!(pool.state().presumed_dead, 1);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            crate::settle().await;
+            assert_eq!(pool.state().presumed_dead, 0);
+        }
         assert_eq!(pool.state().closed.get(Reason::ResetFailed), 1);
     }
 }
