@@ -38,6 +38,10 @@ pub enum BrokenDetection {
 pub enum Cancelled {
     /// Nothing was sent: this manager cannot stop a command in flight.
     Unsupported,
+    /// Nothing needed stopping: the pending reply arrived by itself (the
+    /// borrower had stopped reading a statement that was finishing) and
+    /// the session may be cleaned and lent again.
+    Settled,
     /// The server was asked to stop the command and its reply has been
     /// drained: the session may be cleaned and lent again.
     Drained,

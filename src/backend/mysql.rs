@@ -67,7 +67,7 @@ use mysql_async::consts::StatusFlags;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
 
-use crate::manager::{Manager, ServerTimeouts};
+use crate::manager::{Cancelled, Manager, ServerTimeouts};
 
 /// Tracing target of this backend.
 const TARGET: &str = "vigil::mysql";
@@ -533,6 +533,27 @@ impl Manager for MySqlManager {
 
     fn needs_cleanup(&self, conn: &mut Conn) -> bool {
         in_transaction(conn)
+    }
+
+    /// mysql_async gives a connection up (`is_disconnected`) when a
+    /// command's future is dropped midway, which is how a borrower that
+    /// left mid-query looks; it cannot be told from a socket that failed,
+    /// so every broken return gets a `KILL QUERY` (answered "unknown
+    /// thread" when the session is gone already).
+    fn query_in_flight(&self, conn: &mut Conn) -> bool {
+        conn.is_disconnected()
+    }
+
+    /// `KILL QUERY <id>` from a new connection to the same server: the
+    /// statement stops at once instead of running on with nobody to read
+    /// its reply. The session itself is given up by the driver, so the
+    /// pool closes it ([`Cancelled::Stopped`]).
+    async fn cancel_query(&self, conn: &mut Conn) -> Result<Cancelled, mysql_async::Error> {
+        let id = conn.id();
+        let mut admin = self.connect_to(conn.opts().clone()).await?;
+        let killed = admin.query_drop(format!("KILL QUERY {id}")).await;
+        let _ = admin.disconnect().await;
+        killed.map(|()| Cancelled::Stopped)
     }
 
     /// `ER_OPTION_PREVENTS_STATEMENT` (1290, `--read-only`) and

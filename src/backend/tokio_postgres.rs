@@ -84,7 +84,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -103,8 +103,9 @@ use tokio_postgres::{Client, Config, NoTls, SimpleQueryMessage};
 use super::credentials::{provider_failed, Credentials};
 use super::{percent_decode, pg_duration, redact_password, InvalidUrl};
 
+mod cancel;
 mod tls;
-use crate::manager::{BrokenDetection, Manager, ServerTimeouts};
+use crate::manager::{BrokenDetection, Cancelled, Manager, ServerTimeouts};
 use tls::MaybeTls;
 pub use tls::{PgTls, SslMode};
 
@@ -328,6 +329,9 @@ pub struct PgClient {
     seen: Arc<Seen>,
     /// The session runs over TLS.
     tls: bool,
+    /// Where the session's socket went, for a cancel request; `None` for
+    /// sessions the driver opened itself.
+    endpoint: Option<cancel::Endpoint>,
 }
 
 impl PgClient {
@@ -416,6 +420,7 @@ impl TokioPgManager {
             connection: spawn_connection(connection),
             seen: Arc::new(Seen::unwatched()),
             tls: false,
+            endpoint: None,
         })
     }
 
@@ -446,8 +451,9 @@ impl TokioPgManager {
                 Host::Unix(dir) => {
                     let path = dir.join(format!(".s.PGSQL.{port}"));
                     // As libpq: no TLS over a Unix-domain socket.
+                    let endpoint = cancel::Endpoint::Unix(path.clone());
                     match self.within(UnixStream::connect(path)).await {
-                        Ok(socket) => self.start(MaybeTls::Plain(socket)).await,
+                        Ok(socket) => self.start(MaybeTls::Plain(socket), endpoint).await,
                         Err(e) => Err(Failure::Io(e)),
                     }
                 }
@@ -471,7 +477,7 @@ impl TokioPgManager {
         for addr in addrs {
             let attempt = match self.within(TcpStream::connect(addr)).await {
                 Ok(socket) => match self.tune(&socket) {
-                    Ok(()) => self.secure(name, socket).await,
+                    Ok(()) => self.secure(name, socket, addr).await,
                     Err(e) => Err(Failure::Io(e)),
                 },
                 Err(e) => Err(Failure::Io(e)),
@@ -525,17 +531,30 @@ impl TokioPgManager {
 
     /// TLS on a TCP socket as `sslmode` says (within `connect_timeout`),
     /// then [`start`](Self::start) inside it.
-    async fn secure(&self, host: &str, socket: TcpStream) -> Result<PgClient, Failure> {
+    async fn secure(
+        &self,
+        host: &str,
+        socket: TcpStream,
+        addr: std::net::SocketAddr,
+    ) -> Result<PgClient, Failure> {
         let stream = self
             .within(self.tls.negotiate(host, socket))
             .await
             .map_err(Failure::Io)?;
-        self.start(stream).await
+        let endpoint = cancel::Endpoint::Tcp {
+            host: host.to_owned(),
+            addr,
+        };
+        self.start(stream, endpoint).await
     }
 
     /// Startup and authentication on `stream` (watched, inside TLS if
     /// any), then the role check of `target_session_attrs`.
-    async fn start<S>(&self, stream: MaybeTls<S>) -> Result<PgClient, Failure>
+    async fn start<S>(
+        &self,
+        stream: MaybeTls<S>,
+        endpoint: cancel::Endpoint,
+    ) -> Result<PgClient, Failure>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -559,6 +578,7 @@ impl TokioPgManager {
             connection: spawn_connection(connection),
             seen,
             tls,
+            endpoint: Some(endpoint),
         };
         let wanted = self.config.get_target_session_attrs();
         if wanted != TargetSessionAttrs::Any {
@@ -719,6 +739,21 @@ struct Seen {
     /// behind it, and a borrower can drop a query mid-flight).
     sent: AtomicU32,
     answered: AtomicU32,
+    /// An `ErrorResponse` with SQLSTATE 25006 (`read_only_sql_transaction`)
+    /// passed: the server may have turned read-only. Cleared by `has_role`.
+    read_only_error: AtomicBool,
+    /// An `ErrorResponse` with SQLSTATE 57014 (`query_canceled`) passed:
+    /// a cancel request reached the statement. Cleared before each cancel.
+    query_canceled: AtomicBool,
+    /// The session's `BackendKeyData` (process id, secret key), for a
+    /// cancel request; 0 before it arrives.
+    key: AtomicU64,
+    /// The server closed the socket (EOF or a read error).
+    ended: AtomicBool,
+    /// Someone waits in [`Seen::settled`]: a `ReadyForQuery` or the end
+    /// of the stream wakes `changed`. Checked, not locked, per message.
+    waiting: AtomicBool,
+    changed: tokio::sync::Notify,
 }
 
 impl Default for Seen {
@@ -730,6 +765,12 @@ impl Default for Seen {
             // authentication.
             sent: AtomicU32::new(1),
             answered: AtomicU32::new(0),
+            read_only_error: AtomicBool::new(false),
+            query_canceled: AtomicBool::new(false),
+            key: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
         }
     }
 }
@@ -744,6 +785,39 @@ impl Seen {
         Seen {
             sent: AtomicU32::new(0),
             ..Seen::default()
+        }
+    }
+
+    /// A request written has no `ReadyForQuery` yet: a reply is on its way.
+    fn reply_pending(&self) -> bool {
+        let sent = self.sent.load(Ordering::SeqCst);
+        self.answered.load(Ordering::SeqCst) != sent
+    }
+
+    /// Returns once no reply is pending, or the session ended.
+    async fn settled(&self) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            // SeqCst, with the reader's increment and load: either it sees
+            // `waiting` and wakes us, or we see its `ReadyForQuery`.
+            self.waiting.store(true, Ordering::SeqCst);
+            if !self.reply_pending()
+                || self.ended.load(Ordering::SeqCst)
+                || self.fatal.load(Ordering::Acquire)
+            {
+                self.waiting.store(false, Ordering::SeqCst);
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Wakes a [`settled`](Seen::settled) waiter, if there is one.
+    fn wake_waiter(&self) {
+        if self.waiting.load(Ordering::SeqCst) {
+            self.changed.notify_waiters();
         }
     }
 
@@ -804,10 +878,10 @@ struct Scan {
     kept: Vec<u8>,
 }
 
-/// A message type whose body [`Scan`] reads: `ErrorResponse` and
-/// `ReadyForQuery`.
+/// A message type whose body [`Scan`] reads: `ErrorResponse`,
+/// `ReadyForQuery` and `BackendKeyData`.
 fn watched(tag: u8) -> bool {
-    matches!(tag, b'E' | b'Z')
+    matches!(tag, b'E' | b'Z' | b'K')
 }
 
 /// The length field of a message header (it counts itself, not the type byte).
@@ -881,13 +955,27 @@ impl Scan {
                     // Release: whoever sees the flag also sees what came before.
                     seen.fatal.store(true, Ordering::Release);
                 }
+                for field in body.split(|b| *b == 0) {
+                    match field {
+                        b"C25006" => seen.read_only_error.store(true, Ordering::Release),
+                        b"C57014" => seen.query_canceled.store(true, Ordering::SeqCst),
+                        _ => {}
+                    }
+                }
             }
             b'Z' => {
                 if let Some(&status) = body.first() {
                     seen.status.store(status, Ordering::Release);
                 }
                 // After the status: whoever sees the count sees the status.
-                seen.answered.fetch_add(1, Ordering::Release);
+                seen.answered.fetch_add(1, Ordering::SeqCst);
+                seen.wake_waiter();
+            }
+            b'K' => {
+                if let [a, b, c, d, e, f, g, h, ..] = *body {
+                    let key = u64::from_be_bytes([a, b, c, d, e, f, g, h]);
+                    seen.key.store(key, Ordering::Release);
+                }
             }
             _ => {}
         }
@@ -968,9 +1056,17 @@ impl<S: AsyncRead + Unpin> AsyncRead for FatalWatch<S> {
     ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            let this = &mut *self;
-            this.scan.feed(&buf.filled()[before..], &this.seen);
+        match &polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                let this = &mut *self;
+                this.scan.feed(&buf.filled()[before..], &this.seen);
+            }
+            Poll::Ready(_) => {
+                // EOF or a read error: no reply is coming any more.
+                self.seen.ended.store(true, Ordering::SeqCst);
+                self.seen.wake_waiter();
+            }
+            Poll::Pending => {}
         }
         polled
     }
@@ -1066,6 +1162,7 @@ impl TokioPgManager {
                     connection: spawn_connection(connection),
                     seen: Arc::new(Seen::unwatched()),
                     tls: false,
+                    endpoint: None,
                 })
             }
         }
@@ -1091,6 +1188,7 @@ impl Manager for TokioPgManager {
                         connection: spawn_connection(connection),
                         seen: Arc::new(Seen::unwatched()),
                         tls: false,
+                        endpoint: None,
                     });
                 }
             };
@@ -1127,6 +1225,8 @@ impl Manager for TokioPgManager {
     /// made read-only (`default_transaction_read_only`), the same check
     /// the connect makes.
     async fn has_role(&self, conn: &mut PgClient) -> Result<bool, tokio_postgres::Error> {
+        // This answer settles the doubt a 25006 raised, either way.
+        conn.seen.read_only_error.store(false, Ordering::Release);
         let read_only = is_read_only(conn).await?;
         Ok(match self.config.get_target_session_attrs() {
             TargetSessionAttrs::ReadWrite => !read_only,
@@ -1142,6 +1242,26 @@ impl Manager for TokioPgManager {
 
     fn needs_cleanup(&self, conn: &mut PgClient) -> bool {
         !conn.seen.settled_clean()
+    }
+
+    /// A request written without its `ReadyForQuery` yet, on a session
+    /// still open: the borrower dropped a query mid-flight.
+    fn query_in_flight(&self, conn: &mut PgClient) -> bool {
+        !self.has_broken(conn) && conn.seen.reply_pending()
+    }
+
+    /// PostgreSQL's cancel request, over a new socket to the address (and
+    /// inside TLS, as) the session's; then waits for the statement's error
+    /// and `ReadyForQuery` to pass. See the `cancel` module.
+    async fn cancel_query(&self, conn: &mut PgClient) -> Result<Cancelled, tokio_postgres::Error> {
+        Ok(self.cancel(conn).await)
+    }
+
+    /// A `read_only_sql_transaction` error passed on a session that must be
+    /// writable: whoever got it, the pool asks the role before reuse.
+    fn role_in_doubt(&self, conn: &mut PgClient) -> bool {
+        conn.seen.read_only_error.load(Ordering::Acquire)
+            && self.config.get_target_session_attrs() == TargetSessionAttrs::ReadWrite
     }
 
     /// The status byte of the last `ReadyForQuery` only: a request still

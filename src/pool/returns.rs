@@ -103,7 +103,7 @@ impl<M: Manager> Shared<M> {
     /// Counts and logs a cancel's outcome (`None`: it timed out).
     fn note_cancel(&self, outcome: Option<Result<Cancelled, M::Error>>) -> Option<Cancelled> {
         match outcome {
-            Some(Ok(Cancelled::Unsupported)) => Some(Cancelled::Unsupported),
+            Some(Ok(quiet @ (Cancelled::Unsupported | Cancelled::Settled))) => Some(quiet),
             Some(Ok(done)) => {
                 Stats::bump(&self.stats.queries_cancelled);
                 // debug: the borrower chose to leave; this is the pool cleaning up.
@@ -281,7 +281,8 @@ impl<M: Manager> Shared<M> {
         let manager = &self.manager;
         if plan.cancel {
             let cancelled = timeout(limit, manager.cancel_query(raw)).await;
-            if self.note_cancel(cancelled.ok()) != Some(Cancelled::Drained) {
+            let outcome = self.note_cancel(cancelled.ok());
+            if !matches!(outcome, Some(Cancelled::Drained | Cancelled::Settled)) {
                 // Never lent with a reply pending: closed instead.
                 return Outcome::Retire(Reason::ResetFailed);
             }
