@@ -149,14 +149,18 @@ pub struct Config {
     /// Idle cutoffs nobody announces; see [`IdleCutoff`]. Default
     /// [`IdleCutoff::Learn`].
     pub idle_cutoff: IdleCutoff,
-    /// How often the housekeeper asks one idle connection whether its
-    /// session still has the role the manager requires
+    /// How often the pool asks one connection whether its session still
+    /// has the role the manager requires
     /// ([`Manager::has_role`](crate::Manager::has_role), e.g. a writable
     /// primary for `target_session_attrs=read-write`): one round trip per
-    /// period, not per checkout. When the role is gone, every connection is
-    /// retired (a new generation) and new ones go where the role now is.
-    /// Managers that require no role are never asked. At least 100 ms.
-    /// Default 5 s.
+    /// period, not per checkout. An idle connection is asked when there is
+    /// one; when every connection is lent, the next one that comes back is
+    /// asked before it is reused, so a saturated pool is checked as often.
+    /// When the role is gone, every connection is retired (a new
+    /// generation) and new ones go where the role now is. Managers that
+    /// require no role are never asked. At least 100 ms. Default 2 s: a
+    /// backend that cannot see the server's read-only errors (mysql_async,
+    /// sqlx) notices a demotion within it.
     pub role_check_interval: Duration,
     /// Retire an idle connection this long before the server's own idle
     /// timeout would close it (at most half the server's timeout). Default 5 s.
@@ -224,7 +228,7 @@ impl Default for Config {
             validation: Validation::default(),
             hedge: Hedge::Auto,
             idle_cutoff: IdleCutoff::Learn,
-            role_check_interval: Duration::from_secs(5),
+            role_check_interval: Duration::from_secs(2),
             server_timeout_margin: Duration::from_secs(5),
             server_idle_timeout_override: None,
             reset_on_return: false,

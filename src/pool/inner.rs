@@ -555,11 +555,11 @@ impl<M: Manager> Shared<M> {
     /// after `validation_timeout`: a black hole teaches the idle cutoff
     /// within the idle period it ends, and should the ping answer after
     /// all, its survival takes the report back. At that moment the
-    /// connection is presumed dead ([`Io::silence`]) and its permit goes
+    /// connection is presumed dead ([`Hold::silence`](super::owners::Hold::silence)) and its permit goes
     /// to `on_silent`: a black-holed ping no longer holds a unit of
     /// `max_size` for the whole `validation_timeout`.
     pub(super) async fn ping(&self, io: &mut Io<M>, on_silent: impl FnOnce(Permit<M>)) -> bool {
-        let (conn, permit) = io.parts();
+        let (conn, hold) = io.parts();
         let started = Instant::now();
         let idle = started.saturating_duration_since(conn.meta.last_io);
         let limit = self.config.validation_timeout;
@@ -574,11 +574,17 @@ impl<M: Manager> Shared<M> {
             Err(_) => {
                 reported = true;
                 self.idle_died(idle, conn.meta.server_idle);
-                if let Some(permit) = Io::silence(self, &conn.meta, permit) {
+                if let Some(permit) = hold.silence(self, &conn.meta) {
                     Stats::bump(&self.stats.validations_hedged);
                     on_silent(permit);
                 }
-                timeout(limit.saturating_sub(early), check).await
+                let rest = timeout(limit.saturating_sub(early), check);
+                tokio::select! {
+                    answer = rest => answer,
+                    // A newer silent connection took its place among the
+                    // presumed dead: closed now, as if timed out.
+                    () = hold.evicted() => timeout(Duration::ZERO, std::future::pending()).await,
+                }
             }
         };
         if !reported && !matches!(result, Ok(Ok(()))) {

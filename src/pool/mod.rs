@@ -488,7 +488,7 @@ impl<M: Manager> Builder<M> {
         keepalive_interval: Option<Duration>);
     setter!(/// See [`Config::validation`]. Default `IdleFor(500 ms)`.
         validation: Validation);
-    setter!(/// See [`Config::role_check_interval`]. Default 5 s.
+    setter!(/// See [`Config::role_check_interval`]. Default 2 s.
         role_check_interval: Duration);
     setter!(/// See [`Config::server_timeout_margin`]. Default 5 s.
         server_timeout_margin: Duration);

@@ -125,16 +125,47 @@ impl<M: Manager> Drop for Connecting<'_, M> {
 /// An active connection the pool does I/O on (a checkout's ping, a
 /// keepalive, a return's cleaning), with its permit until that I/O goes
 /// silent past the hedge delay: then the connection is presumed dead
-/// ([`Io::silence`]), its permit goes on without it (to the caller, or back
-/// to the line) and it no longer counts against `max_size`. However the
-/// I/O ends, [`keep`](Io::keep) or [`retire`](Io::retire) settles it;
+/// ([`Hold::silence`]), its permit goes on without it (to the caller, or
+/// back to the line) and it no longer counts against `max_size`. However
+/// the I/O ends, [`keep`](Io::keep) or [`retire`](Io::retire) settles it;
 /// dropped before either (its task dropped with the runtime), it retires
 /// the connection, whose protocol state is unknown.
 pub(super) struct Io<M: Manager> {
     conn: Option<Conn<M::Connection>>,
-    /// `None` once the connection is presumed dead.
-    permit: Option<Permit<M>>,
+    hold: Hold<M>,
     shared: Arc<Shared<M>>,
+}
+
+/// What an [`Io`] holds beside its connection: the permit, until the I/O
+/// goes silent; then the signal that evicts it from the presumed dead.
+pub(super) struct Hold<M: Manager> {
+    permit: Option<Permit<M>>,
+    evicted: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl<M: Manager> Hold<M> {
+    /// The I/O went silent: presume the connection dead and give up its
+    /// capacity, which the caller passes on. `None` when it was silenced
+    /// already. With `max_size` presumed dead, the oldest is evicted.
+    pub(super) fn silence(&mut self, shared: &Shared<M>, meta: &Meta) -> Option<Permit<M>> {
+        let permit = self.permit.take()?;
+        self.evicted = Some(shared.slots.lock().silence(meta));
+        // debug: the outcome of the I/O is logged when it comes.
+        tracing::debug!(target: super::TARGET, conn_id = meta.id, "pool I/O silent past the hedge delay; connection presumed dead, its slot goes on");
+        Some(permit)
+    }
+
+    /// Resolves when this connection, presumed dead, is evicted by a newer
+    /// one (close it now); never before it is silenced.
+    pub(super) async fn evicted(&mut self) {
+        match self.evicted.as_mut() {
+            Some(rx) => {
+                // A dropped sender (the pool gone) counts as eviction too.
+                let _ = rx.await;
+            }
+            None => std::future::pending().await,
+        }
+    }
 }
 
 impl<M: Manager> Io<M> {
@@ -142,7 +173,10 @@ impl<M: Manager> Io<M> {
         Io {
             shared: Arc::clone(permit.shared()),
             conn: Some(conn),
-            permit: Some(permit),
+            hold: Hold {
+                permit: Some(permit),
+                evicted: None,
+            },
         }
     }
 
@@ -150,42 +184,23 @@ impl<M: Manager> Io<M> {
         &self.shared
     }
 
-    /// The I/O went silent: presume the connection dead and give up its
-    /// capacity, which the caller passes on. `None` when it was silenced
-    /// already, or `max_size` connections are presumed dead (then it keeps
-    /// its unit and the I/O is waited out as before).
-    pub(super) fn silence(
-        shared: &Shared<M>,
-        meta: &Meta,
-        permit: &mut Option<Permit<M>>,
-    ) -> Option<Permit<M>> {
-        permit.as_ref()?;
-        if !shared.slots.lock().silence(meta) {
-            return None;
-        }
-        // debug: the outcome of the I/O is logged when it comes.
-        tracing::debug!(target: super::TARGET, conn_id = meta.id, "pool I/O silent past the hedge delay; connection presumed dead, its slot goes on");
-        permit.take()
-    }
-
-    /// Splits into what the I/O and [`Io::silence`] need at once.
     /// The record's fields can be borrowed apart (the I/O on `raw`,
     /// `silence` on `meta`).
-    pub(super) fn parts(&mut self) -> (&mut Record<M::Connection>, &mut Option<Permit<M>>) {
+    pub(super) fn parts(&mut self) -> (&mut Record<M::Connection>, &mut Hold<M>) {
         let conn = self
             .conn
             .as_mut()
             .expect("Io holds its connection until it is settled");
-        (&mut **conn, &mut self.permit)
+        (&mut **conn, &mut self.hold)
     }
 
     /// The I/O succeeded: the connection with its permit, to lend or file
     /// idle. A connection presumed dead takes a unit of capacity again if
-    /// one is free; if none is, its place went to another and it is closed
-    /// (`None`).
+    /// it was not evicted and one is free; else its place went to another
+    /// and it is closed (`None`).
     pub(super) fn keep(mut self) -> Option<(Conn<M::Connection>, Permit<M>)> {
         let mut conn = self.conn.take().expect("Io is settled once");
-        if let Some(permit) = self.permit.take() {
+        if let Some(permit) = self.hold.permit.take() {
             return Some((conn, permit));
         }
         let now = Instant::now();
@@ -202,13 +217,13 @@ impl<M: Manager> Io<M> {
     /// if it still has one, comes back to the caller.
     pub(super) fn retire(mut self, reason: Reason) -> Option<Permit<M>> {
         let conn = self.conn.take().expect("Io is settled once");
-        match self.permit.take() {
+        match self.hold.permit.take() {
             Some(permit) => {
                 self.shared.retire_active(conn, reason);
                 Some(permit)
             }
             None => {
-                self.shared.slots.lock().bury();
+                self.shared.slots.lock().bury(conn.meta.id);
                 self.shared.retire(conn, reason);
                 None
             }
@@ -221,12 +236,12 @@ impl<M: Manager> Drop for Io<M> {
         let Some(conn) = self.conn.take() else {
             return;
         };
-        match self.permit.take() {
+        match self.hold.permit.take() {
             Some(permit) => {
                 self.shared.slots.lock().forget_active(&conn.meta);
                 drop(permit);
             }
-            None => self.shared.slots.lock().bury(),
+            None => self.shared.slots.lock().bury(conn.meta.id),
         }
         // Dropped unfinished (the runtime is shutting down): mid-protocol,
         // never reused; no goodbye task can be spawned now.

@@ -237,7 +237,7 @@ impl<M: Manager> Returning<M> {
     async fn finish(mut self, plan: Plan) {
         let shared = Arc::clone(self.0.shared());
         let outcome = {
-            let (conn, permit) = self.0.parts();
+            let (conn, hold) = self.0.parts();
             let work = shared.run_plan(&mut conn.raw, conn.meta.id, plan);
             tokio::pin!(work);
             match shared.hedge_delay() {
@@ -248,8 +248,12 @@ impl<M: Manager> Returning<M> {
                         // cannot be made to stop, a black hole): the next
                         // caller does not wait for it. The unit goes back
                         // to the line at once.
-                        drop(Io::silence(&shared, &conn.meta, permit));
-                        work.await
+                        drop(hold.silence(&shared, &conn.meta));
+                        tokio::select! {
+                            outcome = work => outcome,
+                            // Evicted from the presumed dead by a newer one.
+                            () = hold.evicted() => Outcome::Retire(Reason::ResetFailed),
+                        }
                     }
                 },
                 None => work.await,

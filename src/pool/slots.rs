@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use tokio::sync::oneshot;
+
 use super::line::{self, Line, Served};
 use crate::liveness::{assess, Facts, Policy, Reason, Verdict};
 
@@ -124,12 +126,14 @@ pub(crate) struct Slots<C> {
     /// Active connections out for a keepalive ping: idle again unless the
     /// ping fails, so `min_idle` counts them.
     pinging: usize,
-    /// Connections presumed dead: pool I/O on them (a ping, a return's
+    /// Connections presumed dead, oldest first, by id, each with the
+    /// sender that evicts it: pool I/O on them (a ping, a return's
     /// cleaning) went silent past the hedge delay, so they left `active`
     /// and gave up their capacity, and wait for that I/O to end (taken
-    /// back if it answers, closed if not). At most `capacity` of them, so
-    /// a black hole leaves at most `max_size` sockets open beside the pool.
-    silent: usize,
+    /// back if it answers, closed if not). At most `capacity` of them: a
+    /// new one evicts the oldest (its task closes it at once), so a black
+    /// hole leaves at most `max_size` sockets open beside the pool.
+    silent: VecDeque<(u64, oneshot::Sender<()>)>,
     /// `max_size`: the bound on `silent`.
     capacity: usize,
     closed: bool,
@@ -167,7 +171,7 @@ impl<C> Slots<C> {
             active: Registry::default(),
             connecting: 0,
             pinging: 0,
-            silent: 0,
+            silent: VecDeque::new(),
             capacity,
             closed: false,
             line: Line::new(capacity),
@@ -238,42 +242,55 @@ impl<C> Slots<C> {
             idle: self.idle.len(),
             active: self.active.len,
             connecting: self.connecting,
-            silent: self.silent,
+            silent: self.silent.len(),
         }
     }
 
     /// The active connection whose I/O went silent is presumed dead: it
-    /// leaves `active`, and the capacity its owner holds may go on without
-    /// it. `false` (nothing changes) when `max_size` connections are
-    /// presumed dead already: then the owner keeps waiting, holding its unit.
-    pub(crate) fn silence(&mut self, meta: &Meta) -> bool {
-        if self.silent >= self.capacity {
-            return false;
+    /// leaves `active`, and the capacity its owner holds goes on without
+    /// it. With `max_size` presumed dead already, the oldest is evicted
+    /// (its task closes it at once). The receiver fires if this one is
+    /// evicted in turn.
+    pub(crate) fn silence(&mut self, meta: &Meta) -> oneshot::Receiver<()> {
+        if self.silent.len() >= self.capacity {
+            if let Some((_, evict)) = self.silent.pop_front() {
+                let _ = evict.send(());
+            }
         }
         self.remove_active(meta);
-        self.silent += 1;
-        true
+        let (evict, evicted) = oneshot::channel();
+        self.silent.push_back((meta.id, evict));
+        evicted
+    }
+
+    /// Takes a connection presumed dead off the list; `false` when it was
+    /// evicted already (and counted out then).
+    fn unsilence(&mut self, id: u64) -> bool {
+        match self.silent.iter().position(|(silent, _)| *silent == id) {
+            Some(at) => {
+                self.silent.remove(at);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The silent I/O answered after all: the connection counts active
     /// again, on a unit of capacity taken for it (the caller owns it), if
-    /// one is free; else `false`, and it is no longer counted anywhere
-    /// (the caller closes it: its place went to someone else).
+    /// it was not evicted meanwhile and a unit is free; else `false`, and
+    /// it is no longer counted anywhere (the caller closes it).
     pub(crate) fn revive(&mut self, meta: &mut Meta, now: Instant) -> bool {
-        debug_assert!(self.silent > 0, "a revived connection was presumed dead");
-        self.silent -= 1;
-        if !self.try_take() {
+        if !self.unsilence(meta.id) || !self.try_take() {
             return false;
         }
         self.active.insert(meta, now, Activity::Returning);
         true
     }
 
-    /// The silent I/O failed or timed out: the connection presumed dead is
-    /// no longer counted anywhere (the caller closes it).
-    pub(crate) fn bury(&mut self) {
-        debug_assert!(self.silent > 0, "a buried connection was presumed dead");
-        self.silent -= 1;
+    /// The silent I/O failed, timed out or was evicted: the connection
+    /// presumed dead is no longer counted anywhere (the caller closes it).
+    pub(crate) fn bury(&mut self, id: u64) {
+        self.unsilence(id);
     }
 
     pub(crate) fn is_closed(&self) -> bool {

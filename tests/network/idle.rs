@@ -144,3 +144,87 @@ async fn tokio_postgres_checkouts_into_a_black_hole_wait_the_hedge_not_the_timeo
 async fn mariadb_checkouts_into_a_black_hole_wait_the_hedge_not_the_timeout() {
     hedges::<Maria>(shared_maria()).await;
 }
+
+/// 16 tasks × 25 requests (`get()` + `SELECT 1`) on a pool of 8: every
+/// slot busy, callers waiting. The errors, and the slowest request.
+async fn full_burst<B: Backend>(pool: &Pool<B::M>) -> (Vec<String>, Duration) {
+    let runs = (0..16).map(|_| async {
+        let (mut errors, mut slowest) = (Vec::new(), Duration::ZERO);
+        for _ in 0..25 {
+            let started = std::time::Instant::now();
+            match pool.get().await {
+                Ok(mut conn) => {
+                    if let Err(e) = B::select_1(&mut conn).await {
+                        errors.push(e);
+                    }
+                }
+                Err(e) => errors.push(e.to_string()),
+            }
+            slowest = slowest.max(started.elapsed());
+        }
+        (errors, slowest)
+    });
+    let all = futures::future::join_all(runs).await;
+    let slowest = all.iter().map(|(_, s)| *s).max().unwrap_or_default();
+    (all.into_iter().flat_map(|(e, _)| e).collect(), slowest)
+}
+
+/// Issue 27: with every slot taken, each idle connection black-holed after
+/// a gap used to hold its slot for its whole ping (`validation_timeout`):
+/// the hedge had no free slot to connect with, and the slowest request of
+/// `vigil load` took 5.07 s (MariaDB) and 5.03 s (PostgreSQL). A ping
+/// silent past the hedge delay now gives its slot up. vigil's defaults
+/// (learning on), pool 8, 16 workers, bursts after 5 s gaps.
+async fn full_pool_black_hole<B: Backend>(server: SocketAddr) {
+    let proxy = Proxy::start(server).await;
+    proxy.set_idle_cutoff(Some(CUTOFF), IdleCut::BlackHole);
+    let pool = Pool::builder(B::manager(proxy.addr().port()))
+        .max_size(8)
+        .acquire_timeout(5 * SEC)
+        .build()
+        .expect("valid settings");
+    let (errors, _) = full_burst::<B>(&pool).await;
+    assert!(errors.is_empty(), "at the start: {errors:?}");
+    assert_eq!(pool.state().open, 8, "the first burst fills the pool");
+    let (mut slowest, mut requests, mut all_errors) = (Duration::ZERO, 400, 0);
+    for gap in 0..3 {
+        tokio::time::sleep(GAP).await;
+        let (errors, worst) = full_burst::<B>(&pool).await;
+        requests += 400;
+        all_errors += errors.len();
+        slowest = slowest.max(worst);
+        assert!(
+            errors.is_empty(),
+            "after gap {gap}: {errors:?}; {:?}",
+            pool.state()
+        );
+    }
+    let s = pool.state();
+    crate::report(
+        "full_pool_black_hole",
+        B::NAME,
+        requests,
+        all_errors,
+        &format!(
+            "pool 8, 16 workers, every idle connection black-holed after each {GAP:?} gap, \
+             defaults: slowest request {slowest:.0?} (was 5.07 s / 5.03 s); {} pings hedged, \
+             {} connections presumed dead at the end",
+            s.validations_hedged, s.presumed_dead
+        ),
+    );
+    assert!(
+        slowest < 2 * SEC,
+        "a request took {slowest:?}: a silent ping held its slot ({s:?})"
+    );
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_a_full_pool_black_holed_answers_in_milliseconds() {
+    full_pool_black_hole::<TokioPg>(shared_pg()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_a_full_pool_black_holed_answers_in_milliseconds() {
+    full_pool_black_hole::<Maria>(shared_maria()).await;
+}
