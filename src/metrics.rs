@@ -278,6 +278,15 @@ impl Collector for Metrics {
         family(
             e,
             s,
+            "vigil_queries_cancelled",
+            "Statements a borrower left running (a query future dropped mid-flight) that the server was asked to stop.",
+            None,
+            Counter,
+            |st| one(C(st.queries_cancelled)),
+        )?;
+        family(
+            e,
+            s,
             "vigil_acquires_rejected",
             "get() calls refused at once because max_waiters were waiting.",
             None,
