@@ -98,8 +98,9 @@ async fn a_cancelled_request_gives_back_a_clean_connection_pg() {
 
     hang_up_mid_query(addr, &probe).await;
     // sqlx waits for the cancelled statement's reply on return (the
-    // pool's ping queues behind it), then rolls back and DISCARDs ALL: the
-    // same session comes back, clean.
+    // pool's ping queues behind it; past the hedge delay the connection is
+    // presumed dead and its slot goes on), then rolls back and DISCARDs
+    // ALL: the same session comes back, clean, taken back when it answers.
     assert_one_reused_connection(&settled(&pool).await);
     assert_next_request_clean(addr, id).await;
     assert_eq!(PgManager::committed_rows(&table).await, 0);

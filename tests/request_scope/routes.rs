@@ -144,7 +144,10 @@ pub(crate) fn parse_ids(text: &str) -> Vec<u64> {
 pub(crate) async fn settled<B: Manager>(pool: &Pool<B>) -> State {
     eventually!("every connection back in the pool", 10 * SEC, {
         let s = pool.state();
-        s.active == 0 && s.connecting == 0
+        // A return whose cleaning went silent past the hedge delay (sqlx's
+        // ping queued behind a cancelled statement) is presumed dead until
+        // it answers or times out: settled only then.
+        s.active == 0 && s.connecting == 0 && s.presumed_dead == 0
     });
     pool.state()
 }
