@@ -581,9 +581,12 @@ impl<M: Manager> Shared<M> {
                 let rest = timeout(limit.saturating_sub(early), check);
                 tokio::select! {
                     answer = rest => answer,
-                    // A newer silent connection took its place among the
-                    // presumed dead: closed now, as if timed out.
-                    () = hold.evicted() => timeout(Duration::ZERO, std::future::pending()).await,
+                    () = hold.evicted() => {
+                        // debug: a newer silent connection took its place
+                        // among the presumed dead, or the pool closed.
+                        tracing::debug!(target: TARGET, conn_id = conn.meta.id, "presumed-dead connection evicted; closing it");
+                        return false;
+                    }
                 }
             }
         };

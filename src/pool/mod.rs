@@ -241,7 +241,11 @@ impl<M: Manager> Pool<M> {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let counts = shared.slots.lock().counts();
-            if counts.active == 0 && counts.connecting == 0 && shared.goodbyes() == 0 {
+            if counts.active == 0
+                && counts.connecting == 0
+                && counts.silent == 0
+                && shared.goodbyes() == 0
+            {
                 return;
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {

@@ -251,8 +251,12 @@ impl<M: Manager> Returning<M> {
                         drop(hold.silence(&shared, &conn.meta));
                         tokio::select! {
                             outcome = work => outcome,
-                            // Evicted from the presumed dead by a newer one.
-                            () = hold.evicted() => Outcome::Retire(Reason::ResetFailed),
+                            // Evicted from the presumed dead by a newer
+                            // one, or the pool closed: closed now.
+                            () = hold.evicted() => Outcome::Retire(match plan.reset {
+                                Some(_) => Reason::ResetFailed,
+                                None => Reason::ValidationFailed,
+                            }),
                         }
                     }
                 },

@@ -133,7 +133,9 @@ pub(crate) struct Slots<C> {
     /// back if it answers, closed if not). At most `capacity` of them: a
     /// new one evicts the oldest (its task closes it at once), so a black
     /// hole leaves at most `max_size` sockets open beside the pool.
-    silent: VecDeque<(u64, oneshot::Sender<()>)>,
+    /// (The sender is taken when it fires: by `close`, which keeps the
+    /// entry until the connection's task has closed it.)
+    silent: VecDeque<(u64, Option<oneshot::Sender<()>>)>,
     /// `max_size`: the bound on `silent`.
     capacity: usize,
     closed: bool,
@@ -253,13 +255,13 @@ impl<C> Slots<C> {
     /// evicted in turn.
     pub(crate) fn silence(&mut self, meta: &Meta) -> oneshot::Receiver<()> {
         if self.silent.len() >= self.capacity {
-            if let Some((_, evict)) = self.silent.pop_front() {
+            if let Some((_, Some(evict))) = self.silent.pop_front() {
                 let _ = evict.send(());
             }
         }
         self.remove_active(meta);
         let (evict, evicted) = oneshot::channel();
-        self.silent.push_back((meta.id, evict));
+        self.silent.push_back((meta.id, Some(evict)));
         evicted
     }
 
@@ -301,6 +303,13 @@ impl<C> Slots<C> {
     /// and the wakers of the callers in line (each is told `Closed`).
     pub(crate) fn close(&mut self) -> (Vec<Conn<C>>, Vec<Waker>) {
         self.closed = true;
+        // Connections presumed dead are closed by their tasks at once; they
+        // stay counted until then, so `Pool::close` waits for them.
+        for (_, evict) in &mut self.silent {
+            if let Some(evict) = evict.take() {
+                let _ = evict.send(());
+            }
+        }
         (self.drain_idle(), self.line.close())
     }
 

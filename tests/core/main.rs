@@ -12,6 +12,7 @@ mod liveness;
 mod network;
 mod observability;
 mod return_path;
+mod roles;
 mod settings;
 
 use std::time::Duration;

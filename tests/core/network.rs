@@ -237,3 +237,30 @@ async fn a_known_cutoff_pings_before_it_and_off_learns_nothing() {
     assert_eq!(pool.state().idle_cutoff, None);
     assert!(fake.script.cut_pings.load(SeqCst) > 0);
 }
+
+/// `close()` waits for connections presumed dead too, and does not wait
+/// out their pings: it evicts them, and their tasks close them at once.
+#[tokio::test(start_paused = true)]
+async fn close_closes_presumed_dead_connections_at_once() {
+    let fake = Fake::new();
+    let pool = builder(&fake, 2).build().expect("valid settings");
+    one_silent_idle(&pool).await;
+    fake.script.ping_hangs.store(true, SeqCst);
+    drop(pool.get().await.expect("served at the hedge"));
+    assert_eq!(pool.state().presumed_dead, 1);
+    let closes = fake.script.closes.load(SeqCst);
+    let started = Instant::now();
+    pool.close().await;
+    assert!(
+        started.elapsed() < SEC,
+        "close waited {:?}",
+        started.elapsed()
+    );
+    let s = pool.state();
+    assert_eq!((s.presumed_dead, s.open), (0, 0), "{s:?}");
+    assert_eq!(
+        fake.script.closes.load(SeqCst),
+        closes + 2,
+        "the presumed-dead one and the idle one"
+    );
+}

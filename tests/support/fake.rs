@@ -40,6 +40,12 @@ pub struct Script {
     pub idle_cut_ms: AtomicU64,
     /// Pings that met the idle cutoff.
     pub cut_pings: AtomicUsize,
+    /// The manager requires a role (`Manager::requires_role`).
+    pub role_required: AtomicBool,
+    /// The "server" no longer has it: `has_role` answers `false`.
+    pub role_lost: AtomicBool,
+    /// `has_role` calls.
+    pub role_checks: AtomicUsize,
     next_id: AtomicU64,
 }
 
@@ -165,6 +171,15 @@ impl Manager for Fake {
 
     fn has_broken(&self, conn: &mut FakeConn) -> bool {
         conn.broken
+    }
+
+    fn requires_role(&self) -> bool {
+        self.script.role_required.load(SeqCst)
+    }
+
+    async fn has_role(&self, _conn: &mut FakeConn) -> Result<bool, FakeError> {
+        self.script.role_checks.fetch_add(1, SeqCst);
+        Ok(!self.script.role_lost.load(SeqCst))
     }
 
     fn needs_cleanup(&self, conn: &mut FakeConn) -> bool {
