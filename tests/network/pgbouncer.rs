@@ -178,3 +178,100 @@ async fn tokio_postgres_behind_pgbouncer_in_transaction_mode_loses_no_request() 
 async fn sqlx_behind_pgbouncer_in_transaction_mode_loses_no_request() {
     transaction_mode::<Sqlx>().await;
 }
+
+/// Whether the PostgreSQL behind `bouncer` still runs a `pg_sleep`.
+async fn sleeping_behind(bouncer: &Bouncer) -> bool {
+    let (client, connection) = tokio_postgres::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=postgres dbname=postgres",
+            bouncer.pg_port()
+        ),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect("the PostgreSQL behind pgbouncer");
+    tokio::spawn(connection);
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE state = 'active' AND query LIKE 'SELECT pg_sleep%'",
+            &[],
+        )
+        .await
+        .expect("pg_stat_activity");
+    row.get::<_, i64>(0) > 0
+}
+
+/// Issue 27 behind pgbouncer: a borrower gives up on `pg_sleep(10)` after
+/// 200 ms and drops its guard (pool of 1). vigil's cancel request goes to
+/// pgbouncer, which forwards it to the server session running the
+/// statement, in either pool mode: the statement stops and the next caller
+/// gets the same session back.
+async fn abandoned_behind_pgbouncer(mode: Mode) {
+    let bouncer = tokio::task::spawn_blocking(move || Bouncer::start(mode, &[]))
+        .await
+        .expect("start pgbouncer");
+    let pool = Pool::builder(TokioPg::manager(bouncer.port()))
+        .max_size(1)
+        .acquire_timeout(10 * SEC)
+        .build()
+        .expect("valid settings");
+    let conn = pool.get().await.expect("a connection");
+    let id = vigil::Pooled::id(&conn);
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        conn.simple_query("SELECT pg_sleep(10)"),
+    )
+    .await;
+    assert!(gave_up.is_err(), "the statement was still running");
+    assert!(
+        sleeping_behind(&bouncer).await,
+        "pg_sleep runs on the server"
+    );
+    drop(conn);
+    let dropped = std::time::Instant::now();
+    let next = pool.get().await.expect("the next caller");
+    next.simple_query("SELECT 1").await.expect("SELECT 1");
+    let served = dropped.elapsed();
+    assert_eq!(vigil::Pooled::id(&next), id, "the same session, cleaned");
+    drop(next);
+    let gone = loop {
+        let running = sleeping_behind(&bouncer).await;
+        let gone = dropped.elapsed();
+        if !running {
+            break gone;
+        }
+        assert!(
+            gone < 3 * SEC,
+            "pg_sleep still runs behind pgbouncer after {gone:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    crate::report(
+        match mode {
+            Mode::Session => "abandoned_statement_pgbouncer_session",
+            Mode::Transaction => "abandoned_statement_pgbouncer_transaction",
+        },
+        TokioPg::NAME,
+        2,
+        0,
+        &format!(
+            "pg_sleep(10) abandoned after 200 ms, pool of 1: next get() + SELECT 1 {served:.1?} \
+             after the drop, the statement gone from the server by {gone:.1?}; {} cancelled",
+            pool.state().queries_cancelled
+        ),
+    );
+    assert!(served < 2 * SEC, "the next caller waited {served:?}");
+    assert_eq!(pool.state().queries_cancelled, 1);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_abandoned_statement_is_cancelled_through_pgbouncer_in_session_mode() {
+    abandoned_behind_pgbouncer(Mode::Session).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokio_postgres_abandoned_statement_is_cancelled_through_pgbouncer_in_transaction_mode() {
+    abandoned_behind_pgbouncer(Mode::Transaction).await;
+}
