@@ -842,3 +842,57 @@ fn http_get(addr: &str, path: &str) -> String {
     http.read_to_string(&mut body).expect("read the response");
     body
 }
+
+/// libpq's defaults over the default driver (tokio-postgres), as psql
+/// reads them: the `PG*` variables fill what the URL leaves out, and with
+/// nothing at all the Unix socket directory and the OS user are used.
+/// Before, each of these failed with "no host to connect to" (the sqlx
+/// driver connected). Socket hosts in URLs work in both spellings.
+#[test]
+fn postgres_urls_take_libpq_defaults_over_the_default_driver() {
+    let run = |url: &str, env: &[(&str, &str)]| {
+        let path = report_path("libpq");
+        let (code, stdout, stderr) = vigil_bounded(
+            &[
+                "load",
+                "--url",
+                url,
+                "--requests",
+                "20",
+                "--json",
+                path.to_str().expect("UTF-8"),
+            ],
+            env,
+        );
+        assert_eq!(code, Some(0), "{url} with {env:?}: {stdout}{stderr}");
+        let report: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("the report"))
+                .expect("JSON");
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(report["backend"], "postgres", "{report:#}");
+        assert_eq!(report["errors"], 0, "{report:#}");
+    };
+    // Everything from the environment.
+    run(
+        "postgres://",
+        &[
+            ("PGHOST", "127.0.0.1"),
+            ("PGUSER", "postgres"),
+            ("PGDATABASE", "test"),
+        ],
+    );
+    // The database from the URL, host and user from the environment.
+    run(
+        "postgres:///test",
+        &[("PGHOST", "127.0.0.1"), ("PGUSER", "postgres")],
+    );
+    // Nothing: the Unix socket directory and the OS user (a role this
+    // machine's server has, with a database of its name).
+    run("postgres://", &[]);
+    // Socket directories in URLs: percent-encoded host, and `host=`.
+    run("postgres://postgres@%2Fvar%2Frun%2Fpostgresql/test", &[]);
+    run(
+        "postgres:///test?host=/var/run/postgresql&user=postgres",
+        &[],
+    );
+}

@@ -218,6 +218,13 @@ impl TokioPgManager {
     /// (`postgres://user:pw@host:5432/db?application_name=app`, several
     /// hosts as `host1:5432,host2:5433`) or libpq's `key=value` form.
     ///
+    /// What the string leaves out is filled in as libpq does: from
+    /// `PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`, `PGDATABASE`, `PGAPPNAME`
+    /// and `PGSSLMODE`, then libpq's defaults (no host: the Unix socket
+    /// directory that holds the server's socket, `/var/run/postgresql` or
+    /// `/tmp`; no user: the OS user). A host starting with `/` is a socket
+    /// directory (`postgres://%2Fvar%2Frun%2Fpostgresql/db`, `?host=/tmp`).
+    ///
     /// # Errors
     /// [`InvalidUrl`] saying what is wrong; never containing the password.
     ///
@@ -243,7 +250,10 @@ impl TokioPgManager {
                 )));
             }
         }
-        let (rest, params) = take_tls_params(url);
+        let (rest, mut params) = take_tls_params(url);
+        if params.mode.is_none() {
+            params.mode = std::env::var("PGSSLMODE").ok().filter(|m| !m.is_empty());
+        }
         let mode = match params.mode.as_deref() {
             None => SslMode::Prefer,
             Some(m) => SslMode::parse(m).ok_or_else(|| {
@@ -270,6 +280,8 @@ impl TokioPgManager {
             }
             invalid(reason)
         })?;
+        let mut config = config;
+        libpq_defaults(&mut config, &|name| std::env::var(name).ok());
         let mut manager = TokioPgManager::new(config).with_tls(tls);
         // The driver reads `tcp_user_timeout=0` as "not set", which would
         // give vigil's default; libpq reads it as "the system's", i.e. off.
@@ -603,6 +615,77 @@ impl TokioPgManager {
         }
         Ok(client)
     }
+}
+
+/// Fills in what a connection string leaves out the way libpq does: the
+/// `PG*` environment variables (`PGHOST`, `PGPORT`, `PGUSER`, `PGPASSWORD`,
+/// `PGDATABASE`, `PGAPPNAME`), then libpq's own defaults: the Unix socket
+/// directory for the host, the OS user for the user (the server then takes
+/// the user's name for the database). `env` reads a variable.
+fn libpq_defaults(config: &mut Config, env: &dyn Fn(&str) -> Option<String>) {
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
+    if config.get_ports().is_empty() {
+        if let Some(ports) = var("PGPORT") {
+            for port in ports.split(',').filter_map(|p| p.trim().parse().ok()) {
+                config.port(port);
+            }
+        }
+    }
+    if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
+        match var("PGHOST") {
+            // A host starting with `/` is a socket directory, as in libpq.
+            Some(hosts) => {
+                for host in hosts.split(',') {
+                    config.host(host.trim());
+                }
+            }
+            None => {
+                let port = config.get_ports().first().copied().unwrap_or(5432);
+                config.host(default_host(port));
+            }
+        }
+    }
+    if config.get_user().is_none() {
+        let user = var("PGUSER").unwrap_or_else(whoami::username);
+        config.user(&user);
+    }
+    if config.get_password().is_none() {
+        if let Some(password) = var("PGPASSWORD") {
+            config.password(password);
+        }
+    }
+    if config.get_dbname().is_none() {
+        if let Some(dbname) = var("PGDATABASE") {
+            config.dbname(&dbname);
+        }
+    }
+    if config.get_application_name().is_none() {
+        if let Some(name) = var("PGAPPNAME") {
+            config.application_name(&name);
+        }
+    }
+}
+
+/// libpq's host when none is given: its Unix socket directory. Builds
+/// differ (upstream `/tmp`, Debian and others `/var/run/postgresql`), so
+/// the first directory holding the server's socket for `port` is taken.
+#[cfg(unix)]
+fn default_host(port: u16) -> String {
+    const DIRS: [&str; 3] = ["/var/run/postgresql", "/run/postgresql", "/tmp"];
+    DIRS.iter()
+        .find(|dir| {
+            std::path::Path::new(dir)
+                .join(format!(".s.PGSQL.{port}"))
+                .exists()
+        })
+        .unwrap_or(&DIRS[0])
+        .to_string()
+}
+
+/// libpq's host when none is given, where there are no Unix sockets.
+#[cfg(not(unix))]
+fn default_host(_port: u16) -> String {
+    "localhost".to_owned()
 }
 
 /// `SHOW transaction_read_only` is `on`: a standby, or a primary whose
@@ -1453,6 +1536,58 @@ mod tests {
             let row = message(b'D', &message(b'Z', b"T"));
             assert!(!watch(&row, chunk).in_transaction());
         }
+    }
+
+    #[test]
+    fn libpq_defaults_fill_only_what_the_string_leaves_out() {
+        use super::libpq_defaults;
+        use std::str::FromStr;
+        use tokio_postgres::config::{Config, Host};
+        let env = |name: &str| {
+            Some(
+                match name {
+                    "PGHOST" => "127.0.0.1,/var/run/postgresql",
+                    "PGPORT" => "5433",
+                    "PGUSER" => "envuser",
+                    "PGPASSWORD" => "envpw",
+                    "PGDATABASE" => "envdb",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        };
+        let mut empty = Config::from_str("postgres://").unwrap();
+        libpq_defaults(&mut empty, &env);
+        assert_eq!(
+            empty.get_hosts(),
+            [
+                Host::Tcp("127.0.0.1".into()),
+                Host::Unix("/var/run/postgresql".into())
+            ]
+        );
+        assert_eq!(empty.get_ports(), [5433]);
+        assert_eq!(empty.get_user(), Some("envuser"));
+        assert_eq!(empty.get_password(), Some(&b"envpw"[..]));
+        assert_eq!(empty.get_dbname(), Some("envdb"));
+
+        let mut given = Config::from_str("postgres://u:p@h:1/d").unwrap();
+        libpq_defaults(&mut given, &env);
+        assert_eq!(given.get_hosts(), [Host::Tcp("h".into())]);
+        assert_eq!(given.get_ports(), [1]);
+        assert_eq!(given.get_user(), Some("u"));
+        assert_eq!(given.get_password(), Some(&b"p"[..]));
+        assert_eq!(given.get_dbname(), Some("d"));
+
+        // No environment: libpq's socket directory and the OS user.
+        let mut bare = Config::from_str("postgres:///db").unwrap();
+        libpq_defaults(&mut bare, &|_| None);
+        assert!(
+            matches!(bare.get_hosts(), [Host::Unix(dir)] if dir.is_absolute()),
+            "{:?}",
+            bare.get_hosts()
+        );
+        assert_eq!(bare.get_user(), Some(whoami::username().as_str()));
+        assert_eq!(bare.get_dbname(), Some("db"));
     }
 
     #[test]
