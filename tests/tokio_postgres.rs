@@ -637,3 +637,105 @@ async fn run_idempotent_retries_once_when_the_session_died_and_run_never_does() 
     drop(client);
     pool.close().await;
 }
+
+/// Prepared statements on this session, as the server counts them.
+async fn server_statements(conn: &vigil::backend::tokio_postgres::PgClient) -> i64 {
+    let rows = conn
+        .simple_query("SELECT count(*) FROM pg_prepared_statements")
+        .await
+        .expect("pg_prepared_statements");
+    rows.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v.parse().unwrap()),
+            _ => None,
+        })
+        .expect("a count")
+}
+
+/// `prepare_cached` prepares a query once per session: the same statement
+/// comes back on later borrows of the session, with no round trip, and
+/// the server holds one prepared statement for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_cached_prepares_once_per_session() {
+    let pool = pool(&unique("vigil_stmt"), 1)
+        .build()
+        .expect("valid settings");
+    {
+        let conn = pool.get().await.expect("a connection");
+        let a = conn.prepare_cached("SELECT $1::int4").await.unwrap();
+        let b = conn.prepare_cached("SELECT $1::int4").await.unwrap();
+        assert_eq!(server_statements(&conn).await, 1, "prepared once");
+        let row = conn.query_one(&b, &[&7i32]).await.unwrap();
+        assert_eq!(row.get::<_, i32>(0), 7);
+        drop(a);
+    }
+    let conn = pool.get().await.expect("the same session");
+    let again = conn.prepare_cached("SELECT $1::int4").await.unwrap();
+    conn.query_one(&again, &[&8i32]).await.unwrap();
+    assert_eq!(conn.cached_statements(), 1);
+    assert_eq!(
+        server_statements(&conn).await,
+        1,
+        "kept across borrows of the session, not prepared again"
+    );
+    drop(conn);
+    pool.close().await;
+}
+
+/// A full reset (`DISCARD ALL`) drops every prepared statement on the
+/// server; the cache is emptied with it, so the next borrower's cached
+/// query prepares anew instead of failing with "prepared statement ...
+/// does not exist".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_cached_after_a_full_reset_prepares_again() {
+    let pool = pool(&unique("vigil_stmt_reset"), 1)
+        .reset_on_return(true)
+        .build()
+        .expect("valid settings");
+    {
+        let conn = pool.get().await.expect("a connection");
+        let s = conn.prepare_cached("SELECT $1::int8").await.unwrap();
+        conn.query_one(&s, &[&1i64]).await.unwrap();
+    }
+    let conn = pool.get().await.expect("the same session, reset");
+    assert_eq!(conn.cached_statements(), 0, "emptied with DISCARD ALL");
+    let s = conn.prepare_cached("SELECT $1::int8").await.unwrap();
+    let row = conn
+        .query_one(&s, &[&2i64])
+        .await
+        .expect("the cached statement exists on the server");
+    assert_eq!(row.get::<_, i64>(0), 2);
+    drop(conn);
+    pool.close().await;
+}
+
+/// The cache is bounded: the least recently used statement goes, and is
+/// closed on the server. Capacity 0 turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_cached_is_bounded_and_can_be_turned_off() {
+    let app = unique("vigil_stmt_lru");
+    let manager = TokioPgManager::from_url(&url(&app))
+        .expect("a valid URL")
+        .with_statement_cache(2);
+    let pool = Pool::builder(manager).max_size(1).build().unwrap();
+    let conn = pool.get().await.expect("a connection");
+    for q in ["SELECT 1::int4", "SELECT 2::int4", "SELECT 3::int4"] {
+        conn.prepare_cached(q).await.unwrap();
+    }
+    assert_eq!(conn.cached_statements(), 2);
+    assert_eq!(server_statements(&conn).await, 2, "the evicted one closed");
+    drop(conn);
+    pool.close().await;
+
+    let manager = TokioPgManager::from_url(&url(&app))
+        .expect("a valid URL")
+        .with_statement_cache(0);
+    let pool = Pool::builder(manager).max_size(1).build().unwrap();
+    let conn = pool.get().await.expect("a connection");
+    let a = conn.prepare_cached("SELECT 1").await.unwrap();
+    let b = conn.prepare_cached("SELECT 1").await.unwrap();
+    assert_eq!(server_statements(&conn).await, 2, "off: prepared each time");
+    assert_eq!(conn.cached_statements(), 0);
+    drop((a, b, conn));
+    pool.close().await;
+}

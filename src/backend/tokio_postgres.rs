@@ -104,8 +104,11 @@ use super::credentials::{provider_failed, Credentials};
 use super::{percent_decode, pg_duration, redact_password, InvalidUrl};
 
 mod cancel;
+mod statements;
 mod tls;
 use crate::manager::{BrokenDetection, Cancelled, Manager, ServerTimeouts};
+use statements::StatementCache;
+pub use statements::DEFAULT_STATEMENT_CACHE;
 use tls::MaybeTls;
 pub use tls::{PgTls, SslMode};
 
@@ -154,6 +157,8 @@ pub struct TokioPgManager {
     credentials: Option<Arc<dyn Credentials>>,
     /// The server timeouts a recent session found, shared by clones.
     learned: Arc<Mutex<Option<(Instant, ServerTimeouts)>>>,
+    /// Statements each session keeps for `PgClient::prepare_cached`; 0: off.
+    statement_cache: usize,
 }
 
 /// How long the timeouts one session found stand in for asking again.
@@ -191,7 +196,19 @@ impl TokioPgManager {
             tls,
             credentials: None,
             learned: Arc::default(),
+            statement_cache: DEFAULT_STATEMENT_CACHE,
         }
+    }
+
+    /// How many prepared statements each session keeps for
+    /// [`PgClient::prepare_cached`] (least recently used out). Default
+    /// [`DEFAULT_STATEMENT_CACHE`] (100). `0` turns the cache off: behind
+    /// pgbouncer in transaction mode before 1.21 (no
+    /// `max_prepared_statements`), where a named statement prepared in one
+    /// transaction is not there in the next.
+    pub fn with_statement_cache(mut self, capacity: usize) -> Self {
+        self.statement_cache = capacity;
+        self
     }
 
     /// Asks `provider` for the password of every new connection (an IAM
@@ -344,6 +361,8 @@ pub struct PgClient {
     /// Where the session's socket went, for a cancel request; `None` for
     /// sessions the driver opened itself.
     endpoint: Option<cancel::Endpoint>,
+    /// `prepare_cached`'s statements, this session's.
+    statements: StatementCache,
 }
 
 impl PgClient {
@@ -433,6 +452,7 @@ impl TokioPgManager {
             seen: Arc::new(Seen::unwatched()),
             tls: false,
             endpoint: None,
+            statements: StatementCache::new(self.statement_cache),
         })
     }
 
@@ -591,6 +611,7 @@ impl TokioPgManager {
             seen,
             tls,
             endpoint: Some(endpoint),
+            statements: StatementCache::new(self.statement_cache),
         };
         let wanted = self.config.get_target_session_attrs();
         if wanted != TargetSessionAttrs::Any {
@@ -1246,6 +1267,7 @@ impl TokioPgManager {
                     seen: Arc::new(Seen::unwatched()),
                     tls: false,
                     endpoint: None,
+                    statements: StatementCache::new(0),
                 })
             }
         }
@@ -1272,6 +1294,7 @@ impl Manager for TokioPgManager {
                         seen: Arc::new(Seen::unwatched()),
                         tls: false,
                         endpoint: None,
+                        statements: StatementCache::new(0),
                     });
                 }
             };
@@ -1370,6 +1393,9 @@ impl Manager for TokioPgManager {
         if !full {
             return Ok(());
         }
+        // `DISCARD ALL` drops every prepared statement on the server: the
+        // cache's go first (their Close messages precede it).
+        conn.statements.clear();
         match conn.batch_execute("DISCARD ALL").await {
             // A session the watch does not see (`hostaddr`, random host
             // order) can still be in a raw `BEGIN`, where `DISCARD ALL`
