@@ -79,9 +79,10 @@ use servers::Server;
 #[path = "support/realdb_pools.rs"]
 mod realdb_pools;
 use realdb_pools::{
-    bb8_pool, deadpool_pool, deadpool_postgres_pool, dedicated, my_opts, mysql_async_pool,
-    pg_options, sqlx_mysql_options, sqlx_pool, tp_config, vigil_maria, vigil_pg,
-    vigil_pg_no_return_ping, vigil_sqlx_maria, vigil_tp, vigil_tp_no_user_timeout, Target,
+    bb8_pool, deadpool_pool, deadpool_postgres_natural, deadpool_postgres_pool, dedicated, my_opts,
+    mysql_async_pool, pg_options, sqlx_mysql_options, sqlx_pool, tp_config, vigil_maria, vigil_pg,
+    vigil_pg_no_return_ping, vigil_sqlx_maria, vigil_tp, vigil_tp_natural,
+    vigil_tp_no_user_timeout, Target,
 };
 #[path = "support/paired.rs"]
 mod paired;
@@ -162,6 +163,20 @@ fn all_cases() -> Vec<Case> {
             false,
             "RecyclingMethod::Fast: is_closed only (its default)",
             || deadpool_postgres_pool(deadpool_postgres::RecyclingMethod::Fast),
+        ),
+        case(
+            "vigil-natural",
+            Pg,
+            true,
+            "vigil's defaults over tokio-postgres, queried as services write it: `SELECT $1::int4` through `prepare_cached` (issue 28)",
+            vigil_tp_natural,
+        ),
+        case(
+            "deadpool-postgres-natural",
+            Pg,
+            false,
+            "RecyclingMethod::Fast, queried as services write it: `SELECT $1::int4` through its `prepare_cached`",
+            deadpool_postgres_natural,
         ),
         case(
             "vigil-no-user-timeout",

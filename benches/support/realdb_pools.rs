@@ -395,3 +395,95 @@ pub fn dedicated<D: Driver>(opts: D::Opts) -> BoxFuture<'static, Arc<dyn Target>
         Arc::new(Dedicated(conns)) as Arc<dyn Target>
     })
 }
+
+// ------------------------------------------------- natural queries (issue 28)
+
+/// A tokio-postgres pool queried the way services write it: a parameter,
+/// the statement from the pool's per-session cache (`prepare_cached`),
+/// so one round trip per query after the first on each session.
+pub struct Natural<P>(P);
+
+/// The natural query and its check.
+const NATURAL: &str = "SELECT $1::int4";
+
+impl Target for Natural<vigil::Pool<vigil::backend::tokio_postgres::TokioPgManager>> {
+    fn query(&self, _: usize) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let conn = self.0.get().await.map_err(|e| e.to_string())?;
+            let statement = conn
+                .prepare_cached(NATURAL)
+                .await
+                .map_err(|e| e.to_string())?;
+            let row = conn
+                .query_one(&statement, &[&7i32])
+                .await
+                .map_err(|e| e.to_string())?;
+            assert_eq!(row.get::<_, i32>(0), 7);
+            Ok(())
+        })
+    }
+
+    fn warm(&self, n: usize) -> BoxFuture<'_, ()> {
+        self.0.warm(n)
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Target::close(&self.0)
+    }
+}
+
+impl Target for Natural<deadpool_postgres::Pool> {
+    fn query(&self, _: usize) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let client = self.0.get().await.map_err(|e| e.to_string())?;
+            let statement = client
+                .prepare_cached(NATURAL)
+                .await
+                .map_err(|e| e.to_string())?;
+            let row = client
+                .query_one(&statement, &[&7i32])
+                .await
+                .map_err(|e| e.to_string())?;
+            assert_eq!(row.get::<_, i32>(0), 7);
+            Ok(())
+        })
+    }
+
+    fn warm(&self, n: usize) -> BoxFuture<'_, ()> {
+        self.0.warm(n)
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Target::close(&self.0)
+    }
+}
+
+/// vigil over tokio-postgres, its defaults, queried naturally.
+pub fn vigil_tp_natural() -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async {
+        let manager = vigil::backend::tokio_postgres::TokioPgManager::new(tp_config());
+        let pool = vigil::Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("vigil build");
+        Arc::new(Natural(pool)) as Arc<dyn Target>
+    })
+}
+
+/// deadpool-postgres (`Fast`, its default), queried naturally.
+pub fn deadpool_postgres_natural() -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async {
+        let manager = deadpool_postgres::Manager::from_config(
+            tp_config(),
+            tokio_postgres::NoTls,
+            deadpool_postgres::ManagerConfig {
+                recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+            },
+        );
+        let pool = deadpool_postgres::Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("deadpool-postgres build");
+        Arc::new(Natural(pool)) as Arc<dyn Target>
+    })
+}

@@ -9,6 +9,12 @@ use crate::paired::Paired;
 use crate::servers::Server;
 use crate::{Case, Cell, POOL_SIZE, TASKS};
 
+/// A pool of issue 28's natural-query pair: a different query, compared
+/// only with the other.
+fn natural(pool: &str) -> bool {
+    pool.ends_with("-natural")
+}
+
 fn find<'a>(cells: &'a [Cell], pool: &str, server: Server, validation: bool) -> Option<&'a Cell> {
     cells
         .iter()
@@ -36,6 +42,8 @@ fn cell_text(cell: Option<&Cell>, vigil: Option<&Cell>) -> String {
 pub fn judged(case: &Case) -> bool {
     match (case.pool, case.server) {
         ("vigil", _) => case.validation,
+        // Issue 28's natural-query pair: each against the other only.
+        ("vigil-natural" | "deadpool-postgres-natural", Server::Pg) => true,
         (_, _) if case.validation => false,
         (pool, Server::Pg) => over_tokio_postgres(pool) || pool == "dedicated-tp",
         (pool, Server::Maria) => !pool.starts_with("vigil") && pool != "sqlx",
@@ -122,9 +130,10 @@ pub fn report(
             .iter()
             .filter(|c| c.case.server == Pg && !c.case.validation)
             .filter(|c| !c.case.pool.starts_with("dedicated") && !c.case.pool.starts_with("vigil"))
+            .filter(|c| !natural(c.case.pool))
             .collect();
         let limit = find(cells, "dedicated", Pg, false);
-        if let Some(mut t) = judge("pg", vigil, &peers, limit, None) {
+        if let Some(mut t) = judge("pg", vigil, &peers, limit, None, 1.0) {
             t["driver_limit_tp_over_sqlx"] = json!(find(cells, "dedicated-tp", Pg, false)
                 .zip(find(cells, "dedicated", Pg, false))
                 .map(|(tp, sqlx)| tp.median() / sqlx.median()));
@@ -142,9 +151,26 @@ pub fn report(
             .iter()
             .filter(|c| c.case.server == server && judged(&c.case))
             .filter(|c| c.case.pool != "vigil" && c.case.pool != limit_pool)
+            .filter(|c| !natural(c.case.pool))
             .collect();
         let limit = find(cells, limit_pool, server, false);
-        targets.extend(judge(label, vigil, &peers, limit, Some(blocks)));
+        targets.extend(judge(label, vigil, &peers, limit, Some(blocks), 1.0));
+    }
+    // Issue 28: `SELECT $1::int4` as services write it, through each
+    // pool's statement cache: vigil against deadpool-postgres, which gives
+    // its users the same cache; bar 0.98 (the issue's).
+    if let (Some(vn), Some(dn)) = (
+        find(cells, "vigil-natural", Pg, true),
+        find(cells, "deadpool-postgres-natural", Pg, false),
+    ) {
+        targets.extend(judge(
+            "pg, natural queries",
+            vn,
+            &[dn],
+            None,
+            Some(blocks),
+            0.98,
+        ));
     }
     (rows, targets)
 }
@@ -158,6 +184,7 @@ fn judge(
     peers: &[&Cell],
     limit: Option<&Cell>,
     blocks: Option<(u64, usize)>,
+    peer_bar: f64,
 ) -> Option<Value> {
     let best = peers
         .iter()
@@ -168,7 +195,7 @@ fn judge(
     let shown = blocks.map(|_| {
         let mut bars: Vec<(Paired, f64)> = peers
             .iter()
-            .map(|p| (paired(vigil, p, by_block), 1.0))
+            .map(|p| (paired(vigil, p, by_block), peer_bar))
             .collect();
         bars.extend(over_limit.map(|l| (l, 0.97)));
         Shown::of_all(&bars)
@@ -177,13 +204,14 @@ fn judge(
     println!(
         "{label}: vigil {:.0} q/s = {:.2}x the best peer's median run ({} {:.0}); paired against \
          {} (the binding peer): {over_binding}; against the dedicated connections: {} \
-         [target >= 1.00 and >= 0.97: {}]",
+         [target >= {peer_bar:.2}{}: {}]",
         vigil.median(),
         vigil.median() / best.median(),
         best.case.pool,
         best.median(),
         binding.case.pool,
         over_limit.map_or_else(|| "-".into(), |l| l.to_string()),
+        if limit.is_some() { " and >= 0.97" } else { "" },
         shown.map_or("reported: across drivers", Shown::as_str),
     );
     Some(json!({
