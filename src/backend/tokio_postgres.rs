@@ -846,9 +846,6 @@ struct Seen {
     /// An `ErrorResponse` with SQLSTATE 25006 (`read_only_sql_transaction`)
     /// passed: the server may have turned read-only. Cleared by `has_role`.
     read_only_error: AtomicBool,
-    /// An `ErrorResponse` with SQLSTATE 57014 (`query_canceled`) passed:
-    /// a cancel request reached the statement. Cleared before each cancel.
-    query_canceled: AtomicBool,
     /// The session's `BackendKeyData` (process id, secret key), for a
     /// cancel request; 0 before it arrives.
     key: AtomicU64,
@@ -870,7 +867,6 @@ impl Default for Seen {
             sent: AtomicU32::new(1),
             answered: AtomicU32::new(0),
             read_only_error: AtomicBool::new(false),
-            query_canceled: AtomicBool::new(false),
             key: AtomicU64::new(0),
             ended: AtomicBool::new(false),
             waiting: AtomicBool::new(false),
@@ -1059,12 +1055,8 @@ impl Scan {
                     // Release: whoever sees the flag also sees what came before.
                     seen.fatal.store(true, Ordering::Release);
                 }
-                for field in body.split(|b| *b == 0) {
-                    match field {
-                        b"C25006" => seen.read_only_error.store(true, Ordering::Release),
-                        b"C57014" => seen.query_canceled.store(true, Ordering::SeqCst),
-                        _ => {}
-                    }
+                if body.split(|b| *b == 0).any(|field| field == b"C25006") {
+                    seen.read_only_error.store(true, Ordering::Release);
                 }
             }
             b'Z' => {

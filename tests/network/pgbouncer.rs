@@ -208,6 +208,10 @@ async fn sleeping_behind(bouncer: &Bouncer) -> bool {
 /// statement, in either pool mode: the statement stops and the next caller
 /// gets the same session back.
 async fn abandoned_behind_pgbouncer(mode: Mode) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let bouncer = tokio::task::spawn_blocking(move || Bouncer::start(mode, &[]))
         .await
         .expect("start pgbouncer");
