@@ -20,7 +20,7 @@ pub enum Error<E: std::error::Error + 'static> {
     /// No connection could be had within `acquire_timeout`.
     #[error(
         "timed out after {waited:?} {phase}{}{}",
-        LastError(.last_error),
+        LastError(.last_error, .failed_hook),
         LastTimeout(.last_connect_timeout)
     )]
     Timeout {
@@ -32,6 +32,9 @@ pub enum Error<E: std::error::Error + 'static> {
         /// discovery) seen by this pool, if any connect failed recently.
         #[source]
         last_error: Option<Arc<E>>,
+        /// Set when `last_error` came from a setup hook rather than the
+        /// driver's connect: the hook's name (`"after_connect"`).
+        failed_hook: Option<&'static str>,
         /// Set when the last connect attempt got no answer within
         /// `connect_timeout` (an unreachable or black-holed host): how long it waited.
         last_connect_timeout: Option<Duration>,
@@ -69,6 +72,16 @@ pub enum ConnectError<E: std::error::Error + 'static> {
     /// refused, bad credentials, an unknown database, ...).
     #[error("could not open a connection: {}", WithCauses(&**.0))]
     Connect(#[source] Arc<E>),
+    /// The first connect succeeded but the
+    /// [`after_connect`](crate::Builder::after_connect) hook failed on it.
+    #[error("the {hook} hook failed on a new connection: {}", WithCauses(&**.error))]
+    Hook {
+        /// The hook's name (`"after_connect"`).
+        hook: &'static str,
+        /// What the hook returned.
+        #[source]
+        error: Arc<E>,
+    },
     /// The server did not answer the first connect within `connect_timeout`
     /// (an unreachable or black-holed host).
     #[error("could not open a connection: no answer within {connect_timeout:?}")]
@@ -82,7 +95,7 @@ impl<E: std::error::Error + 'static> ConnectError<E> {
     /// The driver's error, if the connect got one.
     pub fn last_connect_error(&self) -> Option<&E> {
         match self {
-            ConnectError::Connect(e) => Some(e),
+            ConnectError::Connect(e) | ConnectError::Hook { error: e, .. } => Some(e),
             ConnectError::Build(_) | ConnectError::NoAnswer { .. } => None,
         }
     }
@@ -100,13 +113,18 @@ pub enum BlockingError<E: std::error::Error + 'static> {
     Get(#[from] Error<E>),
 }
 
-struct LastError<'a, E>(&'a Option<Arc<E>>);
+struct LastError<'a, E>(&'a Option<Arc<E>>, &'a Option<&'static str>);
 
 impl<E: std::error::Error> fmt::Display for LastError<'_, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(e) => write!(f, "; last connect error: {}", WithCauses(&**e)),
-            None => Ok(()),
+        match (self.0, self.1) {
+            (Some(e), None) => write!(f, "; last connect error: {}", WithCauses(&**e)),
+            (Some(e), Some(hook)) => write!(
+                f,
+                "; last connect error (in the {hook} hook): {}",
+                WithCauses(&**e)
+            ),
+            (None, _) => Ok(()),
         }
     }
 }

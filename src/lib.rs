@@ -96,5 +96,5 @@ pub use error::{
 };
 pub use liveness::Reason;
 pub use manager::{BrokenDetection, Cancelled, Manager, ServerTimeouts};
-pub use pool::{Builder, Pool, Pooled, Work};
+pub use pool::{Builder, ConnectionMetadata, HookFuture, Pool, Pooled, SetUpHook, VetHook, Work};
 pub use stats::{ClosedCounts, ConnectionInfo, ConnectionState, HistogramSnapshot, State};

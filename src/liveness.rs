@@ -36,11 +36,15 @@ pub enum Reason {
     /// turned read-only, a failover): seen by the role re-check or by an
     /// error that proves it; the whole pool moved to a new generation.
     RoleChanged,
+    /// A hook refused it: [`before_acquire`](crate::Builder::before_acquire)
+    /// at checkout or [`after_release`](crate::Builder::after_release) on
+    /// its way back answered `false` or failed.
+    Refused,
 }
 
 impl Reason {
     /// Every reason, in a fixed order (index = `self as usize`).
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::Broken,
         Reason::ValidationFailed,
         Reason::MaxLifetime,
@@ -49,6 +53,7 @@ impl Reason {
         Reason::ResetFailed,
         Reason::Closed,
         Reason::RoleChanged,
+        Reason::Refused,
     ];
 
     /// The label value used in logs and metrics.
@@ -62,6 +67,7 @@ impl Reason {
             Reason::ResetFailed => "reset_failed",
             Reason::Closed => "closed",
             Reason::RoleChanged => "role_changed",
+            Reason::Refused => "refused",
         }
     }
 }

@@ -13,6 +13,7 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use super::cap::Cap;
+use super::capped::CappedError;
 #[cfg(feature = "metrics")]
 use super::shared::Exported;
 use super::shared::{sweeper, Shared};
@@ -20,6 +21,8 @@ use super::{KeyedPool, Owner, PoolKey};
 use crate::config::Config;
 use crate::error::BuildError;
 use crate::manager::Manager;
+use crate::pool::Hooks;
+use crate::{SetUpHook, VetHook};
 
 pub(super) type Factory<K, M> = Box<dyn Fn(&K) -> M + Send + Sync>;
 
@@ -32,6 +35,7 @@ pub struct KeyedBuilder<K, M: Manager> {
     name: String,
     max_open: usize,
     key_idle_timeout: Duration,
+    hooks: Hooks<M::Connection, M::Error>,
     #[cfg(feature = "metrics")]
     metrics: Option<(crate::metrics::Metrics, usize)>,
 }
@@ -56,6 +60,7 @@ impl<K: PoolKey, M: Manager> KeyedBuilder<K, M> {
             name: "keyed".to_owned(),
             max_open: 50,
             key_idle_timeout: Duration::from_secs(10 * 60),
+            hooks: Hooks::default(),
             #[cfg(feature = "metrics")]
             metrics: None,
         }
@@ -105,6 +110,27 @@ impl<K: PoolKey, M: Manager> KeyedBuilder<K, M> {
         self
     }
 
+    /// [`Builder::after_connect`](crate::Builder::after_connect) for every
+    /// key's sub-pool. Default: none.
+    pub fn after_connect(mut self, hook: impl SetUpHook<M::Connection, M::Error>) -> Self {
+        self.hooks.after_connect = Some(Arc::new(hook));
+        self
+    }
+
+    /// [`Builder::before_acquire`](crate::Builder::before_acquire) for every
+    /// key's sub-pool. Default: none.
+    pub fn before_acquire(mut self, hook: impl VetHook<M::Connection, M::Error>) -> Self {
+        self.hooks.before_acquire = Some(Arc::new(hook));
+        self
+    }
+
+    /// [`Builder::after_release`](crate::Builder::after_release) for every
+    /// key's sub-pool. Default: none.
+    pub fn after_release(mut self, hook: impl VetHook<M::Connection, M::Error>) -> Self {
+        self.hooks.after_release = Some(Arc::new(hook));
+        self
+    }
+
     /// Exports the sub-pools of labelled keys through `metrics`, as
     /// `pool="{name}/{label}"`, at most `max_keys` at once (the rest are
     /// not exported; see the [module docs](super)). Default: none exported.
@@ -134,6 +160,9 @@ impl<K: PoolKey, M: Manager> KeyedBuilder<K, M> {
             template: self.template,
             max_open: self.max_open,
             key_idle_timeout: self.key_idle_timeout,
+            hooks: self
+                .hooks
+                .wrapped(|c| &mut c.raw, |e| CappedError::Backend(Arc::new(e))),
             salt: rand::random(),
             keys: Mutex::new(HashMap::new()),
             cap: Arc::new(Cap::new(self.max_open, runtime.clone())),

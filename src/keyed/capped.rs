@@ -56,6 +56,7 @@ pub(super) fn map_error<E: std::error::Error + 'static>(
             phase,
             waited,
             last_error,
+            failed_hook,
             last_connect_timeout,
         } => {
             let (last_error, last_connect_timeout) = match last_error.as_deref() {
@@ -77,6 +78,7 @@ pub(super) fn map_error<E: std::error::Error + 'static>(
                 phase,
                 waited,
                 last_error,
+                failed_hook,
                 last_connect_timeout,
             }
         }

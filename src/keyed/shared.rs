@@ -13,20 +13,22 @@ use tokio::runtime::Handle;
 use tokio::time::Instant;
 
 use super::cap::{Cap, Victim, Victims};
-use super::capped::Capped;
+use super::capped::{Capped, CappedConn, CappedError};
 use super::key::{Digest, PoolKey};
 use super::usage::{Demand, Usage};
 use super::{KeyedState, TARGET};
 use crate::config::Config;
 use crate::error::Error;
 use crate::manager::Manager;
-use crate::pool::Pool;
+use crate::pool::{Hooks, Pool};
 
 pub(super) struct Shared<M: Manager> {
     pub(super) name: String,
     pub(super) template: Config,
     pub(super) max_open: usize,
     pub(super) key_idle_timeout: Duration,
+    /// The builder's hooks, over the sub-pools' wrapped types.
+    pub(super) hooks: Hooks<CappedConn<M::Connection>, CappedError<M::Error>>,
     pub(super) salt: [u8; 32],
     pub(super) keys: Mutex<HashMap<Digest, Arc<Entry<M>>>>,
     /// The global cap: one unit per open connection; see the module docs.
@@ -97,6 +99,7 @@ impl<M: Manager> Shared<M> {
         };
         let pool = Pool::builder(capped)
             .config(config)
+            .hooks(self.hooks.clone())
             .build_in(self.runtime.clone());
         let exported = self.export(&pool, label);
         // debug: a new key is routine; the label is public by contract.

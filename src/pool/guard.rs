@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::hooks::ConnectionMetadata;
 use super::inner::Shared;
 use super::owners::Permit;
 use super::slots::Conn;
@@ -100,6 +101,14 @@ impl<M: Manager> Pooled<M> {
     /// When the connection was lent (the checkout's last clock reading).
     pub(crate) fn lent_at(this: &Self) -> Instant {
         this.lent_at
+    }
+
+    /// What a `before_acquire` hook is told about this connection; `None`
+    /// for one never lent before (opened for this checkout, or by the
+    /// housekeeper and unused).
+    pub(crate) fn metadata(this: &Self) -> Option<ConnectionMetadata> {
+        let meta = &this.conn().meta;
+        (meta.uses > 0).then(|| ConnectionMetadata::of(meta, this.lent_at))
     }
 
     /// How long this guard has been held.

@@ -179,7 +179,13 @@ impl<M: Manager> Shared<M> {
             // the server is reachable and the pool is fine.
             Err(OpenError::Failed | OpenError::NotYet | OpenError::Declined) => {
                 match &*self.last_connect_failure.lock() {
-                    Some(ConnectFailure::Error(e)) => Err(ConnectError::Connect(Arc::clone(e))),
+                    Some(ConnectFailure::Error(e, None)) => {
+                        Err(ConnectError::Connect(Arc::clone(e)))
+                    }
+                    &Some(ConnectFailure::Error(ref e, Some(hook))) => Err(ConnectError::Hook {
+                        hook,
+                        error: Arc::clone(e),
+                    }),
                     &Some(ConnectFailure::TimedOut(connect_timeout)) => {
                         Err(ConnectError::NoAnswer { connect_timeout })
                     }

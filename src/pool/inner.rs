@@ -46,6 +46,7 @@ use super::backoff::{Backoff, BACKOFF_START};
 use super::deadlines::Watchdog;
 use super::evidence::Evidence;
 use super::guard::Pooled;
+use super::hooks::{ConnectionMetadata, Hooks};
 use super::line::{self, Served};
 use super::owners::{Connecting, Io, Pending, Permit};
 use super::slots::{Activity, Conn, Meta, Slots};
@@ -105,10 +106,17 @@ pub(crate) struct Shared<M: Manager> {
     /// What the pool learned from its round trips: the idle cutoff, the
     /// hedge's yardstick (`evidence.rs`).
     pub(super) evidence: Evidence,
+    /// The user's lifecycle hooks (`hooks.rs`); usually none.
+    pub(super) hooks: Hooks<M::Connection, M::Error>,
 }
 
 impl<M: Manager> Shared<M> {
-    pub(crate) fn new(manager: M, config: Config, runtime: Handle) -> Self {
+    pub(crate) fn new(
+        manager: M,
+        config: Config,
+        hooks: Hooks<M::Connection, M::Error>,
+        runtime: Handle,
+    ) -> Self {
         let verify_returns = config.verify_on_return.pings(manager.broken_detection());
         let requires_role = manager.requires_role();
         Shared {
@@ -133,6 +141,7 @@ impl<M: Manager> Shared<M> {
             requires_role,
             role_check_wanted: AtomicBool::new(false),
             evidence: Evidence::default(),
+            hooks,
             config,
         }
     }
@@ -647,27 +656,45 @@ impl<M: Manager> Shared<M> {
         let generation = self.generation();
         let started = Instant::now();
         let result = timeout(self.config.connect_timeout, async {
-            let mut raw = self.manager.connect().await?;
+            let mut raw = self.manager.connect().await.map_err(|e| (e, None))?;
+            let id = self.next_id.fetch_add(1, Relaxed);
+            // Before the server's timeouts are read: a hook may change them.
+            if let Some(hook) = &self.hooks.after_connect {
+                let meta = ConnectionMetadata::new(id, started.elapsed());
+                hook(&mut raw, meta)
+                    .await
+                    .map_err(|e| (e, Some(AFTER_CONNECT)))?;
+            }
             let server = match self.config.server_idle_timeout_override {
                 Some(idle) => ServerTimeouts { idle },
-                None => self.manager.server_timeouts(&mut raw).await?,
+                None => self
+                    .manager
+                    .server_timeouts(&mut raw)
+                    .await
+                    .map_err(|e| (e, None))?,
             };
-            Ok::<_, M::Error>((raw, server))
+            Ok::<_, (M::Error, Option<&'static str>)>((raw, server, id))
         })
         .await;
-        let (raw, server) = match result {
+        let (raw, server, id) = match result {
             Ok(Ok(pair)) => pair,
-            Ok(Err(error)) if self.manager.connect_declined(&error) => {
+            Ok(Err((error, None))) if self.manager.connect_declined(&error) => {
                 // debug: nothing went wrong; the manager chose not to connect.
                 tracing::debug!(target: TARGET, %error, "connect declined by the manager");
                 self.backoff.lock().declined();
                 return Err(OpenError::Declined);
             }
-            Ok(Err(error)) => {
+            Ok(Err((error, hook))) => {
                 Stats::bump(&self.stats.connect_errors);
                 self.suspect();
-                tracing::warn!(target: TARGET, %error, "connect failed");
-                *self.last_connect_failure.lock() = Some(ConnectFailure::Error(Arc::new(error)));
+                match hook {
+                    Some(hook) => {
+                        tracing::warn!(target: TARGET, %error, hook, "connect failed in a hook")
+                    }
+                    None => tracing::warn!(target: TARGET, %error, "connect failed"),
+                }
+                *self.last_connect_failure.lock() =
+                    Some(ConnectFailure::Error(Arc::new(error), hook));
                 self.backoff.lock().failed(Instant::now());
                 return Err(OpenError::Failed);
             }
@@ -685,7 +712,7 @@ impl<M: Manager> Shared<M> {
         self.stats.connect.observe(now - started);
         self.connected_in(now - started);
         let mut meta = Meta {
-            id: self.next_id.fetch_add(1, Relaxed),
+            id,
             created: now,
             expires: self
                 .config
@@ -721,12 +748,13 @@ impl<M: Manager> Shared<M> {
         Ok(Conn::new(raw, meta))
     }
 
-    /// `(last connect error, last connect timeout)`: at most one is set.
-    pub(crate) fn last_connect_failure(&self) -> (Option<Arc<M::Error>>, Option<Duration>) {
+    /// `(last connect error, the hook it came from, last connect
+    /// timeout)`: the error or the timeout, never both.
+    pub(crate) fn last_connect_failure(&self) -> LastFailure<M::Error> {
         match &*self.last_connect_failure.lock() {
-            Some(ConnectFailure::Error(e)) => (Some(Arc::clone(e)), None),
-            Some(ConnectFailure::TimedOut(d)) => (None, Some(*d)),
-            None => (None, None),
+            Some(ConnectFailure::Error(e, hook)) => (Some(Arc::clone(e)), *hook, None),
+            Some(ConnectFailure::TimedOut(d)) => (None, None, Some(*d)),
+            None => (None, None, None),
         }
     }
 }
@@ -737,9 +765,16 @@ fn jitter(lifetime: Duration) -> Duration {
     lifetime.mul_f64(1.0 - rand::random::<f64>() * 0.025)
 }
 
+/// `(last connect error, the hook it came from, last connect timeout)`.
+pub(crate) type LastFailure<E> = (Option<Arc<E>>, Option<&'static str>, Option<Duration>);
+
+/// The hook's name in errors and logs.
+pub(super) const AFTER_CONNECT: &str = "after_connect";
+
 /// Why the last connect attempt failed.
 pub(super) enum ConnectFailure<E> {
-    Error(Arc<E>),
+    /// The driver's error, or a hook's (named).
+    Error(Arc<E>, Option<&'static str>),
     TimedOut(Duration),
 }
 

@@ -6,6 +6,7 @@ mod deadlines;
 mod evidence;
 mod guard;
 mod hedge;
+mod hooks;
 mod housekeeping;
 mod inner;
 mod line;
@@ -26,6 +27,8 @@ use tokio::time::Instant;
 use tokio::runtime::Handle;
 
 pub use guard::Pooled;
+pub(crate) use hooks::Hooks;
+pub use hooks::{ConnectionMetadata, HookFuture, SetUpHook, VetHook};
 use inner::{Shared, Stop};
 pub use run::Work;
 
@@ -100,6 +103,7 @@ impl<M: Manager> Pool<M> {
         Builder {
             manager,
             config: Config::default(),
+            hooks: Hooks::default(),
         }
     }
 
@@ -129,12 +133,22 @@ impl<M: Manager> Pool<M> {
         // Taken here, outside the future: `#[track_caller]` does not reach
         // into an async body. Leak reports and /status name this line.
         let site = Location::caller();
-        self.get_at(site)
+        self.get_at(site, None)
     }
 
-    async fn get_at(&self, site: &'static Location<'static>) -> Result<Pooled<M>, Error<M::Error>> {
-        let shared = self.shared();
+    /// A checkout that ends at `deadline` (`None`: `acquire_timeout` from now).
+    async fn get_at(
+        &self,
+        site: &'static Location<'static>,
+        deadline: Option<Instant>,
+    ) -> Result<Pooled<M>, Error<M::Error>> {
         let started = Instant::now();
+        if deadline.is_none() && self.shared().hooks.before_acquire.is_some() {
+            // Boxed: the hooked path's state stays out of every `get()`'s
+            // future (and its call back here needs the indirection).
+            return Box::pin(self.get_vetted(site, started)).await;
+        }
+        let shared = self.shared();
         let held = match shared.try_checkout_now(started, site) {
             Ok(conn) => {
                 // Served without waiting: one counter, read as a skipped
@@ -146,7 +160,7 @@ impl<M: Manager> Pool<M> {
             Err(held) => held,
         };
         let mut phase = TimeoutPhase::WaitingForConnection;
-        let deadline = started + shared.config.acquire_timeout;
+        let deadline = deadline.unwrap_or(started + shared.config.acquire_timeout);
         let result = shared.acquire(held, &mut phase, site, deadline).await;
         match result {
             // The guard's `lent_at` is the checkout's last clock reading.
@@ -162,6 +176,49 @@ impl<M: Manager> Pool<M> {
         }
     }
 
+    /// A checkout with a `before_acquire` hook: each connection that has
+    /// been lent before is shown to it, and one it refuses is closed and
+    /// the checkout goes on, all within one `acquire_timeout`.
+    async fn get_vetted(
+        &self,
+        site: &'static Location<'static>,
+        started: Instant,
+    ) -> Result<Pooled<M>, Error<M::Error>> {
+        let shared = self.shared();
+        let hook = shared
+            .hooks
+            .before_acquire
+            .as_ref()
+            .expect("called with a hook");
+        let deadline = started + shared.config.acquire_timeout;
+        loop {
+            let mut conn = self.get_at(site, Some(deadline)).await?;
+            let Some(meta) = Pooled::metadata(&conn) else {
+                // Never lent: `after_connect` has just had it.
+                return Ok(conn);
+            };
+            let answer = tokio::time::timeout_at(deadline, hook(&mut conn, meta)).await;
+            let conn_id = meta.id;
+            match answer {
+                Ok(Ok(true)) => return Ok(conn),
+                // debug: the user's own rule, doing its job.
+                Ok(Ok(false)) => {
+                    tracing::debug!(target: TARGET, conn_id, "before_acquire refused an idle connection")
+                }
+                // warn: the user's code failed; they will want to know why.
+                Ok(Err(error)) => {
+                    tracing::warn!(target: TARGET, conn_id, %error, "before_acquire hook failed")
+                }
+                Err(_) => {
+                    // The hook may have left a query half-done: closed, not returned.
+                    Pooled::retire_as(conn, Reason::Refused);
+                    return Err(self.explain(Stop::TimedOut, TimeoutPhase::Validating, started));
+                }
+            }
+            Pooled::retire_as(conn, Reason::Refused);
+        }
+    }
+
     /// The caller's error for why the slow path stopped.
     fn explain(&self, stop: Stop, phase: TimeoutPhase, started: Instant) -> Error<M::Error> {
         let shared = self.shared();
@@ -172,13 +229,14 @@ impl<M: Manager> Pool<M> {
             },
             Stop::TimedOut => {
                 shared.stats.acquire_timeouts.fetch_add(1, Relaxed);
-                let (last_error, last_connect_timeout) = shared.last_connect_failure();
+                let (last_error, failed_hook, last_connect_timeout) = shared.last_connect_failure();
                 let waited = started.elapsed();
                 tracing::warn!(
                     target: TARGET,
                     ?waited,
                     %phase,
                     last_error = last_error.as_ref().map(tracing::field::display),
+                    failed_hook,
                     ?last_connect_timeout,
                     "acquire timed out"
                 );
@@ -186,6 +244,7 @@ impl<M: Manager> Pool<M> {
                     phase,
                     waited,
                     last_error,
+                    failed_hook,
                     last_connect_timeout,
                 }
             }
@@ -350,7 +409,7 @@ impl<M: Manager> Pool<M> {
             return Err(BlockingError::InRuntime);
         }
         let site = Location::caller();
-        Ok(self.shared().runtime().block_on(self.get_at(site))?)
+        Ok(self.shared().runtime().block_on(self.get_at(site, None))?)
     }
 
     /// Whether [`close`](Pool::close) was called (or every handle dropped).
@@ -447,12 +506,14 @@ fn state_of<M: Manager>(shared: &Shared<M>) -> State {
 pub struct Builder<M: Manager> {
     manager: M,
     config: Config,
+    hooks: Hooks<M::Connection, M::Error>,
 }
 
 impl<M: Manager> fmt::Debug for Builder<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Builder")
             .field("config", &self.config)
+            .field("hooks", &self.hooks)
             .finish_non_exhaustive()
     }
 }
@@ -521,6 +582,66 @@ impl<M: Manager> Builder<M> {
         self
     }
 
+    /// Runs `hook` on every new session before it is first lent, and again
+    /// after each full reset (`reset_on_return`,
+    /// [`Pooled::reset_on_return`]), which undoes what it set: the place
+    /// for `SET search_path`, `SET application_name`, `SET statement_timeout`
+    /// or registering types. The pool reads the server's idle timeout after
+    /// it, so a hook that changes it is obeyed.
+    ///
+    /// An error fails that connect: it is counted and backed off like the
+    /// driver's own connect errors, and reported as the last connect error
+    /// with the hook named ([`Error::Timeout`], [`ConnectError::Hook`]).
+    /// It runs within `connect_timeout`. Default: none.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "tokio-postgres")]
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use vigil::{backend::tokio_postgres::TokioPgManager, Pool};
+    ///
+    /// let pool = Pool::builder(TokioPgManager::from_url("postgres://postgres@127.0.0.1/test")?)
+    ///     .after_connect(|conn, _meta| {
+    ///         Box::pin(async move { conn.batch_execute("SET search_path TO app, public").await })
+    ///     })
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn after_connect(mut self, hook: impl SetUpHook<M::Connection, M::Error>) -> Self {
+        self.hooks.after_connect = Some(Arc::new(hook));
+        self
+    }
+
+    /// Runs `hook` on a connection that has been lent before, just before it
+    /// is lent again (after the pool's own liveness checks): `Ok(false)` or
+    /// an error refuses it, and it is closed (reason
+    /// [`Refused`](Reason::Refused)) and the checkout goes on to the next
+    /// idle connection or a new one. A connection opened for this very
+    /// checkout (or never lent yet) is not asked: [`after_connect`](Self::after_connect)
+    /// has just run on it. It runs within `acquire_timeout`; cancelled with
+    /// the `get()`, the connection it was given is closed. Default: none.
+    pub fn before_acquire(mut self, hook: impl VetHook<M::Connection, M::Error>) -> Self {
+        self.hooks.before_acquire = Some(Arc::new(hook));
+        self
+    }
+
+    /// Runs `hook` on every connection its borrower gave back, after the
+    /// pool's own cleaning (rollback, reset, ping) and before it is filed
+    /// idle: `Ok(false)` or an error closes it (reason
+    /// [`Refused`](Reason::Refused)). It runs in the return's own task,
+    /// within `validation_timeout`, holding the connection's slot. A
+    /// connection the pool retires on its way back (broken, expired) is
+    /// not asked. Default: none.
+    pub fn after_release(mut self, hook: impl VetHook<M::Connection, M::Error>) -> Self {
+        self.hooks.after_release = Some(Arc::new(hook));
+        self
+    }
+
+    /// Every hook at once (a keyed pool's sub-pools share their builder's).
+    pub(crate) fn hooks(mut self, hooks: Hooks<M::Connection, M::Error>) -> Self {
+        self.hooks = hooks;
+        self
+    }
+
     /// Checks the settings and starts the pool without opening a connection
     /// (the housekeeper opens `min_idle` in the background). Must be called
     /// inside a tokio runtime.
@@ -542,7 +663,12 @@ impl<M: Manager> Builder<M> {
             self.config.validate().is_ok(),
             "build_in is given validated settings"
         );
-        let shared = Arc::new(Shared::new(self.manager, self.config, runtime.clone()));
+        let shared = Arc::new(Shared::new(
+            self.manager,
+            self.config,
+            self.hooks,
+            runtime.clone(),
+        ));
         runtime.spawn(housekeeping::housekeeper(Arc::clone(&shared)));
         runtime.spawn(deadlines::watch(Arc::clone(&shared)));
         Pool {

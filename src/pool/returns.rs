@@ -9,9 +9,10 @@ use std::sync::Arc;
 
 use tokio::time::{timeout, Instant};
 
-use super::inner::Shared;
+use super::hooks::ConnectionMetadata;
+use super::inner::{Shared, AFTER_CONNECT};
 use super::owners::{Io, Permit};
-use super::slots::{Activity, Conn, Filed, Meta};
+use super::slots::{Activity, Conn, Filed, Meta, Record};
 use super::TARGET;
 use crate::liveness::{assess, may_retire_at_return, Policy, Reason, Verdict};
 use crate::manager::{Cancelled, Manager};
@@ -68,7 +69,8 @@ impl<M: Manager> Shared<M> {
             && ((this.role_check_wanted.load(Relaxed)
                 && this.role_check_wanted.swap(false, Relaxed))
                 || this.manager.role_in_doubt(&mut conn.raw));
-        if !dirty && !this.verify_returns && !role {
+        let release = this.hooks.after_release.is_some();
+        if !dirty && !this.verify_returns && !role && !release {
             Self::make_idle(conn, permit);
             return;
         }
@@ -77,9 +79,12 @@ impl<M: Manager> Shared<M> {
             // queue a rollback or a ping behind it.
             cancel: dirty && this.manager.query_in_flight(&mut conn.raw),
             // A reset is a round trip too, and proves the session alive: a
-            // dirty connection is cleaned, a clean one only pinged.
+            // dirty connection is cleaned, a clean one only pinged (the
+            // role question proves it alive as well as a ping).
             reset: dirty.then_some(full),
+            ping: !dirty && this.verify_returns && !role,
             role,
+            release,
         };
         let runtime = this.runtime.clone();
         runtime.spawn(Returning::new(conn, permit).finish(plan));
@@ -201,11 +206,16 @@ impl<M: Manager> Shared<M> {
 struct Plan {
     /// Stop the statement its borrower left running (`cancel_query`).
     cancel: bool,
-    /// Clean it (`reset`; `Some(true)`: a full reset); `None`: ping it
-    /// instead (`verify_on_return`), unless `role` asks it a question anyway.
+    /// Clean it (`reset`; `Some(true)`: a full reset, after which the
+    /// `after_connect` hook runs again).
     reset: Option<bool>,
+    /// Ping it (`verify_on_return`; only when it is not reset).
+    ping: bool,
     /// Ask the session its role (`has_role`).
     role: bool,
+    /// Run the `after_release` hook, last and outside the hedge (the
+    /// user's code may take its time; that is not a sign of a dead path).
+    release: bool,
 }
 
 /// How a [`Plan`] ended.
@@ -238,7 +248,7 @@ impl<M: Manager> Returning<M> {
         let shared = Arc::clone(self.0.shared());
         let outcome = {
             let (conn, hold) = self.0.parts();
-            let work = shared.run_plan(&mut conn.raw, conn.meta.id, plan);
+            let work = shared.run_plan(&mut conn.raw, conn.meta, plan);
             tokio::pin!(work);
             match shared.hedge_delay() {
                 Some(delay) => match timeout(delay, &mut work).await {
@@ -263,6 +273,13 @@ impl<M: Manager> Returning<M> {
                 None => work.await,
             }
         };
+        let outcome = match outcome {
+            Outcome::Clean if plan.release => {
+                let (conn, _) = self.0.parts();
+                shared.released(conn).await
+            }
+            outcome => outcome,
+        };
         match outcome {
             Outcome::Clean => {
                 if let Some((mut conn, permit)) = self.0.keep() {
@@ -271,7 +288,9 @@ impl<M: Manager> Returning<M> {
                 }
             }
             Outcome::Retire(reason) => {
-                shared.suspect();
+                if reason != Reason::Refused {
+                    shared.suspect();
+                }
                 drop(self.0.retire(reason));
             }
             Outcome::RoleGone => {
@@ -284,7 +303,8 @@ impl<M: Manager> Returning<M> {
 
 impl<M: Manager> Shared<M> {
     /// The I/O of a [`Plan`], step by step.
-    async fn run_plan(&self, raw: &mut M::Connection, conn_id: u64, plan: Plan) -> Outcome {
+    async fn run_plan(&self, raw: &mut M::Connection, meta: Meta, plan: Plan) -> Outcome {
+        let conn_id = meta.id;
         let limit = self.config.validation_timeout;
         let manager = &self.manager;
         if plan.cancel {
@@ -301,11 +321,19 @@ impl<M: Manager> Shared<M> {
         };
         let cleaned = match plan.reset {
             Some(full) => Some(timeout(limit, manager.reset(raw, full)).await),
-            // The role question proves the session alive as well as a ping.
-            None if plan.role => None,
-            None => Some(timeout(limit, manager.is_valid(raw)).await),
+            None if plan.ping => Some(timeout(limit, manager.is_valid(raw)).await),
+            None => None,
         };
         if let Some(result) = cleaned {
+            if let Some(reason) = self.return_failure(raw, conn_id, what, failed, result) {
+                return Outcome::Retire(reason);
+            }
+        }
+        if let (Some(true), Some(hook)) = (plan.reset, &self.hooks.after_connect) {
+            // The full reset undid what the hook set on the new session.
+            let meta = ConnectionMetadata::of(&meta, Instant::now());
+            let result = timeout(limit, hook(raw, meta)).await;
+            let what = AFTER_CONNECT;
             if let Some(reason) = self.return_failure(raw, conn_id, what, failed, result) {
                 return Outcome::Retire(reason);
             }
@@ -330,6 +358,29 @@ impl<M: Manager> Shared<M> {
             }
         }
         Outcome::Clean
+    }
+
+    /// The `after_release` hook's answer, within `validation_timeout`.
+    async fn released(&self, conn: &mut Record<M::Connection>) -> Outcome {
+        let Some(hook) = &self.hooks.after_release else {
+            return Outcome::Clean;
+        };
+        let meta = ConnectionMetadata::of(&conn.meta, Instant::now());
+        let answer = timeout(self.config.validation_timeout, hook(&mut conn.raw, meta)).await;
+        let conn_id = conn.meta.id;
+        match answer {
+            Ok(Ok(true)) => return Outcome::Clean,
+            // debug: the user's own rule, doing its job.
+            Ok(Ok(false)) => {
+                tracing::debug!(target: TARGET, conn_id, "after_release refused a returned connection")
+            }
+            // warn: the user's code failed; they will want to know why.
+            Ok(Err(error)) => {
+                tracing::warn!(target: TARGET, conn_id, %error, "after_release hook failed")
+            }
+            Err(_) => tracing::warn!(target: TARGET, conn_id, "after_release hook timed out"),
+        }
+        Outcome::Retire(Reason::Refused)
     }
 
     /// What a failed step of a return means for the connection; `None`: it

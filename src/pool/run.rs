@@ -108,7 +108,7 @@ impl<M: Manager> Pool<M> {
         F: for<'c> FnMut(&'c mut M::Connection) -> Work<'c, T, M::Error>,
     {
         let shared = self.shared();
-        let mut conn = self.get_at(site).await.map_err(RunError::Get)?;
+        let mut conn = self.get_at(site, None).await.map_err(RunError::Get)?;
         let error = match work(&mut conn).await {
             Ok(value) => return Ok(value),
             Err(error) => error,
@@ -123,7 +123,7 @@ impl<M: Manager> Pool<M> {
             // stands (a read-only session writes nothing), so it runs once
             // more, on a session of the new generation.
             Stats::bump(&shared.stats.retries_role_changed);
-            let mut conn = self.get_at(site).await.map_err(RunError::Get)?;
+            let mut conn = self.get_at(site, None).await.map_err(RunError::Get)?;
             return work(&mut conn).await.map_err(RunError::Work);
         }
         let ended =
@@ -145,7 +145,7 @@ impl<M: Manager> Pool<M> {
         // debug: the retry is the pool doing its job; the caller sees only
         // the second attempt's result.
         tracing::debug!(target: super::TARGET, %error, "work retried once on another connection: its session had ended");
-        let mut conn = self.get_at(site).await.map_err(RunError::Get)?;
+        let mut conn = self.get_at(site, None).await.map_err(RunError::Get)?;
         work(&mut conn).await.map_err(RunError::Work)
     }
 }

@@ -8,6 +8,7 @@ mod cancellation;
 mod checkout;
 mod close;
 mod connect;
+mod hooks;
 mod liveness;
 mod network;
 mod observability;

@@ -31,6 +31,7 @@ const REASON_COLORS: [&str; vigil::Reason::ALL.len()] = [
     "#db2777", // reset_failed
     "#94a3b8", // closed
     "#eab308", // role_changed
+    "#14b8a6", // refused
 ];
 
 fn esc(s: &str) -> String {
