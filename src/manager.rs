@@ -28,7 +28,7 @@ pub enum BrokenDetection {
     /// that ended quietly while idle is not (mysql_async). The default.
     AfterFailedIo,
     /// `has_broken` sees nothing: a session that died while lent comes back
-    /// looking healthy (sqlx 0.8 over a network).
+    /// looking healthy (sqlx 0.9 over a network).
     Blind,
 }
 

@@ -31,7 +31,7 @@ fn pool(manager: SqliteManager, max: usize) -> Pool<SqliteManager> {
 }
 
 async fn count(conn: &mut SqliteConnection, table: &str) -> i64 {
-    sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
         .fetch_one(conn)
         .await
         .expect("count")

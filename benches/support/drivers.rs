@@ -45,7 +45,7 @@ impl Driver for PgConnection {
     }
 
     fn has_broken(&mut self) -> bool {
-        false // sqlx 0.8 exposes no such flag
+        false // sqlx 0.9 exposes no such flag
     }
 }
 

@@ -319,7 +319,7 @@ where
     Box::pin(async move {
         // Defaults apart from size and test_before_acquire: acquire_timeout
         // 30 s, idle_timeout 10 min, max_lifetime 30 min; a ping on every
-        // release (sqlx 0.8 always does that).
+        // release (sqlx 0.9 still does that).
         let pool = sqlx::pool::PoolOptions::<DB>::new()
             .max_connections(POOL_SIZE as u32)
             .test_before_acquire(test)

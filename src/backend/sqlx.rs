@@ -37,6 +37,11 @@
 //! let mut conn = pool.get().await?;
 //! let one: i64 = sqlx::query_scalar("SELECT 1").fetch_one(&mut *conn).await?;
 //! assert_eq!(one, 1);
+//! // sqlx 0.9: SQL built at run time says so (`AssertSqlSafe`).
+//! let table = "notes";
+//! sqlx::query(sqlx::AssertSqlSafe(format!("CREATE TABLE {table} (body TEXT)")))
+//!     .execute(&mut *conn)
+//!     .await?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! # }).unwrap();
 //! ```
@@ -47,7 +52,9 @@ use std::marker::PhantomData;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use sqlx::{ConnectOptions, Connection, Database, TransactionManager};
+use sqlx::{ConnectOptions, Connection, Database};
+// Not re-exported by sqlx since 0.9 (semver-exempt, `#[doc(hidden)]` before).
+use sqlx_core::transaction::TransactionManager;
 
 use crate::manager::{BrokenDetection, Manager, ServerTimeouts};
 
@@ -105,7 +112,7 @@ pub trait SqlxDatabase: Database + sealed::Sealed {
 /// - `connect`: [`ConnectOptions::connect`].
 /// - `is_valid`: [`Connection::ping`] (PostgreSQL: a `Sync` message; MySQL:
 ///   `COM_PING`; SQLite: a round trip to the connection's worker thread).
-/// - `has_broken`: always `false`; sqlx 0.8 exposes no cheap "this
+/// - `has_broken`: always `false`; sqlx 0.9 exposes no cheap "this
 ///   connection is finished" flag. A session that died while idle is found
 ///   by the pool's server-timeout rule, its keepalive and the checkout
 ///   validation; one that died while lent, by the ping on return: the
@@ -121,7 +128,7 @@ pub trait SqlxDatabase: Database + sealed::Sealed {
 ///   [module docs](self)).
 /// - `close`: [`Connection::close`] (a polite goodbye to the server).
 ///
-/// What bounds a borrower's wait on a dead network: sqlx 0.8 opens its
+/// What bounds a borrower's wait on a dead network: sqlx 0.9 opens its
 /// sockets itself and offers no TCP option (no keepalive, no
 /// `TCP_USER_TIMEOUT`), so a query already sent on a black-holed
 /// connection waits for the kernel's retransmission timeout (about 15

@@ -11,7 +11,8 @@ use futures::FutureExt;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgTransactionManager};
-use sqlx::TransactionManager;
+// sqlx 0.9 no longer re-exports it; vigil depends on sqlx-core for it.
+use sqlx_core::transaction::TransactionManager;
 use vigil::backend::mysql::MySqlManager;
 use vigil::backend::sqlx::PgManager;
 use vigil::backend::tokio_postgres::{PgClient as Client, TokioPgManager};
@@ -125,7 +126,7 @@ impl Db for Pg {
 
     fn sleep(conn: &mut PgConnection, secs: u32) -> BoxFuture<'_, Result<(), String>> {
         async move {
-            sqlx::query(&format!("SELECT pg_sleep({secs})"))
+            sqlx::query(sqlx::AssertSqlSafe(format!("SELECT pg_sleep({secs})")))
                 .execute(conn)
                 .await
                 .map(drop)

@@ -22,9 +22,9 @@ impl Roles {
         let mut names = Vec::new();
         for _ in 0..n {
             let name = unique("pg");
-            sqlx::raw_sql(&format!(
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "CREATE ROLE \"{name}\" LOGIN PASSWORD '{PASSWORD}'"
-            ))
+            )))
             .execute(&mut *admin)
             .await
             .expect("create a login role");
@@ -35,10 +35,12 @@ impl Roles {
 
     async fn drop_all(self, admin: &mut PgConnection) {
         for name in self.0 {
-            sqlx::raw_sql(&format!("DROP ROLE IF EXISTS \"{name}\""))
-                .execute(&mut *admin)
-                .await
-                .expect("drop the test role");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP ROLE IF EXISTS \"{name}\""
+            )))
+            .execute(&mut *admin)
+            .await
+            .expect("drop the test role");
         }
     }
 }

@@ -23,7 +23,7 @@ async fn dirty_session_is_not_seen_by_next_borrower() {
     let mut admin = admin().await;
     let table = unique("dirty");
     admin
-        .execute(&*format!("CREATE TABLE {table} (x int)"))
+        .execute(sqlx::AssertSqlSafe(format!("CREATE TABLE {table} (x int)")))
         .await
         .expect("create table");
     let insert = format!("INSERT INTO {table} VALUES (1)");
@@ -38,7 +38,9 @@ async fn dirty_session_is_not_seen_by_next_borrower() {
         let mut conn = pool.get().await.expect("get");
         let pid = backend_pid(&mut conn).await;
         let mut tx = conn.begin().await.expect("begin");
-        tx.execute(&*insert).await.expect("insert");
+        tx.execute(sqlx::AssertSqlSafe(insert.as_str()))
+            .await
+            .expect("insert");
         drop(tx);
         pid
     };
@@ -59,7 +61,7 @@ async fn dirty_session_is_not_seen_by_next_borrower() {
         let mut conn = pool.get().await.expect("get");
         assert_eq!(backend_pid(&mut conn).await, pid, "same session");
         assert!(!in_transaction_block(&mut conn).await);
-        let n: i64 = sqlx::query_scalar(&count)
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count.as_str()))
             .fetch_one(&mut *conn)
             .await
             .expect("count");
@@ -72,7 +74,9 @@ async fn dirty_session_is_not_seen_by_next_borrower() {
     {
         let mut conn = pool.get().await.expect("get");
         let mut tx = conn.begin().await.expect("begin");
-        tx.execute(&*insert).await.expect("insert");
+        tx.execute(sqlx::AssertSqlSafe(insert.as_str()))
+            .await
+            .expect("insert");
         std::mem::forget(tx);
     }
     {
@@ -80,10 +84,12 @@ async fn dirty_session_is_not_seen_by_next_borrower() {
         assert_eq!(backend_pid(&mut conn).await, pid, "same session");
         assert!(!in_transaction_block(&mut conn).await);
         let mut tx = conn.begin().await.expect("begin");
-        tx.execute(&*insert).await.expect("insert");
+        tx.execute(sqlx::AssertSqlSafe(insert.as_str()))
+            .await
+            .expect("insert");
         tx.commit().await.expect("commit");
     }
-    let n: i64 = sqlx::query_scalar(&count)
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count.as_str()))
         .fetch_one(&mut admin)
         .await
         .expect("count");
@@ -119,7 +125,9 @@ async fn dirty_session_is_not_seen_by_next_borrower() {
         conn.execute(sqlx::raw_sql("BEGIN"))
             .await
             .expect("raw BEGIN");
-        conn.execute(&*insert).await.expect("insert");
+        conn.execute(sqlx::AssertSqlSafe(insert.as_str()))
+            .await
+            .expect("insert");
         assert!(!conn.is_in_transaction(), "sqlx does not see a raw BEGIN");
         backend_pid(&mut conn).await
     };
@@ -151,7 +159,7 @@ async fn dirty_session_is_not_seen_by_next_borrower() {
         42
     );
     drop(conn);
-    let n: i64 = sqlx::query_scalar(&count)
+    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count.as_str()))
         .fetch_one(&mut admin)
         .await
         .expect("count");
@@ -159,7 +167,7 @@ async fn dirty_session_is_not_seen_by_next_borrower() {
     assert_eq!(pool.state().closed.get(Reason::ResetFailed), 0);
 
     admin
-        .execute(&*format!("DROP TABLE {table}"))
+        .execute(sqlx::AssertSqlSafe(format!("DROP TABLE {table}")))
         .await
         .expect("drop table");
 }

@@ -58,14 +58,16 @@ impl Backend for PgManager {
         let table = unique("scope");
         pg_admin(ADMIN_APP)
             .await
-            .execute(sqlx::raw_sql(&format!("CREATE TABLE {table} (x int)")))
+            .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "CREATE TABLE {table} (x int)"
+            ))))
             .await
             .expect("CREATE TABLE");
         table
     }
 
     async fn committed_rows(table: &str) -> i64 {
-        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}"))
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
             .fetch_one(&mut pg_admin(ADMIN_APP).await)
             .await
             .expect("count rows")
@@ -74,7 +76,9 @@ impl Backend for PgManager {
     async fn drop_table(table: &str) {
         pg_admin(ADMIN_APP)
             .await
-            .execute(sqlx::raw_sql(&format!("DROP TABLE {table}")))
+            .execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP TABLE {table}"
+            ))))
             .await
             .expect("DROP TABLE");
     }
@@ -97,9 +101,9 @@ impl Backend for PgManager {
         ))
         .await
         .expect("leave session state");
-        conn.execute(sqlx::raw_sql(&format!(
+        conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
             "BEGIN; INSERT INTO {table} VALUES (1)"
-        )))
+        ))))
         .await
         .expect("open a transaction");
     }
@@ -114,12 +118,12 @@ impl Backend for PgManager {
             Err(e) => panic!("SAVEPOINT probe: {e}"),
         }
         let (var, timeout, temp, rows): (Option<String>, String, bool, i64) =
-            sqlx::query_as(&format!(
+            sqlx::query_as(sqlx::AssertSqlSafe(format!(
                 "SELECT current_setting('vigil.scope_test', true), \
                         current_setting('statement_timeout'), \
                         to_regclass('pg_temp.vigil_scope_tmp') IS NOT NULL, \
                         (SELECT count(*) FROM {table})"
-            ))
+            )))
             .fetch_one(&mut *conn)
             .await
             .expect("read session state");

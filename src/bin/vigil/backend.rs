@@ -159,8 +159,9 @@ impl Backend for MySqlManager {
 
 impl Backend for PgManager {
     async fn execute(conn: &mut sqlx::PgConnection, sql: &str) -> Result<(), String> {
-        // Prepared and cached per connection by sqlx.
-        sqlx::query(sql)
+        // Prepared and cached per connection by sqlx. The SQL is the
+        // operator's own (`--query`); sqlx 0.9 wants that said explicitly.
+        sqlx::query(sqlx::AssertSqlSafe(sql))
             .execute(conn)
             .await
             .map(drop)
@@ -221,8 +222,9 @@ pub(crate) fn tokio_pg(
 
 impl Backend for SqliteManager {
     async fn execute(conn: &mut sqlx::SqliteConnection, sql: &str) -> Result<(), String> {
-        // Prepared and cached per connection by sqlx.
-        sqlx::query(sql)
+        // Prepared and cached per connection by sqlx. The SQL is the
+        // operator's own (`--query`); sqlx 0.9 wants that said explicitly.
+        sqlx::query(sqlx::AssertSqlSafe(sql))
             .execute(conn)
             .await
             .map(drop)
