@@ -309,15 +309,11 @@ fn main() {
     let every = all_cases().len();
     let cases: Vec<Case> = all_cases()
         .into_iter()
-        .filter(|c| {
-            pools
-                .as_ref()
-                .map_or(true, |p| p.iter().any(|p| p == c.pool))
-        })
+        .filter(|c| pools.as_ref().is_none_or(|p| p.iter().any(|p| p == c.pool)))
         .filter(|c| {
             servers
                 .as_ref()
-                .map_or(true, |s| s.iter().any(|s| s == c.server.name()))
+                .is_none_or(|s| s.iter().any(|s| s == c.server.name()))
         })
         .collect();
     if argv.iter().any(|a| a == "--list") {
@@ -332,7 +328,7 @@ fn main() {
     let wanted = |name: &str| {
         workloads
             .as_ref()
-            .map_or(true, |w| w.iter().any(|w| w == name))
+            .is_none_or(|w| w.iter().any(|w| w == name))
     };
     let (shape, kill) = if bench {
         (FULL, FULL_KILL)

@@ -521,21 +521,15 @@ fn main() {
     let every = all_cases().len();
     let cases: Vec<Case> = all_cases()
         .into_iter()
-        .filter(|c| {
-            pools
-                .as_ref()
-                .map_or(true, |p| p.iter().any(|p| p == c.pool))
-        })
+        .filter(|c| pools.as_ref().is_none_or(|p| p.iter().any(|p| p == c.pool)))
         .filter(|c| {
             servers
                 .as_ref()
-                .map_or(true, |s| s.iter().any(|s| s == c.server.name()))
+                .is_none_or(|s| s.iter().any(|s| s == c.server.name()))
         })
         .filter(|c| {
             let v = if c.validation { "on" } else { "off" };
-            validation
-                .as_ref()
-                .map_or(true, |l| l.iter().any(|l| l == v))
+            validation.as_ref().is_none_or(|l| l.iter().any(|l| l == v))
         })
         .collect();
     if argv.iter().any(|a| a == "--list") {

@@ -244,7 +244,7 @@ proptest! {
         }
         for now in probes.into_iter().filter(|n| *n >= f.last_io) {
             let lend = at_checkout(&f, &p, None, now) == Checkout::Lend;
-            prop_assert_eq!(bound.map_or(true, |b| now < b), lend, "now = last_io + {:?}", now - f.last_io);
+            prop_assert_eq!(bound.is_none_or(|b| now < b), lend, "now = last_io + {:?}", now - f.last_io);
         }
     }
 

@@ -444,7 +444,7 @@ fn with_ssl_mode(
 /// the pool pays one `ROLLBACK` rather than risk lending an open transaction
 /// (`BEGIN; INSERT …; <failing statement>` leaves one open).
 fn in_transaction(conn: &Conn) -> bool {
-    conn.last_ok_packet().map_or(true, |ok| {
+    conn.last_ok_packet().is_none_or(|ok| {
         ok.status_flags()
             .contains(StatusFlags::SERVER_STATUS_IN_TRANS)
     })

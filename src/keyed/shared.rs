@@ -210,7 +210,7 @@ impl<M: Manager> Victims for Shared<M> {
                 continue;
             };
             let rank = (entry.usage.id != own, idle_for);
-            if best.as_ref().map_or(true, |(b, _)| rank > *b) {
+            if best.as_ref().is_none_or(|(b, _)| rank > *b) {
                 best = Some((rank, entry));
             }
         }

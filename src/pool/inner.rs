@@ -176,8 +176,8 @@ impl<M: Manager> Shared<M> {
         let meta = &conn.meta;
         if !broken
             && !stale
-            && meta.lend_before.map_or(true, |b| now < b)
-            && suspect.map_or(true, |s| meta.last_io >= s)
+            && meta.lend_before.is_none_or(|b| now < b)
+            && suspect.is_none_or(|s| meta.last_io >= s)
         {
             return Checkout::Lend;
         }

@@ -253,8 +253,8 @@ fn should_be_valid(c: &Config) -> bool {
     let size = |n: usize| (1..=Config::MAX_SIZE).contains(&n);
     let long = |d: Duration| d <= Config::MAX_DURATION;
     let pos = |d: Duration| !d.is_zero() && long(d);
-    let opt = |d: Option<Duration>| d.map_or(true, pos);
-    let second = |d: Option<Duration>| d.map_or(true, |d| d >= Duration::from_secs(1));
+    let opt = |d: Option<Duration>| d.is_none_or(pos);
+    let second = |d: Option<Duration>| d.is_none_or(|d| d >= Duration::from_secs(1));
     size(c.max_size)
         && c.min_idle <= c.max_size
         && size(c.max_concurrent_connects)
@@ -272,7 +272,7 @@ fn should_be_valid(c: &Config) -> bool {
         }
         && long(c.server_timeout_margin)
         && c.server_idle_timeout_override
-            .map_or(true, |d| opt(d) && second(d))
+            .is_none_or(|d| opt(d) && second(d))
         && long(c.close_timeout)
         && opt(c.leak_threshold)
         && !c.name.is_empty()

@@ -44,9 +44,7 @@ async fn leave_a_straggler(db: Scoped<Fake>, st: Straggler) -> &'static str {
         } else {
             None
         };
-        assert!(conn
-            .as_ref()
-            .map_or(true, |c| ScopedConn::id(c) == guard_id));
+        assert!(conn.as_ref().is_none_or(|c| ScopedConn::id(c) == guard_id));
         task.ready.notify_one();
         task.go.notified().await;
         drop(conn);
