@@ -44,6 +44,8 @@ enum Op {
     Connects(bool),
     /// Pings fail / succeed.
     Pings(bool),
+    /// `Pool::resize` to this size (1..=MAX).
+    Resize(usize),
     /// Let time pass.
     Advance(u64),
 }
@@ -61,6 +63,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::RetireAll),
         1 => any::<bool>().prop_map(Op::Connects),
         1 => any::<bool>().prop_map(Op::Pings),
+        1 => (1..=MAX).prop_map(Op::Resize),
         3 => (0u64..1_500).prop_map(Op::Advance),
     ]
 }
@@ -137,6 +140,7 @@ async fn run(ops: Vec<Op>) {
             }
             Op::Resets(ok) => fake.script.reset_fails.store(!ok, SeqCst),
             Op::RetireAll => pool.retire_all(),
+            Op::Resize(n) => pool.resize(n).expect("1..=MAX is a valid size"),
             Op::Advance(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
             Op::Release | Op::Retire | Op::Detach | Op::ReturnDirty | Op::ReturnBroken => {}
         }
@@ -165,6 +169,9 @@ async fn run(ops: Vec<Op>) {
         waited += 1;
     };
     assert_eq!(s.created - s.closed.total(), s.open as u64, "{s:?}");
+    // Once everything is back, a shrink has been carried out in full.
+    assert!(s.open <= s.max_size, "open beyond the current size: {s:?}");
+    pool.resize(MAX).unwrap();
     // After failed connects the pool waits up to 500 ms before its next
     // attempt (pool-wide backoff); let that pass so only lost slots fail.
     tokio::time::sleep(Duration::from_millis(500)).await;

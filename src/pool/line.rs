@@ -33,6 +33,10 @@ use super::slots::Conn;
 /// The capacity count and the line.
 pub(crate) struct Line<C> {
     free: usize,
+    /// Units to be removed as they come back: `Pool::resize` shrank the
+    /// pool by more than was free. Capacity coming back while this is
+    /// above 0 is not handed on or freed, and its connection is closed.
+    owed: usize,
     base: u64,
     entries: VecDeque<Option<Waiter<C>>>,
     /// The watchdog found no deadline to wait for and waits to be told of a
@@ -83,6 +87,7 @@ impl<C> Line<C> {
     pub(crate) fn new(capacity: usize) -> Self {
         Line {
             free: capacity,
+            owed: 0,
             base: 0,
             entries: VecDeque::new(),
             watchdog_idle: false,
@@ -108,6 +113,11 @@ impl<C> Line<C> {
     /// waiter gets it (the waker to wake is returned), or it is free.
     #[must_use = "the waker must be woken outside the lock"]
     pub(crate) fn release(&mut self) -> Option<Waker> {
+        if self.owed > 0 {
+            // The pool shrank: this unit goes with the old size.
+            self.owed -= 1;
+            return None;
+        }
         match self.first_waiting() {
             Some(w) => {
                 w.state = State::Granted(None);
@@ -140,6 +150,40 @@ impl<C> Line<C> {
                 Err(conn)
             }
         }
+    }
+
+    /// Capacity coming back now is removed (the pool shrank): its
+    /// connection is to be closed, not filed.
+    pub(crate) fn owes(&self) -> bool {
+        self.owed > 0
+    }
+
+    /// `n` more units: first cancelling units still owed from a shrink,
+    /// then each to the first waiter (its waker pushed onto `wake`) or free.
+    pub(crate) fn grow(&mut self, n: usize, wake: &mut Vec<Waker>) {
+        let cancelled = n.min(self.owed);
+        self.owed -= cancelled;
+        let mut left = n - cancelled;
+        while left > 0 {
+            match self.first_waiting() {
+                Some(w) => {
+                    w.state = State::Granted(None);
+                    wake.extend(w.waker.take());
+                    left -= 1;
+                }
+                None => {
+                    self.free += left;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// `n` fewer units: free ones go now, the rest as they come back.
+    pub(crate) fn shrink(&mut self, n: usize) {
+        let now = n.min(self.free);
+        self.free -= now;
+        self.owed += n - now;
     }
 
     fn first_waiting(&mut self) -> Option<&mut Waiter<C>> {

@@ -412,6 +412,67 @@ impl<M: Manager> Pool<M> {
         Ok(self.shared().runtime().block_on(self.get_at(site, None))?)
     }
 
+    /// Changes `max_size` while the pool runs (HikariCP's and deadpool's
+    /// `resize`): to follow a database's `max_connections` as instances
+    /// come and go, or to shed load. Growing serves callers waiting in line
+    /// at once. Shrinking closes idle connections above the new size now
+    /// (least recently used first, counted `closed`) and lent ones as they
+    /// come back, until the pool is within it; no caller is served beyond
+    /// the new size meanwhile. [`State::max_size`] (and the metrics) follow
+    /// at once; [`Pool::config`] keeps the size the pool was built with.
+    ///
+    /// ```
+    /// # #[cfg(feature = "sqlite")]
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use vigil::{backend::sqlx::SqliteManager, Pool};
+    ///
+    /// let pool = Pool::builder(SqliteManager::from_url("sqlite::memory:").unwrap())
+    ///     .max_size(2)
+    ///     .build()
+    ///     .unwrap();
+    /// let (a, b) = (pool.get().await.unwrap(), pool.get().await.unwrap());
+    /// pool.resize(3).unwrap();
+    /// let c = pool.get().await.unwrap(); // would have waited at 2
+    /// pool.resize(1).unwrap();
+    /// drop((a, b, c)); // two are closed on the way back, one kept
+    /// assert_eq!((pool.state().max_size, pool.state().open), (1, 1));
+    /// # });
+    /// ```
+    ///
+    /// # Errors
+    /// A [`ConfigError`](crate::ConfigError) naming `max_size` when it is 0,
+    /// above [`Config::MAX_SIZE`], or below `min_idle`; the pool is unchanged.
+    pub fn resize(&self, max_size: usize) -> Result<(), crate::ConfigError> {
+        let shared = self.shared();
+        crate::config::count("max_size", max_size)?;
+        if max_size < shared.config.min_idle {
+            return Err(crate::config::invalid(
+                "max_size",
+                format!(
+                    "{max_size} is smaller than min_idle ({})",
+                    shared.config.min_idle
+                ),
+            ));
+        }
+        let mut wake = Vec::new();
+        let (surplus, old) = {
+            let mut slots = shared.slots.lock();
+            let old = slots.counts().capacity;
+            (slots.resize(max_size, &mut wake), old)
+        };
+        // Outside the lock: a woken caller takes it at once.
+        for waker in wake {
+            waker.wake();
+        }
+        for conn in surplus {
+            shared.retire(conn, Reason::Closed);
+        }
+        // info: an operator's decision, rare, and worth seeing in the log.
+        tracing::info!(target: TARGET, from = old, to = max_size, "pool resized");
+        shared.changed.notify_waiters();
+        Ok(())
+    }
+
     /// Whether [`close`](Pool::close) was called (or every handle dropped).
     pub fn is_closed(&self) -> bool {
         self.shared().slots.lock().is_closed()
@@ -467,7 +528,7 @@ fn state_of<M: Manager>(shared: &Shared<M>) -> State {
     let s = &shared.stats;
     let server_ms = s.server_idle_timeout_ms.load(Relaxed);
     State {
-        max_size: shared.config.max_size,
+        max_size: counts.capacity,
         min_idle: shared.config.min_idle,
         open: counts.idle + counts.active,
         idle: counts.idle,

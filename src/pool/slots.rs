@@ -162,6 +162,8 @@ pub(crate) struct Counts {
     pub(crate) connecting: usize,
     /// Presumed dead, outside `max_size` (see `Slots::silence`).
     pub(crate) silent: usize,
+    /// `max_size` now.
+    pub(crate) capacity: usize,
 }
 
 impl<C> Slots<C> {
@@ -218,7 +220,9 @@ impl<C> Slots<C> {
     /// first waiter, lent at its `get()` site from the connection's
     /// `last_io` on, or into the idle set with the capacity freed.
     pub(crate) fn file(&mut self, conn: Conn<C>) -> Filed<C> {
-        if self.closed {
+        if self.closed || self.line.owes() {
+            // Closed, or shrunk (`resize`): its capacity goes with the
+            // connection, as the caller drops its permit.
             return Filed::Refused(conn);
         }
         let (active, pinging) = (&mut self.active, &mut self.pinging);
@@ -239,12 +243,30 @@ impl<C> Slots<C> {
         }
     }
 
+    /// Sets `max_size` to `new` (`Pool::resize`). Growing serves callers in
+    /// line at once (their wakers are pushed onto `wake`). Shrinking takes
+    /// free capacity now and the rest as it comes back (those connections
+    /// are closed, not filed), and hands back the idle connections above
+    /// the new size, least recently used first, to close.
+    pub(crate) fn resize(&mut self, new: usize, wake: &mut Vec<Waker>) -> Vec<Conn<C>> {
+        let old = mem::replace(&mut self.capacity, new);
+        if new >= old {
+            self.line.grow(new - old, wake);
+            return Vec::new();
+        }
+        self.line.shrink(old - new);
+        let open = self.idle.len() + self.active.len + self.connecting;
+        let surplus = open.saturating_sub(new).min(self.idle.len());
+        self.idle.drain(..surplus).collect()
+    }
+
     pub(crate) fn counts(&self) -> Counts {
         Counts {
             idle: self.idle.len(),
             active: self.active.len,
             connecting: self.connecting,
             silent: self.silent.len(),
+            capacity: self.capacity,
         }
     }
 
@@ -680,7 +702,8 @@ mod tests {
                 idle: 1,
                 active: 0,
                 connecting: 0,
-                silent: 0
+                silent: 0,
+                capacity: CAPACITY
             }
         );
     }
@@ -701,7 +724,8 @@ mod tests {
                 idle: 1,
                 active: 1,
                 connecting: 0,
-                silent: 0
+                silent: 0,
+                capacity: 1
             }
         );
         assert_eq!(
@@ -743,7 +767,8 @@ mod tests {
                 idle: 0,
                 active: 1,
                 connecting: 0,
-                silent: 0
+                silent: 0,
+                capacity: CAPACITY
             }
         );
         assert_eq!(slots.close().0.len(), 0);
@@ -756,7 +781,8 @@ mod tests {
                 idle: 0,
                 active: 0,
                 connecting: 0,
-                silent: 0
+                silent: 0,
+                capacity: CAPACITY
             }
         );
         assert_eq!(slots.idle_deficit(5), 0, "a closed pool wants nothing");

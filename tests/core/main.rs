@@ -12,6 +12,7 @@ mod hooks;
 mod liveness;
 mod network;
 mod observability;
+mod resize;
 mod return_path;
 mod roles;
 mod settings;
