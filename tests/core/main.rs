@@ -16,6 +16,7 @@ mod resize;
 mod return_path;
 mod roles;
 mod settings;
+mod spans;
 
 use std::time::Duration;
 
