@@ -104,6 +104,8 @@ use super::credentials::{provider_failed, Credentials};
 use super::{percent_decode, pg_duration, redact_password, InvalidUrl};
 
 mod cancel;
+#[cfg(feature = "diesel-async")]
+pub(super) mod diesel;
 mod statements;
 mod tls;
 use crate::manager::{BrokenDetection, Cancelled, Manager, ServerTimeouts};

@@ -82,14 +82,25 @@ impl TokioPgManager {
     /// Sends the cancel request for `conn`'s session and waits until its
     /// pending reply has passed. Bounded by the pool.
     pub(super) async fn cancel(&self, conn: &mut PgClient) -> Cancelled {
-        if tokio::time::timeout(GRACE, conn.seen.settled())
+        let client = &conn.client;
+        self.cancel_session(&conn.seen, conn.endpoint.clone(), || client.is_closed())
             .await
-            .is_ok()
-        {
+    }
+
+    /// [`cancel`](Self::cancel) for a session known by its watch and its
+    /// address (`closed`: whether the driver has seen it end), whoever
+    /// holds its client (the diesel backend hands it to diesel).
+    pub(super) async fn cancel_session(
+        &self,
+        seen: &Seen,
+        endpoint: Option<Endpoint>,
+        closed: impl Fn() -> bool,
+    ) -> Cancelled {
+        if tokio::time::timeout(GRACE, seen.settled()).await.is_ok() {
             return Cancelled::Settled;
         }
-        let key = conn.seen.key.load(Ordering::Acquire);
-        let (Some(endpoint), true) = (conn.endpoint.clone(), key != 0) else {
+        let key = seen.key.load(Ordering::Acquire);
+        let (Some(endpoint), true) = (endpoint, key != 0) else {
             return Cancelled::Unsupported;
         };
         let sent = match endpoint {
@@ -103,7 +114,7 @@ impl TokioPgManager {
                 {
                     Err(e) => Err(e),
                     Ok(negotiated) => match negotiated.await {
-                        Ok(stream) => send(stream, key, &conn.seen).await,
+                        Ok(stream) => send(stream, key, seen).await,
                         Err(e) => Err(e),
                     },
                 },
@@ -111,7 +122,7 @@ impl TokioPgManager {
             },
             #[cfg(unix)]
             Endpoint::Unix(path) => match self.within(UnixStream::connect(path)).await {
-                Ok(socket) => send(socket, key, &conn.seen).await,
+                Ok(socket) => send(socket, key, seen).await,
                 Err(e) => Err(e),
             },
             #[cfg(not(unix))]
@@ -122,18 +133,12 @@ impl TokioPgManager {
             tracing::debug!(target: TARGET, %error, "cancel request not sent");
             return Cancelled::Unsupported;
         }
-        if self.has_broken_session(conn) {
+        // The session ended (a `FATAL`, the socket closed).
+        if closed() || seen.fatal.load(Ordering::Acquire) || seen.ended.load(Ordering::Acquire) {
             Cancelled::Stopped
         } else {
             Cancelled::Drained
         }
-    }
-
-    /// The session ended (a `FATAL`, the socket closed).
-    fn has_broken_session(&self, conn: &PgClient) -> bool {
-        conn.client.is_closed()
-            || conn.seen.fatal.load(Ordering::Acquire)
-            || conn.seen.ended.load(Ordering::Acquire)
     }
 }
 
