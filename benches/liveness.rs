@@ -30,6 +30,11 @@
 //! | mysql_async `Pool` (MariaDB) | reset on return (default) | `with_reset_connection(false)` |
 //! | bb8 | `test_on_check_out(true)` (default): a ping | `false` |
 //! | deadpool | a ping in `recycle` | only the driver's cheap flag (default-like: deadpool-postgres `Fast`) |
+//! | vigil-diesel | vigil's defaults over diesel-async's connections (`DieselPgManager`, `DieselMysqlManager`) | |
+//! | diesel-bb8, diesel-deadpool | diesel-async's own pools with their defaults (`RecyclingMethod::Verified`: a `SELECT 1` at checkout) | deadpool `Fast` |
+//!
+//! The diesel rows run diesel's `SELECT $1` (1 bound), a statement diesel
+//! caches, so each query is one round trip once prepared.
 //!
 //! bb8 and deadpool run a small manager written here over the driver
 //! connection (`sqlx::PgConnection`, `mysql_async::Conn`, tokio-postgres).
@@ -47,8 +52,8 @@
 //! / successful queries. No server counters are read, so other activity on
 //! the servers does not disturb the figures.
 //!
-//! Run: `cargo bench --features postgres,mysql,sqlx-mysql,tokio-postgres --bench liveness`
-//! (~25 s per case with both workloads, 22 cases). Environment: `VIGIL_LIVENESS_POOLS`
+//! Run: `cargo bench --features postgres,mysql,sqlx-mysql,tokio-postgres,diesel-async --bench liveness`
+//! (~25 s per case with both workloads, 30 cases). Environment: `VIGIL_LIVENESS_POOLS`
 //! (pool names, default all), `VIGIL_LIVENESS_WORKLOADS` (`bursts,hotkill`), `VIGIL_LIVENESS_SERVERS`
 //! (`pg,mariadb`), `VIGIL_BENCH_PG_URL`, `VIGIL_BENCH_MYSQL_URL` (as in
 //! `realdb`). A complete run writes `target/bench-liveness.json`.
@@ -82,8 +87,10 @@ mod liveness_pools;
 #[path = "support/wire.rs"]
 mod wire;
 use liveness_pools::{
-    bb8_pool, deadpool_pool, deadpool_postgres_pool, my_opts, mysql_async_pool, pg_options,
-    sqlx_maria, sqlx_pg, tp_config, vigil_maria, vigil_pg, vigil_tp, Target,
+    bb8_pool, deadpool_pool, deadpool_postgres_pool, diesel_bb8_maria, diesel_bb8_pg,
+    diesel_deadpool_maria, diesel_deadpool_pg, my_opts, mysql_async_pool, pg_options, sqlx_maria,
+    sqlx_pg, tp_config, vigil_diesel_maria, vigil_diesel_pg, vigil_maria, vigil_pg, vigil_tp,
+    Target,
 };
 #[path = "support/liveness_workload.rs"]
 mod liveness_workload;
@@ -246,7 +253,71 @@ fn all_cases() -> Vec<Case> {
         case("deadpool", Pg, false, true, "no ping in recycle", |p| {
             deadpool_pool::<PgConnection>(pg_options(p), false)
         }),
+        case(
+            "vigil-diesel",
+            Pg,
+            true,
+            true,
+            "vigil's defaults, diesel-async's AsyncPgConnection (DieselPgManager)",
+            vigil_diesel_pg,
+        ),
+        case(
+            "diesel-bb8",
+            Pg,
+            true,
+            true,
+            "diesel-async's bb8 pool, its defaults (RecyclingMethod::Verified, test_on_check_out)",
+            |p| diesel_bb8_pg(p, true),
+        ),
+        case(
+            "diesel-deadpool",
+            Pg,
+            true,
+            true,
+            "diesel-async's deadpool pool, its defaults (RecyclingMethod::Verified)",
+            |p| diesel_deadpool_pg(p, true),
+        ),
+        case(
+            "diesel-deadpool",
+            Pg,
+            false,
+            false,
+            "RecyclingMethod::Fast: is_broken only",
+            |p| diesel_deadpool_pg(p, false),
+        ),
         case("vigil", Maria, true, true, VIGIL_DEFAULTS, vigil_maria),
+        case(
+            "vigil-diesel",
+            Maria,
+            true,
+            true,
+            "vigil's defaults, diesel-async's AsyncMysqlConnection (DieselMysqlManager)",
+            vigil_diesel_maria,
+        ),
+        case(
+            "diesel-bb8",
+            Maria,
+            true,
+            true,
+            "diesel-async's bb8 pool, its defaults (RecyclingMethod::Verified, test_on_check_out)",
+            |p| diesel_bb8_maria(p, true),
+        ),
+        case(
+            "diesel-deadpool",
+            Maria,
+            true,
+            true,
+            "diesel-async's deadpool pool, its defaults (RecyclingMethod::Verified)",
+            |p| diesel_deadpool_maria(p, true),
+        ),
+        case(
+            "diesel-deadpool",
+            Maria,
+            false,
+            false,
+            "RecyclingMethod::Fast: is_broken only",
+            |p| diesel_deadpool_maria(p, false),
+        ),
         case(
             "sqlx",
             Maria,

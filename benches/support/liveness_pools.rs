@@ -184,7 +184,225 @@ impl Target for deadpool_postgres::Pool {
     }
 }
 
+/// diesel's `SELECT $1` with 1 bound: a statement diesel caches, so one
+/// round trip per query once prepared (a raw `sql_query` is prepared on
+/// every call).
+async fn diesel_select1<C>(conn: &mut C) -> Result<(), String>
+where
+    C: diesel_async::AsyncConnection,
+    diesel::dsl::select<diesel::dsl::AsExprOf<i32, diesel::sql_types::Integer>>:
+        diesel_async::methods::LoadQuery<'static, C, i32>,
+{
+    use diesel::IntoSql;
+    use diesel_async::RunQueryDsl;
+    let one: i32 = diesel::select(1_i32.into_sql::<diesel::sql_types::Integer>())
+        .get_result(conn)
+        .await
+        .map_err(|e| chain(&e))?;
+    assert_eq!(one, 1);
+    Ok(())
+}
+
+/// vigil's diesel managers: the same query on the connection inside the wrapper.
+macro_rules! diesel_vigil_target {
+    ($manager:ty) => {
+        impl Target for VigilDiesel<$manager> {
+            fn query(&self) -> BoxFuture<'_, Result<(), String>> {
+                Box::pin(async move {
+                    let mut conn = self.0.get().await.map_err(|e| chain(&e))?;
+                    diesel_select1(&mut **conn).await
+                })
+            }
+
+            fn close(&self) -> BoxFuture<'_, ()> {
+                Box::pin(self.0.close())
+            }
+        }
+    };
+}
+
+/// A vigil pool lending diesel connections (the generic `Target` for
+/// `vigil::Pool` is for the bench's plain drivers).
+pub struct VigilDiesel<M: vigil::Manager>(vigil::Pool<M>);
+
+diesel_vigil_target!(vigil::backend::diesel::DieselPgManager);
+diesel_vigil_target!(vigil::backend::diesel::DieselMysqlManager);
+
+/// diesel-async's own pools.
+macro_rules! diesel_peer_target {
+    ($pool:ty) => {
+        impl Target for $pool {
+            fn query(&self) -> BoxFuture<'_, Result<(), String>> {
+                Box::pin(async move {
+                    let mut conn = self.get().await.map_err(|e| chain(&e))?;
+                    diesel_select1(&mut *conn).await
+                })
+            }
+
+            fn close(&self) -> BoxFuture<'_, ()> {
+                Box::pin(async {})
+            }
+        }
+    };
+}
+
+use diesel_async::pooled_connection::{bb8 as diesel_bb8, deadpool as diesel_deadpool};
+use diesel_async::{AsyncMysqlConnection, AsyncPgConnection};
+diesel_peer_target!(diesel_bb8::Pool<AsyncPgConnection>);
+diesel_peer_target!(diesel_bb8::Pool<AsyncMysqlConnection>);
+diesel_peer_target!(diesel_deadpool::Pool<AsyncPgConnection>);
+diesel_peer_target!(diesel_deadpool::Pool<AsyncMysqlConnection>);
+
 // ------------------------------------------------------------------ the builders
+
+pub fn vigil_diesel_pg(proxy: SocketAddr) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        let manager = vigil::backend::diesel::DieselPgManager::new(
+            vigil::backend::tokio_postgres::TokioPgManager::new(tp_config(proxy)),
+        );
+        let pool = vigil::Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("vigil build");
+        Arc::new(VigilDiesel(pool)) as Arc<dyn Target>
+    })
+}
+
+pub fn vigil_diesel_maria(proxy: SocketAddr) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        let manager = vigil::backend::diesel::DieselMysqlManager::new(my_opts(proxy));
+        let pool = vigil::Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("vigil build");
+        Arc::new(VigilDiesel(pool)) as Arc<dyn Target>
+    })
+}
+
+/// diesel-async's manager for `C`, its defaults (`RecyclingMethod::Verified`:
+/// a `SELECT 1` before each checkout) unless `verified` is false (`Fast`),
+/// connecting through the proxy with the bench's 2 s session timeout.
+fn diesel_manager<C>(
+    proxy: SocketAddr,
+    verified: bool,
+) -> diesel_async::pooled_connection::AsyncDieselConnectionManager<C>
+where
+    C: diesel_async::pooled_connection::PoolableConnection + 'static,
+{
+    use diesel_async::pooled_connection::{ManagerConfig, RecyclingMethod};
+    let mut config = ManagerConfig::<C>::default();
+    if !verified {
+        config.recycling_method = RecyclingMethod::Fast;
+    }
+    diesel_async::pooled_connection::AsyncDieselConnectionManager::new_with_config(
+        diesel_url::<C>(proxy),
+        config,
+    )
+}
+
+/// The URL diesel-async connects with for `C`'s server.
+fn diesel_url<C: 'static>(proxy: SocketAddr) -> String {
+    if std::any::TypeId::of::<C>() == std::any::TypeId::of::<AsyncPgConnection>() {
+        let url: tokio_postgres::Config = pg_url().parse().expect("VIGIL_BENCH_PG_URL parses");
+        let password = url
+            .get_password()
+            .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+            .unwrap_or_default();
+        format!(
+            "postgres://{}{password}@{proxy}/{}?options=-c%20idle_session_timeout%3D{SERVER_IDLE_TIMEOUT_S}s",
+            url.get_user().unwrap_or("postgres"),
+            url.get_dbname().unwrap_or("postgres"),
+        )
+    } else {
+        let opts = mysql_async::Opts::from_url(&mysql_url()).expect("VIGIL_BENCH_MYSQL_URL parses");
+        let password = opts.pass().map(|p| format!(":{p}")).unwrap_or_default();
+        // TCP only: mysql_async would otherwise move to the server's Unix
+        // socket, around the counting proxy.
+        format!(
+            "mysql://{}{password}@{proxy}/{}?prefer_socket=false",
+            opts.user().unwrap_or("root"),
+            opts.db_name().unwrap_or("test"),
+        )
+    }
+}
+
+pub fn diesel_bb8_pg(proxy: SocketAddr, verified: bool) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        let pool = diesel_bb8::Pool::builder()
+            .max_size(POOL_SIZE as u32)
+            .test_on_check_out(verified)
+            .build(diesel_manager::<AsyncPgConnection>(proxy, verified))
+            .await
+            .expect("bb8 build");
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
+pub fn diesel_deadpool_pg(
+    proxy: SocketAddr,
+    verified: bool,
+) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        let pool =
+            diesel_deadpool::Pool::builder(diesel_manager::<AsyncPgConnection>(proxy, verified))
+                .max_size(POOL_SIZE)
+                .build()
+                .expect("deadpool build");
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
+/// MariaDB: diesel-async's manager with a set-up that sets the bench's
+/// 2 s session timeout after diesel's own connect.
+fn diesel_maria_manager(
+    proxy: SocketAddr,
+    verified: bool,
+) -> diesel_async::pooled_connection::AsyncDieselConnectionManager<AsyncMysqlConnection> {
+    use diesel_async::pooled_connection::{ManagerConfig, RecyclingMethod};
+    use diesel_async::{AsyncConnection, SimpleAsyncConnection};
+    let mut config = ManagerConfig::<AsyncMysqlConnection>::default();
+    if !verified {
+        config.recycling_method = RecyclingMethod::Fast;
+    }
+    config.custom_setup = Box::new(|url| {
+        Box::pin(async move {
+            let mut conn = AsyncMysqlConnection::establish(url).await?;
+            conn.batch_execute(MYSQL_SESSION_TIMEOUT)
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
+            Ok(conn)
+        })
+    });
+    diesel_async::pooled_connection::AsyncDieselConnectionManager::new_with_config(
+        diesel_url::<AsyncMysqlConnection>(proxy),
+        config,
+    )
+}
+
+pub fn diesel_bb8_maria(proxy: SocketAddr, verified: bool) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        let pool = diesel_bb8::Pool::builder()
+            .max_size(POOL_SIZE as u32)
+            .test_on_check_out(verified)
+            .build(diesel_maria_manager(proxy, verified))
+            .await
+            .expect("bb8 build");
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
+
+pub fn diesel_deadpool_maria(
+    proxy: SocketAddr,
+    verified: bool,
+) -> BoxFuture<'static, Arc<dyn Target>> {
+    Box::pin(async move {
+        let pool = diesel_deadpool::Pool::builder(diesel_maria_manager(proxy, verified))
+            .max_size(POOL_SIZE)
+            .build()
+            .expect("deadpool build");
+        Arc::new(pool) as Arc<dyn Target>
+    })
+}
 
 pub fn vigil_pg(proxy: SocketAddr) -> BoxFuture<'static, Arc<dyn Target>> {
     Box::pin(async move {
