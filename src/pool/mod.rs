@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::Instrument;
 
 use tokio::runtime::Handle;
 
@@ -162,30 +161,9 @@ impl<M: Manager> Pool<M> {
         };
         let mut phase = TimeoutPhase::WaitingForConnection;
         let deadline = deadline.unwrap_or(started + shared.config.acquire_timeout);
-        // A span for the slow path only (the fast path above records
-        // nothing): a service exporting its traces sees the pool's time
-        // inside its request. info, not debug: a span is no log line (fmt
-        // subscribers print none by default), and a service's usual `info`
-        // filter must let it through to tracing-opentelemetry.
-        let span = tracing::info_span!(
-            target: TARGET,
-            "vigil.acquire",
-            pool = %shared.config.name,
-            in_line = held.is_none(),
-            last_step = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-        );
-        let result = if span.is_disabled() {
-            shared.acquire(held, &mut phase, site, deadline).await
-        } else {
-            let result = shared
-                .acquire(held, &mut phase, site, deadline)
-                .instrument(span.clone())
-                .await;
-            span.record("last_step", step(phase));
-            span.record("outcome", outcome(&result));
-            result
-        };
+        // The slow path; in a `vigil.acquire` span when a subscriber wants
+        // one (`Shared::acquire`). The fast path above records nothing.
+        let result = shared.acquire(held, &mut phase, site, deadline).await;
         match result {
             // The guard's `lent_at` is the checkout's last clock reading.
             Ok(conn) => {
@@ -504,7 +482,7 @@ impl<M: Manager> Pool<M> {
 }
 
 /// The `vigil.acquire` span's `last_step`: how far the checkout went.
-fn step(phase: TimeoutPhase) -> &'static str {
+pub(super) fn step(phase: TimeoutPhase) -> &'static str {
     match phase {
         TimeoutPhase::WaitingForConnection => "waiting",
         TimeoutPhase::Validating => "validating",
@@ -513,7 +491,7 @@ fn step(phase: TimeoutPhase) -> &'static str {
 }
 
 /// The `vigil.acquire` span's `outcome`.
-fn outcome<T>(result: &Result<T, Stop>) -> &'static str {
+pub(super) fn outcome<T>(result: &Result<T, Stop>) -> &'static str {
     match result {
         Ok(_) => "lent",
         Err(Stop::TimedOut) => "timed_out",
