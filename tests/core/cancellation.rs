@@ -1,5 +1,6 @@
 //! `get()` cancelled at any point: the connection and its slot are never
-//! lost.
+//! lost. The full matrix (each await point, alone and racing `close()`) is
+//! in `matrix`.
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
@@ -8,6 +9,8 @@ use vigil::{Pool, Reason, Validation};
 
 use crate::support::fake::Fake;
 use crate::{pool, MS};
+
+mod matrix;
 
 /// Symptom (cancel storm): a `get()` cancelled during its validation ping
 /// closed the connection (the session was mid-protocol), so callers with

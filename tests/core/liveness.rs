@@ -10,6 +10,9 @@ use vigil::{Pool, Reason};
 use crate::support::fake::Fake;
 use crate::{pool, MS};
 
+/// The policy's pure functions: tables and properties.
+mod policy;
+
 #[tokio::test(start_paused = true)]
 async fn idle_conn_is_retired_before_server_idle_timeout_and_replaced() {
     // Server closes idle sessions after 2 s; margin 5 s is capped at half: retire at 1 s.

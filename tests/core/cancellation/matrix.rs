@@ -1,21 +1,20 @@
 //! The cancellation matrix: a `get()` dropped at each of its await points,
 //! alone and racing `close()`, with the fake manager and paused time.
 //!
-//! The core is a mutex-guarded state machine plus tokio's semaphore (itself
-//! model-checked with loom by tokio), not a lock-free structure, so instead
-//! of loom this matrix forces each interleaving that matters by hand, and
-//! `tests/model.rs` drives random operation sequences through proptest.
+//! The core is a mutex-guarded state machine (the idle set, capacity and
+//! the line of waiters under the pool's one lock: `src/pool/line.rs`,
+//! `slots.rs`), not a lock-free structure, so instead of loom this matrix
+//! forces each interleaving that matters by hand, and `tests/model.rs`
+//! drives random operation sequences through proptest.
 //!
 //! After each cell: the pool is quiet (no phantom active, connecting or
 //! pending), `created - closed == open`, every slot can be taken at once,
 //! and `close()` ends with every connection closed politely.
 
-mod support;
-
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use support::fake::Fake;
+use crate::support::fake::Fake;
 use vigil::{Error, Pool, Pooled, Validation};
 
 const MS: Duration = Duration::from_millis(1);
