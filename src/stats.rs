@@ -201,8 +201,13 @@ impl ClosedCounts {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct State {
-    /// `max_size`.
+    /// `max_size` (as [`Pool::resize`](crate::Pool::resize) last set it).
     pub max_size: usize,
+    /// Units of `max_size` nobody holds: a `get()` now takes one without
+    /// waiting. Every lent connection, every connection the pool is doing
+    /// I/O on and every connect in flight holds one; idle connections hold
+    /// none. `max_size - available` is what is held.
+    pub available: usize,
     /// `min_idle`.
     pub min_idle: usize,
     /// Connections open: `idle + active`.

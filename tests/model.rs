@@ -8,7 +8,8 @@
 
 mod support;
 
-use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -83,6 +84,19 @@ fn check_invariants(pool: &Pool<Fake>, kept: usize) {
     );
 }
 
+/// Capacity against the test's own ledger: every guard the test and its
+/// callers hold is a unit of `max_size` the pool must not count available
+/// (after a shrink the test may hold more than the new size: then none is).
+fn check_ledger(pool: &Pool<Fake>, guards: usize) {
+    let s = pool.state();
+    assert!(
+        s.available + guards.min(s.max_size) <= s.max_size,
+        "{guards} guards held by the test, yet {} units available of {}: {s:?}",
+        s.available,
+        s.max_size
+    );
+}
+
 async fn run(ops: Vec<Op>) {
     let fake = Fake::new();
     fake.script.set_connect_delay(Duration::from_millis(5));
@@ -98,15 +112,20 @@ async fn run(ops: Vec<Op>) {
         .unwrap();
     let mut kept: Vec<Pooled<Fake>> = Vec::new();
     let mut callers: Vec<JoinHandle<()>> = Vec::new();
+    // The test's own ledger of the guards its callers hold right now.
+    let held_by_callers = Arc::new(AtomicUsize::new(0));
     for op in ops {
         match op {
             Op::Get { hold, patience } => {
                 let pool = pool.clone();
+                let held = Arc::clone(&held_by_callers);
                 callers.push(tokio::spawn(async move {
                     let got =
                         tokio::time::timeout(Duration::from_millis(patience), pool.get()).await;
                     if let Ok(Ok(conn)) = got {
+                        held.fetch_add(1, SeqCst);
                         tokio::time::sleep(Duration::from_millis(hold)).await;
+                        held.fetch_sub(1, SeqCst);
                         drop(conn);
                     }
                 }));
@@ -146,6 +165,7 @@ async fn run(ops: Vec<Op>) {
         }
         tokio::task::yield_now().await;
         check_invariants(&pool, kept.len());
+        check_ledger(&pool, kept.len() + held_by_callers.load(SeqCst));
     }
     // Quiesce: every caller finishes (they all have a patience), then the
     // pool must hold no phantom activity and every slot must be available.
@@ -169,9 +189,12 @@ async fn run(ops: Vec<Op>) {
         waited += 1;
     };
     assert_eq!(s.created - s.closed.total(), s.open as u64, "{s:?}");
-    // Once everything is back, a shrink has been carried out in full.
+    // Once everything is back, a shrink has been carried out in full, and
+    // every unit is back: none lost, none minted.
     assert!(s.open <= s.max_size, "open beyond the current size: {s:?}");
+    assert_eq!(s.available, s.max_size, "units of capacity lost: {s:?}");
     pool.resize(MAX).unwrap();
+    assert_eq!(pool.state().available, MAX);
     // After failed connects the pool waits up to 500 ms before its next
     // attempt (pool-wide backoff); let that pass so only lost slots fail.
     tokio::time::sleep(Duration::from_millis(500)).await;

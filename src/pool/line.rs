@@ -104,7 +104,6 @@ impl<C> Line<C> {
     }
 
     /// Capacity nobody holds.
-    #[cfg(test)]
     pub(crate) fn free(&self) -> usize {
         self.free
     }

@@ -545,11 +545,15 @@ fn connections_of<M: Manager>(shared: &Shared<M>) -> Vec<ConnectionInfo> {
 }
 
 fn state_of<M: Manager>(shared: &Shared<M>) -> State {
-    let counts = shared.slots.lock().counts();
+    let (counts, free) = {
+        let slots = shared.slots.lock();
+        (slots.counts(), slots.free())
+    };
     let s = &shared.stats;
     let server_ms = s.server_idle_timeout_ms.load(Relaxed);
     State {
         max_size: counts.capacity,
+        available: free,
         min_idle: shared.config.min_idle,
         open: counts.idle + counts.active,
         idle: counts.idle,

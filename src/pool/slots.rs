@@ -260,6 +260,11 @@ impl<C> Slots<C> {
         self.idle.drain(..surplus).collect()
     }
 
+    /// Units of `max_size` nobody holds (see `line.rs`).
+    pub(crate) fn free(&self) -> usize {
+        self.line.free()
+    }
+
     pub(crate) fn counts(&self) -> Counts {
         Counts {
             idle: self.idle.len(),
