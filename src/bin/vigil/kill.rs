@@ -19,9 +19,8 @@
 //! it for reading around `get()` (only when killing is on), so no checkout
 //! is in flight at that moment.
 
-use std::collections::HashSet;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
@@ -32,7 +31,7 @@ use sqlx::{ConnectOptions, Connection};
 use tokio::sync::watch;
 
 use crate::backend::Target;
-use crate::live::Live;
+use crate::live::{Live, SessionIds};
 
 /// Kill only sessions the server has seen idle longer than this.
 pub(crate) const IDLE_FOR: Duration = Duration::from_secs(1);
@@ -41,9 +40,6 @@ pub(crate) const IDLE_FOR: Duration = Duration::from_secs(1);
 const ER_NO_SUCH_THREAD: u16 = 1094;
 /// MySQL `ER_BAD_FIELD_ERROR`: MySQL lacks MariaDB's `TIME_MS` column.
 const ER_BAD_FIELD_ERROR: u16 = 1054;
-
-/// MySQL connection ids the pool's sessions have had (from the workers).
-pub(crate) type SessionIds = Arc<Mutex<HashSet<u32>>>;
 
 /// Kills idle sessions of one pool through its own admin connection.
 pub(crate) enum Killer {

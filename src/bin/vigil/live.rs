@@ -2,15 +2,19 @@
 //! the progress bar, the killer and Ctrl-C read and bump it; none of them
 //! needs the orchestrator (`load.rs`) for it.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::RwLock;
 
-use crate::kill::SessionIds;
 use crate::redact;
 use crate::timeline::Timeline;
+
+/// MySQL connection ids the pool's sessions have had (from the workers),
+/// for the killer.
+pub(crate) type SessionIds = Arc<Mutex<HashSet<u32>>>;
 
 /// Error messages kept for the report.
 const SAMPLES: usize = 5;

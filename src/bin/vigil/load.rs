@@ -20,7 +20,8 @@ use crate::kill::{kill_loop, KillTally, Killer};
 use crate::live::{micros, Amount, Live};
 use crate::progress::{progress_bar, tick};
 use crate::report::{self, Acquire, Latency, PoolFigures, Report};
-use crate::timeline::{sample_loop, Sample};
+use crate::sampler::sample_loop;
+use crate::timeline::Sample;
 use crate::{redact, Driver, Fail, LivenessArgs, LoadArgs};
 
 /// The killer and how often it runs its rounds, if `--kill-idle-every` was given.

@@ -34,6 +34,7 @@ mod load;
 mod probe;
 mod progress;
 mod report;
+mod sampler;
 mod timeline;
 
 use std::net::SocketAddr;
