@@ -89,26 +89,30 @@ async fn diesel_queries_run_on_a_pooled_connection_on_both_servers() {
 
 /// A session killed while idle is seen by the watch: never lent, no ping.
 #[tokio::test]
-async fn postgres_a_session_killed_while_idle_is_never_lent_and_costs_no_ping() {
+async fn postgres_a_session_killed_while_idle_is_never_lent_and_costs_no_failed_ping() {
     let app = unique("diesel_kill");
     let pool = pg_pool(&app, 4).build().unwrap();
     let admin = pg_admin().await;
-    for round in 0..10 {
-        drop(pool.get().await.unwrap());
+    for round in 0..10u64 {
+        // By pid: the housekeeper may be opening a replacement under the
+        // same application name.
+        let mut conn = pool.get().await.unwrap();
+        let pid =
+            select!(&mut **conn, diesel::sql_types::Integer => i32, "pg_backend_pid()").unwrap();
+        drop(conn);
         let killed = admin
-            .query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
-                &[&app],
-            )
+            .query("SELECT pg_terminate_backend($1)", &[&pid])
             .await
             .unwrap()
             .len();
         assert_eq!(killed, 1, "round {round}");
-        eventually!("the kill to reach the watch", 5 * SEC, {
-            let s = pool.state();
-            s.closed.get(Reason::Broken) == round || s.idle == 1
-        });
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The FATAL reaches the watch as the backend exits; the
+        // housekeeper's sweep then retires the session, no round trip.
+        eventually!(
+            "the killed session retired as broken",
+            5 * SEC,
+            pool.state().closed.get(Reason::Broken) == round + 1
+        );
         let mut conn = pool.get().await.unwrap();
         diesel::sql_query("SELECT 1")
             .execute(&mut **conn)
@@ -117,10 +121,12 @@ async fn postgres_a_session_killed_while_idle_is_never_lent_and_costs_no_ping() 
     }
     let s = pool.state();
     assert_eq!(s.closed.get(Reason::Broken), 10, "{s:?}");
+    // Every kill was seen without a round trip: no ping met a dead session.
+    // (A replacement the housekeeper opened may idle past the bypass
+    // window before it is lent, and is pinged then, as the policy says.)
     assert_eq!(
-        s.validations_ok + s.validations_failed,
-        0,
-        "the watch saw every kill: no ping: {s:?}"
+        s.validations_failed, 0,
+        "a ping met a killed session: {s:?}"
     );
 }
 

@@ -134,10 +134,6 @@ impl DieselMysql {
         *self.conn.transaction_state() = kept;
         gone
     }
-
-    fn diesel_dirty(&mut self) -> bool {
-        transaction_open(&mut self.conn)
-    }
 }
 
 /// diesel's own idea of the transaction is not "none": a transaction
@@ -203,11 +199,11 @@ impl Manager for DieselMysqlManager {
     /// diesel's bookkeeping is all there is to read (the server's status
     /// flags are behind diesel): a transaction diesel opened, or cut off.
     fn needs_cleanup(&self, conn: &mut DieselMysql) -> bool {
-        conn.diesel_dirty()
+        transaction_open(&mut conn.conn)
     }
 
     fn in_transaction(&self, conn: &mut DieselMysql) -> bool {
-        conn.diesel_dirty()
+        transaction_open(&mut conn.conn)
     }
 
     /// As with `MySqlManager`: a session the driver gave up may have a
@@ -226,7 +222,7 @@ impl Manager for DieselMysqlManager {
     }
 
     async fn reset(&self, conn: &mut DieselMysql, full: bool) -> Result<(), MyError> {
-        if full || conn.diesel_dirty() {
+        if full || transaction_open(&mut conn.conn) {
             conn.conn.batch_execute("ROLLBACK").await?;
             *conn.conn.transaction_state() = AnsiTransactionManager::default();
         }

@@ -298,6 +298,11 @@ impl<M: Manager> Shared<M> {
         self.acquire_in(held, phase, site, deadline).await
     }
 
+    /// [`acquire`](Self::acquire) in a `vigil.acquire` span: the pool's
+    /// name, whether the caller waited in line, how far it went, and how it
+    /// ended. info, not debug: a span is no log line (fmt subscribers print
+    /// none by default), and a service's usual `info` filter must let it
+    /// through to tracing-opentelemetry.
     #[cold]
     #[inline(never)]
     fn traced<'a>(
@@ -307,21 +312,6 @@ impl<M: Manager> Shared<M> {
         site: &'static Location<'static>,
         deadline: Instant,
     ) -> Pin<Box<dyn Future<Output = Result<Pooled<M>, Stop>> + Send + 'a>> {
-        Box::pin(self.acquire_traced(held, phase, site, deadline))
-    }
-
-    /// [`acquire`](Self::acquire) in a `vigil.acquire` span: the pool's
-    /// name, whether the caller waited in line, how far it went, and how it
-    /// ended. info, not debug: a span is no log line (fmt subscribers print
-    /// none by default), and a service's usual `info` filter must let it
-    /// through to tracing-opentelemetry.
-    async fn acquire_traced(
-        self: &Arc<Self>,
-        held: Option<Permit<M>>,
-        phase: &mut TimeoutPhase,
-        site: &'static Location<'static>,
-        deadline: Instant,
-    ) -> Result<Pooled<M>, Stop> {
         let span = tracing::info_span!(
             target: TARGET,
             "vigil.acquire",
@@ -330,13 +320,15 @@ impl<M: Manager> Shared<M> {
             last_step = tracing::field::Empty,
             outcome = tracing::field::Empty,
         );
-        let result = self
-            .acquire_in(held, phase, site, deadline)
-            .instrument(span.clone())
-            .await;
-        span.record("last_step", super::step(*phase));
-        span.record("outcome", super::outcome(&result));
-        result
+        Box::pin(async move {
+            let result = self
+                .acquire_in(held, phase, site, deadline)
+                .instrument(span.clone())
+                .await;
+            span.record("last_step", super::step(*phase));
+            span.record("outcome", super::outcome(&result));
+            result
+        })
     }
 
     /// The slow path itself, untraced.

@@ -110,10 +110,6 @@ impl DieselPg {
             || self.seen.fatal.load(Ordering::Acquire)
             || self.seen.ended.load(Ordering::Acquire)
     }
-
-    fn diesel_dirty(&mut self) -> bool {
-        transaction_open(&mut self.conn)
-    }
 }
 
 type Error = DieselError<tokio_postgres::Error>;
@@ -170,7 +166,7 @@ impl Manager for DieselPgManager {
     }
 
     fn needs_cleanup(&self, conn: &mut DieselPg) -> bool {
-        !conn.seen.settled_clean() || conn.diesel_dirty()
+        !conn.seen.settled_clean() || transaction_open(&mut conn.conn)
     }
 
     fn in_transaction(&self, conn: &mut DieselPg) -> bool {
@@ -202,7 +198,7 @@ impl Manager for DieselPgManager {
         }
         // The server is out of any transaction: diesel's bookkeeping (a
         // depth, a `BEGIN` or `COMMIT` cut off midway) is reset to match.
-        if conn.diesel_dirty() {
+        if transaction_open(&mut conn.conn) {
             *conn.conn.transaction_state() = AnsiTransactionManager::default();
         }
         if !full {
