@@ -49,7 +49,7 @@ use super::evidence::Evidence;
 use super::guard::Pooled;
 use super::hooks::{ConnectionMetadata, Hooks};
 use super::line::{self, Served};
-use super::owners::{Connecting, Io, Pending, Permit};
+use super::owners::{BackingOff, Connecting, Io, Pending, Permit};
 use super::slots::{Activity, Conn, Meta, Slots};
 use super::TARGET;
 use crate::config::Config;
@@ -73,8 +73,8 @@ pub(crate) struct Shared<M: Manager> {
     pub(super) last_connect_failure: Mutex<Option<ConnectFailure<M::Error>>>,
     /// Pool-wide pacing of connect attempts after failures.
     backoff: Mutex<Backoff>,
-    /// Wakes callers waiting out the backoff: a connect succeeded, or the
-    /// pool was closed.
+    /// Wakes callers waiting out the backoff: a connect succeeded, a
+    /// connection was filed idle while they waited, or the pool was closed.
     pub(crate) backoff_over: Notify,
     pub(super) runtime: Handle,
     next_id: AtomicU64,
@@ -421,17 +421,18 @@ impl<M: Manager> Shared<M> {
         }
     }
 
-    /// Sleeps until the pool may try to connect again, or until a connect
-    /// succeeds. Cancel safe: it holds nothing.
+    /// Sleeps until the pool may try to connect again, a connect succeeds,
+    /// or a connection is filed idle (the caller holds capacity, and no
+    /// waiter in line would be handed that connection while it sleeps).
+    /// Cancel safe: what it counts, its drop uncounts.
     async fn backoff_wait(&self) {
-        // Registered before reading the deadline, so a success in between
-        // is not missed.
+        // Registered before looking, so a wake-up in between is not missed.
         let over = self.backoff_over.notified();
         // `close()` may have run before `over` existed: its wake-up is lost,
         // but the closed flag it set tells.
-        if self.slots.lock().is_closed() {
+        let Some(_counted) = BackingOff::enter(self) else {
             return;
-        }
+        };
         let Some(at) = self.backoff.lock().retry_at() else {
             return;
         };

@@ -151,6 +151,12 @@ impl<C> Line<C> {
         }
     }
 
+    /// Units somebody holds, of `capacity` (`max_size` now): lent and
+    /// returning connections, checkouts and connects in progress.
+    pub(crate) fn held(&self, capacity: usize) -> usize {
+        capacity + self.owed - self.free
+    }
+
     /// Capacity coming back now is removed (the pool shrank): its
     /// connection is to be closed, not filed.
     pub(crate) fn owes(&self) -> bool {

@@ -122,6 +122,28 @@ impl<M: Manager> Drop for Connecting<'_, M> {
     }
 }
 
+/// A checkout waiting out the connect backoff with capacity in hand,
+/// counted so that a connection filed idle wakes it (`Slots::file`);
+/// uncounted on drop, cancellation included.
+pub(super) struct BackingOff<'a, M: Manager>(&'a Shared<M>);
+
+impl<'a, M: Manager> BackingOff<'a, M> {
+    /// `None` when there is no point in waiting: the pool is closed, or a
+    /// connection is idle to be taken instead.
+    pub(super) fn enter(shared: &'a Shared<M>) -> Option<Self> {
+        // Counted under the lock, made after it is let go: dropped, the
+        // guard takes the lock again.
+        let counted = shared.slots.lock().enter_backoff();
+        counted.then(|| BackingOff(shared))
+    }
+}
+
+impl<M: Manager> Drop for BackingOff<'_, M> {
+    fn drop(&mut self) {
+        self.0.slots.lock().leave_backoff();
+    }
+}
+
 /// An active connection the pool does I/O on (a checkout's ping, a
 /// keepalive, a return's cleaning), with its permit until that I/O goes
 /// silent past the hedge delay: then the connection is presumed dead

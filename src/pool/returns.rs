@@ -138,7 +138,12 @@ impl<M: Manager> Shared<M> {
         conn.meta.lend_before = lend_before;
         let filed = permit.shared().slots.lock().file(conn);
         match filed {
-            Filed::Idle => permit.handed_on(),
+            Filed::Idle { wake_backoff } => {
+                if wake_backoff {
+                    permit.shared().backoff_over.notify_waiters();
+                }
+                permit.handed_on();
+            }
             Filed::Handed(waiter) => {
                 permit.handed_on();
                 if let Some(waker) = waiter {

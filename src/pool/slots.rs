@@ -123,6 +123,9 @@ pub(crate) struct Slots<C> {
     active: Registry,
     /// Connect attempts in flight.
     connecting: usize,
+    /// Checkouts holding capacity while they wait out the connect backoff
+    /// (`Shared::backoff_wait`): a connection filed idle wakes them.
+    backing_off: usize,
     /// Active connections out for a keepalive ping: idle again unless the
     /// ping fails, so `min_idle` counts them.
     pinging: usize,
@@ -145,12 +148,15 @@ pub(crate) struct Slots<C> {
 
 /// What became of a connection filed back by [`Slots::file`].
 pub(crate) enum Filed<C> {
-    /// Idle; its capacity is free.
-    Idle,
+    /// Idle; its capacity is free. `wake_backoff`: checkouts are waiting
+    /// out the connect backoff with capacity in hand, and one of them is to
+    /// take this connection instead.
+    Idle { wake_backoff: bool },
     /// Straight to the first waiter, with its capacity; the waker is to be
     /// woken outside the lock.
     Handed(Option<Waker>),
-    /// The pool is closed: still counted active, for the caller to retire.
+    /// The pool is closed, or shrank: still counted active, for the
+    /// caller to retire.
     Refused(Conn<C>),
 }
 
@@ -174,6 +180,7 @@ impl<C> Slots<C> {
             idle: VecDeque::new(),
             active: Registry::default(),
             connecting: 0,
+            backing_off: 0,
             pinging: 0,
             silent: VecDeque::new(),
             capacity,
@@ -238,9 +245,27 @@ impl<C> Slots<C> {
             Err(conn) => {
                 self.remove_active(&conn.meta);
                 self.idle.push_back(conn);
-                Filed::Idle
+                Filed::Idle {
+                    wake_backoff: self.backing_off > 0,
+                }
             }
         }
+    }
+
+    /// A checkout with capacity in hand starts waiting out the connect
+    /// backoff, unless there is no point: the pool is closed, or a
+    /// connection is idle for it to take instead. `false`: don't wait.
+    pub(crate) fn enter_backoff(&mut self) -> bool {
+        if self.closed || !self.idle.is_empty() {
+            return false;
+        }
+        self.backing_off += 1;
+        true
+    }
+
+    /// The end of an [`enter_backoff`](Self::enter_backoff) that said wait.
+    pub(crate) fn leave_backoff(&mut self) {
+        self.backing_off -= 1;
     }
 
     /// Sets `max_size` to `new` (`Pool::resize`). Growing serves callers in
@@ -255,7 +280,12 @@ impl<C> Slots<C> {
             return Vec::new();
         }
         self.line.shrink(old - new);
-        let open = self.idle.len() + self.active.len + self.connecting;
+        // Every unit held carries a connection or will: lent and returning
+        // ones now, checkouts that are connecting or queued to connect
+        // soon. Idle connections may fill the new size beside them, no
+        // more (kept, callers in line would wait while they sit idle, and
+        // the pool would settle above its size).
+        let open = self.idle.len() + self.line.held(new);
         let surplus = open.saturating_sub(new).min(self.idle.len());
         self.idle.drain(..surplus).collect()
     }

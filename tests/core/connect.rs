@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use vigil::{ConnectError, Error, Pool, TimeoutPhase};
+use vigil::{ConnectError, Error, Pool, Pooled, TimeoutPhase};
 
 use crate::support::fake::Fake;
 use crate::{pool, MS};
@@ -98,6 +98,43 @@ async fn server_down_sees_paced_connect_attempts_not_one_stream_per_caller() {
         healed.elapsed() <= Duration::from_millis(600),
         "all 64 served {:?} after the server came back",
         healed.elapsed()
+    );
+}
+
+/// Symptom (found by the model test): a caller waiting out the connect
+/// backoff holds capacity, so a connection returned meanwhile went to the
+/// idle set rather than to it, and it slept on beside that connection to
+/// the end of the backoff (up to 500 ms).
+#[tokio::test(start_paused = true)]
+async fn a_connection_returned_during_the_backoff_goes_to_the_caller_waiting_it_out() {
+    let fake = Fake::new();
+    let pool = pool(&fake, 2);
+    let lent = pool.get().await.unwrap();
+    let lent_id = Pooled::id(&lent);
+    fake.script.fail_connects("connection refused");
+    let waiting = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let conn = pool.get().await.expect("served by the returned connection");
+            (Pooled::id(&conn), Instant::now())
+        }
+    });
+    // Long enough for the backoff to reach its cap.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let attempts = fake.script.connects.load(SeqCst);
+    let returned = Instant::now();
+    drop(lent);
+    let (id, served) = waiting.await.unwrap();
+    assert_eq!(id, lent_id);
+    assert!(
+        served - returned < MS,
+        "served {:?} after the connection came back",
+        served - returned
+    );
+    assert_eq!(
+        fake.script.connects.load(SeqCst),
+        attempts,
+        "no new attempt"
     );
 }
 

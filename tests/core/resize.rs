@@ -2,6 +2,7 @@
 //! connections first and lent ones as they come back, and the pool never
 //! lends beyond its current size.
 
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
 use tokio::task::JoinSet;
@@ -126,6 +127,53 @@ async fn a_bad_size_is_refused_by_name_and_changes_nothing() {
 }
 
 /// `n` connections lent at once.
+/// Symptom (found by the model test): a shrink counted the connects in
+/// flight, but not a checkout queued behind `max_concurrent_connects` with
+/// capacity in hand. It kept an idle connection that the queued connect
+/// would push over the new size: a caller in line waited while it sat
+/// idle, and the pool settled one over its size.
+#[tokio::test(start_paused = true)]
+async fn a_shrink_counts_checkouts_queued_to_connect() {
+    let fake = Fake::new();
+    let pool = Pool::builder(fake.clone())
+        .max_size(3)
+        .max_concurrent_connects(1)
+        .build()
+        .unwrap();
+    let lent = pool.get().await.unwrap();
+    fake.script.set_connect_delay(Duration::from_millis(100));
+    // Two callers that give up at once: their connects go on, one in
+    // flight and one queued behind it.
+    for _ in 0..2 {
+        let _ = tokio::time::timeout(Duration::from_millis(1), pool.get()).await;
+    }
+    drop(lent);
+    settle().await;
+    let s = pool.state();
+    assert_eq!((s.idle, s.connecting, s.available), (1, 1, 1), "{s:?}");
+    pool.resize(2).unwrap();
+    let s = pool.state();
+    assert_eq!(
+        (s.idle, s.closed.get(Reason::Closed)),
+        (0, 1),
+        "the idle one makes way for the two being opened: {s:?}"
+    );
+    // A caller in line is served by the first connect to come in.
+    let waited = tokio::spawn({
+        let pool = pool.clone();
+        async move {
+            let started = tokio::time::Instant::now();
+            pool.get().await.map(|_| started.elapsed())
+        }
+    });
+    let waited = waited.await.unwrap().unwrap();
+    assert!(waited <= Duration::from_millis(100), "waited {waited:?}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let s = pool.state();
+    assert_eq!(fake.script.connects.load(SeqCst), 3);
+    assert_eq!((s.open, s.idle, s.available), (2, 2, 2), "{s:?}");
+}
+
 async fn lend_all(pool: &Pool<Fake>, n: usize) -> Vec<vigil::Pooled<Fake>> {
     let mut lent = Vec::new();
     for _ in 0..n {
