@@ -176,7 +176,7 @@ impl<M: Manager> ::bb8::ManageConnection for Bb8Manager<M> {
 
     async fn is_valid(&self, conn: &mut Self::Connection) -> Result<(), Self::Error> {
         let now = Instant::now();
-        let broken = self.manager.has_broken(&mut conn.conn);
+        let broken = self.manager.session(&mut conn.conn).broken;
         if let Verdict::Retire(reason) = assess(&conn.facts(broken), &self.policy, now) {
             return Err(Bb8Error::Retired(reason));
         }
@@ -213,11 +213,11 @@ impl<M: Manager> ::bb8::ManageConnection for Bb8Manager<M> {
         // Called by bb8 when a connection comes back: the session was just used.
         let now = Instant::now();
         conn.last_io = now;
-        let broken = self.manager.has_broken(&mut conn.conn);
+        let session = self.manager.session(&mut conn.conn);
         // Cleaning needs a round trip, which this synchronous path cannot
         // make: it is left to the next checkout (`is_valid`).
-        conn.dirty = self.manager.needs_cleanup(&mut conn.conn);
+        conn.dirty = session.needs_cleanup;
         conn.unverified = self.verify_returns;
-        broken || assess(&conn.facts(false), &self.policy, now) != Verdict::Keep
+        session.broken || assess(&conn.facts(false), &self.policy, now) != Verdict::Keep
     }
 }

@@ -7,7 +7,7 @@ use crate::error::ConfigError;
 /// When a connection taken from the idle set is checked with a round trip
 /// ([`Manager::is_valid`](crate::Manager::is_valid)) before it is lent.
 ///
-/// The cheap checks (the manager's `has_broken`, max lifetime, the server's
+/// The cheap checks (the manager's `Session::broken`, max lifetime, the server's
 /// idle timeout) run on every checkout whatever this says; this only decides
 /// when to pay for a round trip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,7 @@ impl Default for Validation {
 /// background, bounded by `validation_timeout`; never on the caller's path).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum VerifyOnReturn {
-    /// Ping only when the manager's `has_broken` cannot see a session that
+    /// Ping only when the manager's `Session::broken` cannot see a session that
     /// died while lent ([`BrokenDetection::Blind`](crate::BrokenDetection::Blind):
     /// the sqlx backends over a network). tokio-postgres and mysql_async
     /// need no ping. The default.
@@ -47,7 +47,7 @@ pub enum VerifyOnReturn {
 
 impl VerifyOnReturn {
     /// Whether returned connections are pinged, for a manager whose
-    /// `has_broken` sees what `detection` says.
+    /// `Session::broken` sees what `detection` says.
     pub(crate) fn pings(self, detection: crate::manager::BrokenDetection) -> bool {
         match self {
             VerifyOnReturn::Auto => detection == crate::manager::BrokenDetection::Blind,

@@ -18,7 +18,7 @@ use crate::config::{Config, Validation};
 /// [`as_str`](Reason::as_str) as a bounded label value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
-    /// The driver reported the connection finished (`has_broken`).
+    /// The driver reported the connection finished (`Session::broken`).
     Broken,
     /// A validation round trip failed or timed out.
     ValidationFailed,
@@ -91,7 +91,7 @@ pub struct Facts {
     /// Last time a borrower gave the slot back (inherited by a replacement),
     /// for `idle_timeout`.
     pub last_borrowed: Instant,
-    /// The driver's cheap `has_broken` answer.
+    /// The driver's cheap `Session::broken` answer.
     pub broken: bool,
     /// The server's idle timeout for this session, if it has one.
     pub server_idle_timeout: Option<Duration>,

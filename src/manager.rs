@@ -13,21 +13,58 @@ pub struct ServerTimeouts {
     pub idle: Option<Duration>,
 }
 
-/// What a manager's [`has_broken`](Manager::has_broken) can see without a
-/// round trip. The pool decides from it (and
+/// What the driver already knows about one session, read without any I/O
+/// ([`Manager::session`]). The pool reads it at every checkout and return,
+/// and when work run by [`Pool::run`](crate::Pool::run) fails.
+///
+/// `#[non_exhaustive]`: start from `Session::default()` (a healthy, clean
+/// session) and set what the driver knows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Session {
+    /// The session is finished (closed socket, fatal error seen): it is
+    /// never lent again. What this can see is the manager's
+    /// [`BrokenDetection`].
+    pub broken: bool,
+    /// The session carries state the next borrower must not see, such as
+    /// an open transaction: the pool calls [`reset`](Manager::reset) with
+    /// `full = false` before it is lent again.
+    pub needs_cleanup: bool,
+    /// The session's last word said a transaction the borrower opened is
+    /// still open: [`Pool::run_idempotent`](crate::Pool::run_idempotent)
+    /// never reruns work whose session died inside one. Narrower than
+    /// `needs_cleanup`, which may also be `true` because a reply is still
+    /// on its way (a query written just before the session died has no
+    /// answer, and never gets one).
+    pub in_transaction: bool,
+    /// The borrower gave the connection back with a command still running,
+    /// its reply never read (a query future dropped mid-flight: a request
+    /// timeout, a client that went away): the pool calls
+    /// [`cancel_query`](Manager::cancel_query) instead of queueing a
+    /// rollback or a ping behind it.
+    pub query_in_flight: bool,
+    /// A reply on this session, whoever asked for it, suggested the server
+    /// no longer has the required role (PostgreSQL SQLSTATE 25006 read as
+    /// it passed): the pool asks [`has_role`](Manager::has_role) before the
+    /// connection is reused, and moves the whole pool if the role is gone.
+    /// Only read when [`requires_role`](Manager::requires_role).
+    pub role_in_doubt: bool,
+}
+
+/// What a manager's [`Session::broken`] can see without a round trip. The pool decides from it (and
 /// [`Config::verify_on_return`](crate::Config::verify_on_return)) whether a
 /// returned connection is pinged before it goes back idle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BrokenDetection {
     /// The driver watches its socket: a session the server ended, idle or
-    /// lent, turns `has_broken` true without any I/O (tokio-postgres).
+    /// lent, turns `broken` true without any I/O (tokio-postgres).
     Watched,
-    /// `has_broken` turns true after an I/O error on the connection: a
+    /// `broken` turns true after an I/O error on the connection: a
     /// borrower whose query failed on a dead session is seen, a session
     /// that ended quietly while idle is not (mysql_async). The default.
     AfterFailedIo,
-    /// `has_broken` sees nothing: a session that died while lent comes back
+    /// `broken` sees nothing: a session that died while lent comes back
     /// looking healthy (sqlx 0.9 over a network).
     Blind,
 }
@@ -52,10 +89,14 @@ pub enum Cancelled {
 
 /// Opens, checks, cleans and closes connections of one kind.
 ///
-/// Two tiers of liveness: [`has_broken`](Manager::has_broken) is a cheap
+/// Two tiers of liveness: [`session`](Manager::session) is a cheap
 /// synchronous look at state the driver already has (run on every checkout
 /// and return); [`is_valid`](Manager::is_valid) is a round trip (run only
 /// when the [`Validation`](crate::Validation) mode asks for one).
+///
+/// A wrapper (a manager over another manager) forwards every method,
+/// including those with a default: a default it does not override answers
+/// for the wrapper, not for what it wraps.
 ///
 /// The pool bounds every async method with a timeout and drops the future
 /// when it runs out, so implementations need not add their own.
@@ -84,37 +125,16 @@ pub trait Manager: Send + Sync + 'static {
         false
     }
 
-    /// Cheap, synchronous: does the driver already know this connection is
-    /// finished (closed socket, fatal error seen)? Never does I/O. Default `false`.
-    fn has_broken(&self, _conn: &mut Self::Connection) -> bool {
-        false
-    }
+    /// Cheap, synchronous, never does I/O: what the driver already knows
+    /// about this session (see [`Session`]). No default: a manager that
+    /// knows nothing says `Session::default()`.
+    fn session(&self, conn: &mut Self::Connection) -> Session;
 
-    /// What [`has_broken`](Manager::has_broken) can see without a round
-    /// trip. Default [`BrokenDetection::AfterFailedIo`]; a manager whose
+    /// What [`Session::broken`] can see without a round trip. Default [`BrokenDetection::AfterFailedIo`]; a manager whose
     /// driver cannot tell should say [`BrokenDetection::Blind`], so the pool
     /// verifies returned connections by default.
     fn broken_detection(&self) -> BrokenDetection {
         BrokenDetection::AfterFailedIo
-    }
-
-    /// Cheap, synchronous: does the connection carry state the next borrower
-    /// must not see, such as an open transaction? When `true`, the pool calls
-    /// [`reset`](Manager::reset) with `full = false` before reusing it.
-    /// Default `false`.
-    fn needs_cleanup(&self, _conn: &mut Self::Connection) -> bool {
-        false
-    }
-
-    /// Cheap, synchronous: did the session's last word say a transaction
-    /// the borrower opened is still open? `Pool::run_idempotent` never
-    /// reruns work whose session died inside one. Narrower than
-    /// [`needs_cleanup`](Manager::needs_cleanup), which may also be `true`
-    /// because a reply is still on its way (a query written just before
-    /// the session died has no answer, and never gets one). Default:
-    /// `needs_cleanup`.
-    fn in_transaction(&self, conn: &mut Self::Connection) -> bool {
-        self.needs_cleanup(conn)
     }
 
     /// Cheap, synchronous: does this error, returned by
@@ -154,36 +174,17 @@ pub trait Manager: Send + Sync + 'static {
         false
     }
 
-    /// Cheap, synchronous: did the borrower give the connection back with a
-    /// command still running, its reply never read (a query future dropped
-    /// mid-flight: a request timeout, a client that went away)? The pool
-    /// then calls [`cancel_query`](Manager::cancel_query) instead of queueing
-    /// a rollback or a ping behind it. Default `false`.
-    fn query_in_flight(&self, _conn: &mut Self::Connection) -> bool {
-        false
-    }
-
     /// Asks the server, over a separate connection, to stop the command
     /// running on `conn`'s session (PostgreSQL's cancel request, MySQL's
     /// `KILL QUERY`), and waits until the session has no reply pending.
-    /// Called only when [`query_in_flight`](Manager::query_in_flight) says
-    /// so, bounded by the pool. Default [`Cancelled::Unsupported`], without
+    /// Called only when [`Session::query_in_flight`] says so, bounded by
+    /// the pool. Default [`Cancelled::Unsupported`], without
     /// I/O: the pool then retires the connection rather than wait for it.
     fn cancel_query(
         &self,
         _conn: &mut Self::Connection,
     ) -> impl Future<Output = Result<Cancelled, Self::Error>> + Send {
         async { Ok(Cancelled::Unsupported) }
-    }
-
-    /// Cheap, synchronous: did a reply on this session, whoever asked for
-    /// it, suggest the server no longer has the required role (PostgreSQL
-    /// SQLSTATE 25006 read as it passed)? The pool then asks
-    /// [`has_role`](Manager::has_role) before the connection is reused, and
-    /// moves the whole pool if the role is gone. Only asked when
-    /// [`requires_role`](Manager::requires_role). Default `false`.
-    fn role_in_doubt(&self, _conn: &mut Self::Connection) -> bool {
-        false
     }
 
     /// Cleans the connection before reuse: rolls back an open transaction and,

@@ -11,7 +11,8 @@
 //! # #[derive(Debug)] struct Noop;
 //! # impl Manager for Noop { type Connection = (); type Error = std::io::Error;
 //! #   async fn connect(&self) -> Result<(), std::io::Error> { Ok(()) }
-//! #   async fn is_valid(&self, _: &mut ()) -> Result<(), std::io::Error> { Ok(()) } }
+//! #   async fn is_valid(&self, _: &mut ()) -> Result<(), std::io::Error> { Ok(()) }
+//! #   fn session(&self, _: &mut ()) -> vigil::Session { vigil::Session::default() } }
 //! let pool = Pool::builder(Noop).name("orders").build().unwrap();
 //! let metrics = vigil::metrics::Metrics::new();
 //! metrics.add(&pool);

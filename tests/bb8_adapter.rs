@@ -14,7 +14,7 @@ use vigil::backend::mysql::MySqlManager;
 use vigil::backend::sqlx::PgManager;
 use vigil::backend::tokio_postgres::TokioPgManager;
 use vigil::bb8::{Bb8Error, Bb8Manager};
-use vigil::{Manager, Reason, ServerTimeouts};
+use vigil::{Manager, Reason, ServerTimeouts, Session};
 
 /// Counts the round trips the adapter asks for.
 #[derive(Debug)]
@@ -34,17 +34,14 @@ impl<M: Manager> Manager for Counting<M> {
         self.pings.fetch_add(1, SeqCst);
         self.inner.is_valid(conn).await
     }
-    fn has_broken(&self, conn: &mut M::Connection) -> bool {
-        self.inner.has_broken(conn)
+    fn session(&self, conn: &mut M::Connection) -> Session {
+        self.inner.session(conn)
     }
     fn broken_detection(&self) -> vigil::BrokenDetection {
         self.inner.broken_detection()
     }
     fn error_ends_session(&self, error: &M::Error) -> bool {
         self.inner.error_ends_session(error)
-    }
-    fn needs_cleanup(&self, conn: &mut M::Connection) -> bool {
-        self.inner.needs_cleanup(conn)
     }
     async fn reset(&self, conn: &mut M::Connection, full: bool) -> Result<(), M::Error> {
         self.inner.reset(conn, full).await

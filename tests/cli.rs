@@ -196,7 +196,7 @@ fn postgres_session_idle_timeout_across_bursts_causes_no_errors() {
 /// every session sits idle and the killer (a round per second) kills them;
 /// the second burst's checkouts ping them, find them dead and reconnect.
 /// With `pinged`, the killed sessions are found by the checkout ping (sqlx,
-/// mysql_async); without, mostly by `has_broken`, with no round trip (tokio-postgres).
+/// mysql_async); without, mostly by `Session::broken`, with no round trip (tokio-postgres).
 fn killed_idle_sessions_are_caught(
     name: &str,
     url: &str,

@@ -117,7 +117,7 @@ async fn idle_sessions_terminated_from_outside_are_retired_without_a_ping() {
     // were the kills not seen without one.
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(terminate(&admin, &app).await, 4);
-    // The housekeeper's sweep asks `has_broken` (no I/O) of every idle
+    // The housekeeper's sweep asks `Session::broken` (no I/O) of every idle
     // connection and retires the dead ones.
     eventually!(
         "the killed sessions to be retired as broken",
@@ -151,7 +151,7 @@ async fn idle_sessions_terminated_from_outside_are_retired_without_a_ping() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_killed_between_checkouts_are_never_lent_and_never_pinged() {
     // Kills that land while the sessions sit idle between back-to-back
-    // checkouts: the checkout's own `has_broken` sees them.
+    // checkouts: the checkout's own `Session::broken` sees them.
     trace();
     let app = unique("tp_hot");
     let pool = pool(&app, 2)

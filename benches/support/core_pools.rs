@@ -30,6 +30,10 @@ impl vigil::Manager for Noop {
     async fn is_valid(&self, _: &mut Conn) -> Result<(), io::Error> {
         Ok(())
     }
+
+    fn session(&self, _: &mut Conn) -> vigil::Session {
+        vigil::Session::default()
+    }
 }
 
 impl bb8::ManageConnection for Noop {

@@ -33,7 +33,7 @@ use mysql_async::{Opts, OptsBuilder};
 
 pub use super::tokio_postgres::diesel::{DieselPg, DieselPgManager};
 use crate::backend::mysql::MySqlManager;
-use crate::manager::{Cancelled, Manager, ServerTimeouts};
+use crate::manager::{Cancelled, Manager, ServerTimeouts, Session};
 
 /// What a diesel manager's operations fail with.
 #[derive(Debug, thiserror::Error)]
@@ -184,8 +184,18 @@ impl Manager for DieselMysqlManager {
         Ok(conn.conn.batch_execute("SELECT 1").await?)
     }
 
-    fn has_broken(&self, conn: &mut DieselMysql) -> bool {
-        conn.disconnected()
+    /// As with `MySqlManager`, except that a transaction is diesel's to
+    /// report; a session the driver gave up may have a statement still
+    /// running on the server.
+    fn session(&self, conn: &mut DieselMysql) -> Session {
+        let (broken, open) = (conn.disconnected(), transaction_open(&mut conn.conn));
+        Session {
+            broken,
+            needs_cleanup: open,
+            in_transaction: open,
+            query_in_flight: broken,
+            role_in_doubt: false,
+        }
     }
 
     fn error_ends_session(&self, error: &MyError) -> bool {
@@ -198,20 +208,6 @@ impl Manager for DieselMysqlManager {
 
     /// diesel's bookkeeping is all there is to read (the server's status
     /// flags are behind diesel): a transaction diesel opened, or cut off.
-    fn needs_cleanup(&self, conn: &mut DieselMysql) -> bool {
-        transaction_open(&mut conn.conn)
-    }
-
-    fn in_transaction(&self, conn: &mut DieselMysql) -> bool {
-        transaction_open(&mut conn.conn)
-    }
-
-    /// As with `MySqlManager`: a session the driver gave up may have a
-    /// statement still running on the server.
-    fn query_in_flight(&self, conn: &mut DieselMysql) -> bool {
-        conn.disconnected()
-    }
-
     async fn cancel_query(&self, conn: &mut DieselMysql) -> Result<Cancelled, MyError> {
         let mut admin = self.inner.connect().await.map_err(DieselError::Driver)?;
         let killed = admin.query_drop(format!("KILL QUERY {}", conn.id)).await;

@@ -5,8 +5,8 @@
 //!
 //! | Pool question | How it is answered | Round trip |
 //! |---|---|---|
-//! | broken? (`has_broken`) | `Conn::is_disconnected` | no |
-//! | dirty? (`needs_cleanup`) | `SERVER_STATUS_IN_TRANS` in the last OK packet | no |
+//! | broken? (`Session::broken`) | `Conn::is_disconnected` | no |
+//! | dirty? (`Session::needs_cleanup`) | `SERVER_STATUS_IN_TRANS` in the last OK packet | no |
 //! | alive? (`is_valid`) | `COM_PING` | yes |
 //! | clean (`reset`) | `ROLLBACK`; with `reset_on_return`, `COM_RESET_CONNECTION` | yes |
 //! | server timeouts | session `wait_timeout`, with `max_allowed_packet`; the next connects reuse them (and hand mysql_async the two it would query) for 60 s | once a minute, not per connection |
@@ -67,7 +67,7 @@ use mysql_async::consts::StatusFlags;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
 
-use crate::manager::{Cancelled, Manager, ServerTimeouts};
+use crate::manager::{Cancelled, Manager, ServerTimeouts, Session};
 
 /// Tracing target of this backend.
 const TARGET: &str = "vigil::mysql";
@@ -526,22 +526,21 @@ impl Manager for MySqlManager {
     }
 
     /// mysql_async marks a connection disconnected when its socket failed,
-    /// a fatal error was read, or a command was cancelled midway.
-    fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.is_disconnected()
-    }
-
-    fn needs_cleanup(&self, conn: &mut Conn) -> bool {
-        in_transaction(conn)
-    }
-
-    /// mysql_async gives a connection up (`is_disconnected`) when a
-    /// command's future is dropped midway, which is how a borrower that
-    /// left mid-query looks; it cannot be told from a socket that failed,
-    /// so every broken return gets a `KILL QUERY` (answered "unknown
-    /// thread" when the session is gone already).
-    fn query_in_flight(&self, conn: &mut Conn) -> bool {
-        conn.is_disconnected()
+    /// a fatal error was read, or a command was cancelled midway: broken.
+    /// The last OK packet's status flags say whether a transaction is
+    /// open. A borrower that left mid-query looks like a failed socket
+    /// (mysql_async gives the session up), and cannot be told from one, so
+    /// every broken return counts as a query in flight and gets a `KILL
+    /// QUERY` (answered "unknown thread" when the session is gone already).
+    fn session(&self, conn: &mut Conn) -> Session {
+        let (broken, open) = (conn.is_disconnected(), in_transaction(conn));
+        Session {
+            broken,
+            needs_cleanup: open,
+            in_transaction: open,
+            query_in_flight: broken,
+            role_in_doubt: false,
+        }
     }
 
     /// `KILL QUERY <id>` from a new connection to the same server: the

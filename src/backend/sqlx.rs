@@ -15,7 +15,7 @@
 //! | MySQL | session `wait_timeout` | `ROLLBACK` | `ROLLBACK`, clear sqlx's statement cache (no `COM_RESET_CONNECTION`: session variables survive) |
 //!
 //! # What counts as "in a transaction"
-//! The cheap return-path check ([`Manager::needs_cleanup`]) sees transactions
+//! The cheap return-path check ([`Session::needs_cleanup`](crate::Session::needs_cleanup)) sees transactions
 //! opened through sqlx ([`Connection::begin`], [`Connection::transaction`]),
 //! including one whose [`Transaction`](sqlx::Transaction) guard was dropped
 //! without commit (sqlx then queues a `ROLLBACK` that would otherwise only be
@@ -56,7 +56,7 @@ use sqlx::{ConnectOptions, Connection, Database};
 // Not re-exported by sqlx since 0.9 (semver-exempt, `#[doc(hidden)]` before).
 use sqlx_core::transaction::TransactionManager;
 
-use crate::manager::{BrokenDetection, Manager, ServerTimeouts};
+use crate::manager::{BrokenDetection, Manager, ServerTimeouts, Session};
 
 /// The connect options type of the sqlx database `DB`
 /// (`PgConnectOptions`, `SqliteConnectOptions`, `MySqlConnectOptions`).
@@ -82,7 +82,7 @@ pub trait SqlxDatabase: Database + sealed::Sealed {
         conn: &mut Self::Connection,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
-    /// What `has_broken` (always `false` with sqlx) can see: nothing over a
+    /// What `Session::broken` (always `false` with sqlx) can see: nothing over a
     /// network; for SQLite, in-process, no session can die while lent.
     const DETECTION: BrokenDetection;
 
@@ -112,7 +112,7 @@ pub trait SqlxDatabase: Database + sealed::Sealed {
 /// - `connect`: [`ConnectOptions::connect`].
 /// - `is_valid`: [`Connection::ping`] (PostgreSQL: a `Sync` message; MySQL:
 ///   `COM_PING`; SQLite: a round trip to the connection's worker thread).
-/// - `has_broken`: always `false`; sqlx 0.9 exposes no cheap "this
+/// - `Session::broken`: always `false`; sqlx 0.9 exposes no cheap "this
 ///   connection is finished" flag. A session that died while idle is found
 ///   by the pool's server-timeout rule, its keepalive and the checkout
 ///   validation; one that died while lent, by the ping on return: the
@@ -121,7 +121,7 @@ pub trait SqlxDatabase: Database + sealed::Sealed {
 ///   pings every returned connection (one round trip per return, off the
 ///   caller's path; measured in BENCHMARKS.md). The tokio-postgres backend
 ///   needs no such ping.
-/// - `needs_cleanup`: a sqlx-managed transaction is open, or a `ROLLBACK`
+/// - `Session::needs_cleanup`: a sqlx-managed transaction is open, or a `ROLLBACK`
 ///   queued by a dropped [`Transaction`](sqlx::Transaction) has not been sent yet.
 /// - `reset`: sends what sqlx queued, rolls back sqlx-managed transactions,
 ///   and when `full` performs the database's full reset (see the
@@ -382,13 +382,21 @@ where
         conn.ping()
     }
 
-    fn needs_cleanup(&self, conn: &mut DB::Connection) -> bool {
+    /// sqlx shows no sign of a dead session without a round trip (hence
+    /// `Blind` below), nor of a query dropped mid-flight: only whether a
+    /// transaction is open.
+    fn session(&self, conn: &mut DB::Connection) -> Session {
         // `should_flush`: a dropped `Transaction` queues its ROLLBACK in the
         // write buffer and lowers sqlx's depth at once (PostgreSQL, MySQL);
         // until it is sent the server still holds the transaction and its
         // locks. It is `#[doc(hidden)]` but public on `Connection`, and the
         // only synchronous way to see that queued work.
-        conn.is_in_transaction() || conn.should_flush()
+        let open = conn.is_in_transaction() || conn.should_flush();
+        Session {
+            needs_cleanup: open,
+            in_transaction: open,
+            ..Session::default()
+        }
     }
 
     fn error_ends_session(&self, error: &sqlx::Error) -> bool {

@@ -8,12 +8,12 @@
 //! the moment it arrives, including the `FATAL` of an idle timeout, a
 //! `pg_terminate_backend` or a shutdown, and the EOF after it. From then on
 //! [`Client::is_closed`] is `true`, with no round trip. That is what the
-//! pool's `has_broken` asks at every checkout and return.
+//! pool's `session` asks at every checkout and return.
 //!
 //! | Pool question | How it is answered | Round trip |
 //! |---|---|---|
-//! | broken? (`has_broken`) | [`Client::is_closed`]: the connection task saw EOF, an I/O error or a fatal error | no |
-//! | dirty? (`needs_cleanup`) | the transaction status of the server's last `ReadyForQuery`, read as it passed: a transaction block is open or failed | no |
+//! | broken? (`Session::broken`) | [`Client::is_closed`]: the connection task saw EOF, an I/O error or a fatal error | no |
+//! | dirty? (`Session::needs_cleanup`) | the transaction status of the server's last `ReadyForQuery`, read as it passed: a transaction block is open or failed | no |
 //! | alive? (`is_valid`) | an empty simple query | yes |
 //! | clean (`reset`) | dirty: an empty query (behind the `ROLLBACK` a dropped [`Transaction`](tokio_postgres::Transaction) queued), then `ROLLBACK` if a raw `BEGIN` is still open; with `reset_on_return`, `DISCARD ALL` | only when dirty or `reset_on_return` |
 //! | server timeouts | `idle_session_timeout` from `pg_settings`, one simple query; the next sessions reuse the answer for 60 s | once a minute, not per connection |
@@ -108,7 +108,7 @@ mod cancel;
 pub(super) mod diesel;
 mod statements;
 mod tls;
-use crate::manager::{BrokenDetection, Cancelled, Manager, ServerTimeouts};
+use crate::manager::{BrokenDetection, Cancelled, Manager, ServerTimeouts, Session};
 use statements::StatementCache;
 pub use statements::DEFAULT_STATEMENT_CACHE;
 use tls::MaybeTls;
@@ -947,7 +947,7 @@ impl Seen {
 ///   and between the two `Client::is_closed` is still false. A borrower who
 ///   got the error and gave the connection back would see it lent again.
 ///   The flag is set while the driver reads the error, before any caller
-///   sees it, so `has_broken` is true from then on.
+///   sees it, so `Session::broken` is true from then on.
 /// - The transaction status byte of each `ReadyForQuery`, so a transaction
 ///   a borrower opened with a raw `BEGIN` and left open is seen at return
 ///   without a round trip.
@@ -1304,8 +1304,23 @@ impl Manager for TokioPgManager {
         conn.simple_query("").await.map(drop)
     }
 
-    fn has_broken(&self, conn: &mut PgClient) -> bool {
-        conn.is_closed() || conn.seen.fatal.load(Ordering::Acquire)
+    /// From what the session's watch saw pass (see `Seen`): the socket
+    /// closed or a fatal error, a request without its `ReadyForQuery` (a
+    /// query dropped mid-flight), the status byte of the last one (a
+    /// request still unanswered when the session died says nothing about a
+    /// transaction), and a `read_only_sql_transaction` error on a session
+    /// that must be writable (whoever got it, the pool asks the role
+    /// before reuse).
+    fn session(&self, conn: &mut PgClient) -> Session {
+        let broken = conn.is_closed() || conn.seen.fatal.load(Ordering::Acquire);
+        Session {
+            broken,
+            needs_cleanup: !conn.seen.settled_clean(),
+            in_transaction: conn.seen.in_transaction(),
+            query_in_flight: !broken && conn.seen.reply_pending(),
+            role_in_doubt: conn.seen.read_only_error.load(Ordering::Acquire)
+                && self.config.get_target_session_attrs() == TargetSessionAttrs::ReadWrite,
+        }
     }
 
     fn broken_detection(&self) -> BrokenDetection {
@@ -1340,34 +1355,11 @@ impl Manager for TokioPgManager {
         error.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
     }
 
-    fn needs_cleanup(&self, conn: &mut PgClient) -> bool {
-        !conn.seen.settled_clean()
-    }
-
-    /// A request written without its `ReadyForQuery` yet, on a session
-    /// still open: the borrower dropped a query mid-flight.
-    fn query_in_flight(&self, conn: &mut PgClient) -> bool {
-        !self.has_broken(conn) && conn.seen.reply_pending()
-    }
-
     /// PostgreSQL's cancel request, over a new socket to the address (and
     /// inside TLS, as) the session's; then waits for the statement's error
     /// and `ReadyForQuery` to pass. See the `cancel` module.
     async fn cancel_query(&self, conn: &mut PgClient) -> Result<Cancelled, tokio_postgres::Error> {
         Ok(self.cancel(conn).await)
-    }
-
-    /// A `read_only_sql_transaction` error passed on a session that must be
-    /// writable: whoever got it, the pool asks the role before reuse.
-    fn role_in_doubt(&self, conn: &mut PgClient) -> bool {
-        conn.seen.read_only_error.load(Ordering::Acquire)
-            && self.config.get_target_session_attrs() == TargetSessionAttrs::ReadWrite
-    }
-
-    /// The status byte of the last `ReadyForQuery` only: a request still
-    /// unanswered when the session died says nothing about a transaction.
-    fn in_transaction(&self, conn: &mut PgClient) -> bool {
-        conn.seen.in_transaction()
     }
 
     async fn reset(&self, conn: &mut PgClient, full: bool) -> Result<(), tokio_postgres::Error> {

@@ -12,7 +12,7 @@ use tokio::time::timeout;
 use super::cap::{Cap, CapError, Victims};
 use super::usage::Usage;
 use crate::error::{Error, TimeoutPhase};
-use crate::manager::{BrokenDetection, Cancelled, Manager, ServerTimeouts};
+use crate::manager::{BrokenDetection, Cancelled, Manager, ServerTimeouts, Session};
 
 /// The error type of the sub-pools: the backend's, or why the cap said no.
 /// Never reaches a caller of `KeyedPool::get` (see `map_error`); it shows
@@ -131,8 +131,8 @@ impl<M: Manager> Manager for Capped<M> {
         !matches!(error, CappedError::Backend(_) | CappedError::TimedOut(_))
     }
 
-    fn has_broken(&self, conn: &mut Self::Connection) -> bool {
-        self.inner.has_broken(&mut conn.raw)
+    fn session(&self, conn: &mut Self::Connection) -> Session {
+        self.inner.session(&mut conn.raw)
     }
 
     fn broken_detection(&self) -> BrokenDetection {
@@ -145,19 +145,11 @@ impl<M: Manager> Manager for Capped<M> {
         matches!(error, CappedError::Backend(e) if self.inner.error_ends_session(e))
     }
 
-    fn query_in_flight(&self, conn: &mut Self::Connection) -> bool {
-        self.inner.query_in_flight(&mut conn.raw)
-    }
-
     async fn cancel_query(&self, conn: &mut Self::Connection) -> Result<Cancelled, Self::Error> {
         self.inner
             .cancel_query(&mut conn.raw)
             .await
             .map_err(backend)
-    }
-
-    fn role_in_doubt(&self, conn: &mut Self::Connection) -> bool {
-        self.inner.role_in_doubt(&mut conn.raw)
     }
 
     fn requires_role(&self) -> bool {
@@ -170,14 +162,6 @@ impl<M: Manager> Manager for Capped<M> {
 
     fn error_shows_role_changed(&self, error: &Self::Error) -> bool {
         matches!(error, CappedError::Backend(e) if self.inner.error_shows_role_changed(e))
-    }
-
-    fn needs_cleanup(&self, conn: &mut Self::Connection) -> bool {
-        self.inner.needs_cleanup(&mut conn.raw)
-    }
-
-    fn in_transaction(&self, conn: &mut Self::Connection) -> bool {
-        self.inner.in_transaction(&mut conn.raw)
     }
 
     async fn reset(&self, conn: &mut Self::Connection, full: bool) -> Result<(), Self::Error> {
@@ -254,21 +238,20 @@ mod conformance {
             self.note("connect_declined");
             e.0 == 9
         }
-        fn has_broken(&self, _: &mut u32) -> bool {
-            self.note("has_broken");
-            true
+        fn session(&self, _: &mut u32) -> Session {
+            self.note("session");
+            // Each answer unlike the default, so a wrapper that drops one is seen.
+            Session {
+                broken: true,
+                needs_cleanup: true,
+                query_in_flight: true,
+                role_in_doubt: true,
+                ..Session::default()
+            }
         }
         fn broken_detection(&self) -> BrokenDetection {
             self.note("broken_detection");
             BrokenDetection::Blind
-        }
-        fn needs_cleanup(&self, _: &mut u32) -> bool {
-            self.note("needs_cleanup");
-            true
-        }
-        fn in_transaction(&self, _: &mut u32) -> bool {
-            self.note("in_transaction");
-            false // not `needs_cleanup`'s answer, which the default would give
         }
         fn error_ends_session(&self, e: &RecError) -> bool {
             self.note("error_ends_session");
@@ -286,17 +269,9 @@ mod conformance {
             self.note("error_shows_role_changed");
             e.0 == 3
         }
-        fn query_in_flight(&self, _: &mut u32) -> bool {
-            self.note("query_in_flight");
-            true
-        }
         async fn cancel_query(&self, _: &mut u32) -> Result<Cancelled, RecError> {
             self.note("cancel_query");
             Ok(Cancelled::Drained)
-        }
-        fn role_in_doubt(&self, _: &mut u32) -> bool {
-            self.note("role_in_doubt");
-            true
         }
         async fn reset(&self, _: &mut u32, full: bool) -> Result<(), RecError> {
             self.note("reset");
@@ -353,21 +328,17 @@ mod conformance {
             !capped.connect_declined(&err(9)),
             "a backend error is never the cap's refusal"
         );
-        assert!(capped.has_broken(&mut conn));
+        assert_eq!(capped.session(&mut conn), capped.inner.session(&mut 7));
         assert_eq!(capped.broken_detection(), BrokenDetection::Blind);
-        assert!(capped.needs_cleanup(&mut conn));
-        assert!(!capped.in_transaction(&mut conn));
         assert!(capped.error_ends_session(&err(2)));
         assert!(!capped.error_ends_session(&err(1)));
         assert!(capped.requires_role());
         assert!(!capped.has_role(&mut conn).await.unwrap());
         assert!(capped.error_shows_role_changed(&err(3)));
-        assert!(capped.query_in_flight(&mut conn));
         assert_eq!(
             capped.cancel_query(&mut conn).await.unwrap(),
             Cancelled::Drained
         );
-        assert!(capped.role_in_doubt(&mut conn));
         assert_eq!(
             backend_code(capped.reset(&mut conn, true).await.unwrap_err()),
             Some(4)
@@ -393,17 +364,13 @@ mod conformance {
         "connect",
         "is_valid",
         "connect_declined",
-        "has_broken",
+        "session",
         "broken_detection",
-        "needs_cleanup",
-        "in_transaction",
         "error_ends_session",
         "requires_role",
         "has_role",
         "error_shows_role_changed",
-        "query_in_flight",
         "cancel_query",
-        "role_in_doubt",
         "reset",
         "server_timeouts",
         "close",
@@ -449,7 +416,7 @@ mod conformance {
         let mut asked: Vec<String> = ASKED.iter().map(|s| s.to_string()).collect();
         asked.sort();
         assert!(
-            contract.len() >= 17,
+            contract.len() >= 13,
             "the trait's methods were found: {contract:?}"
         );
         assert_eq!(

@@ -84,7 +84,8 @@
 //! # #[derive(Debug)] struct Login(String);
 //! # impl Manager for Login { type Connection = String; type Error = std::io::Error;
 //! #   async fn connect(&self) -> Result<String, std::io::Error> { Ok(self.0.clone()) }
-//! #   async fn is_valid(&self, _: &mut String) -> Result<(), std::io::Error> { Ok(()) } }
+//! #   async fn is_valid(&self, _: &mut String) -> Result<(), std::io::Error> { Ok(()) }
+//! #   fn session(&self, _: &mut String) -> vigil::Session { vigil::Session::default() } }
 //!
 //! // In real code the factory returns, say, a `PgManager` for the key's login.
 //! let pool = KeyedPool::builder(|key: &Credentials| Login(key.user().to_owned()))

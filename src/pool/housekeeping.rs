@@ -36,7 +36,7 @@ impl<M: Manager> Shared<M> {
                 &self.sweep_policy(),
                 self.config.min_idle,
                 self.generation(),
-                |c| self.manager.has_broken(c),
+                |c| self.manager.session(c).broken,
                 || Permit::new(self),
             );
             let leaks = match self.config.leak_threshold {

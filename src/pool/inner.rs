@@ -102,7 +102,7 @@ pub(crate) struct Shared<M: Manager> {
     /// saturated pool checks as often as an idle one.
     pub(super) role_check_wanted: AtomicBool,
     /// Returned connections are pinged: `verify_on_return`, resolved
-    /// against what the manager's `has_broken` can see.
+    /// against what the manager's `Session::broken` can see.
     pub(super) verify_returns: bool,
     /// What the pool learned from its round trips: the idle cutoff, the
     /// hedge's yardstick (`evidence.rs`).
@@ -171,7 +171,7 @@ impl<M: Manager> Shared<M> {
     /// comparison against `Meta::lend_before`), in full only when that does
     /// not say "lend".
     fn decide(&self, conn: &mut Conn<M::Connection>, now: Instant) -> Checkout {
-        let broken = self.manager.has_broken(&mut conn.raw);
+        let broken = self.manager.session(&mut conn.raw).broken;
         let stale = conn.meta.generation < self.generation();
         let suspect = self.suspect_since();
         let meta = &conn.meta;

@@ -36,7 +36,8 @@ impl<M: Manager> Shared<M> {
         conn.meta.last_io = now;
         conn.meta.last_borrowed = now;
         conn.meta.uses += 1;
-        let broken = this.manager.has_broken(&mut conn.raw);
+        let session = this.manager.session(&mut conn.raw);
+        let broken = session.broken;
         if broken {
             this.suspect();
         }
@@ -51,7 +52,7 @@ impl<M: Manager> Shared<M> {
                 // A borrower that left mid-query may have left the
                 // statement running on the server (mysql_async gives such
                 // a session up): ask the server to stop it on the way out.
-                if broken && this.manager.query_in_flight(&mut conn.raw) {
+                if session.query_in_flight {
                     this.slots.lock().forget_active(&conn.meta);
                     this.note_retired(&conn.meta, reason);
                     this.cancel_and_say_goodbye(conn.into_raw());
@@ -62,13 +63,13 @@ impl<M: Manager> Shared<M> {
             }
         }
         let full = full_reset || this.config.reset_on_return;
-        let dirty = full || this.manager.needs_cleanup(&mut conn.raw);
+        let dirty = full || session.needs_cleanup;
         // A role check is due (the housekeeper found nothing idle to ask),
         // or a reply on this session said the server turned read-only.
         let role = this.requires_role
             && ((this.role_check_wanted.load(Relaxed)
                 && this.role_check_wanted.swap(false, Relaxed))
-                || this.manager.role_in_doubt(&mut conn.raw));
+                || session.role_in_doubt);
         let release = this.hooks.after_release.is_some();
         if !dirty && !this.verify_returns && !role && !release {
             Self::make_idle(conn, permit);
@@ -77,7 +78,7 @@ impl<M: Manager> Shared<M> {
         let plan = Plan {
             // A reply still on its way: stop the statement rather than
             // queue a rollback or a ping behind it.
-            cancel: dirty && this.manager.query_in_flight(&mut conn.raw),
+            cancel: dirty && session.query_in_flight,
             // A reset is a round trip too, and proves the session alive: a
             // dirty connection is cleaned, a clean one only pinged (the
             // role question proves it alive as well as a ping).
@@ -402,7 +403,7 @@ impl<M: Manager> Shared<M> {
             Ok(Ok(())) => None,
             Ok(Err(error)) => {
                 let manager = &self.manager;
-                if manager.error_ends_session(&error) || manager.has_broken(raw) {
+                if manager.error_ends_session(&error) || manager.session(raw).broken {
                     // The session died while it was lent (a restart, a kill):
                     // the borrower saw that already; debug, like every retirement.
                     tracing::debug!(target: TARGET, conn_id, %error, "returned connection's session is gone ({what})");

@@ -72,7 +72,7 @@ impl<M: Manager> Pool<M> {
     /// syntax error, a timeout of the caller's own); never when the pool
     /// itself could not lend a connection; never when the session died
     /// inside a transaction the work had opened (the manager's
-    /// [`in_transaction`](Manager::in_transaction) says the session's last
+    /// [`Session::in_transaction`](crate::Session::in_transaction) says the session's last
     /// word was that one is open; a query still in flight when it died
     /// does not count as one): what a
     /// half-done transaction means is the caller's to decide. The work must
@@ -126,15 +126,14 @@ impl<M: Manager> Pool<M> {
             let mut conn = self.get_at(site, None).await.map_err(RunError::Get)?;
             return work(&mut conn).await.map_err(RunError::Work);
         }
-        let ended =
-            shared.manager.error_ends_session(&error) || shared.manager.has_broken(&mut conn);
-        if !ended {
+        let session = shared.manager.session(&mut conn);
+        if !(shared.manager.error_ends_session(&error) || session.broken) {
             return Err(RunError::Work(error));
         }
         // Inside a transaction the work opened (the session's last word said
         // one was open): the caller decides what a half-done transaction
         // means, so it is never run again behind its back.
-        let in_transaction = shared.manager.in_transaction(&mut conn);
+        let in_transaction = session.in_transaction;
         // The session is over: its connection never goes back idle.
         Pooled::retire_as(conn, Reason::Broken);
         shared.suspect();

@@ -506,7 +506,7 @@ impl<C> Slots<C> {
         policy: &Policy,
         min_idle: usize,
         generation: u64,
-        mut has_broken: impl FnMut(&mut C) -> bool,
+        mut broken: impl FnMut(&mut C) -> bool,
         mut permit: impl FnMut() -> P,
     ) -> Sweep<C, P> {
         let mut out = Sweep {
@@ -518,7 +518,7 @@ impl<C> Slots<C> {
         let mut open = self.idle.len() + self.active.len;
         // Oldest first, so shrinking retires the connections idle longest.
         for mut conn in mem::take(&mut self.idle) {
-            let broken = has_broken(&mut conn.raw);
+            let broken = broken(&mut conn.raw);
             let facts = conn.meta.facts(broken, open > min_idle, generation);
             match assess(&facts, policy, now) {
                 Verdict::Retire(reason) => {

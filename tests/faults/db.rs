@@ -35,7 +35,7 @@ pub trait Db: Send + Sync + Sized + 'static {
     type M: Manager;
     /// `mariadb`, `postgres` or `postgres-tokio`, for the report.
     const SERVER: &'static str;
-    /// The manager's `has_broken` sees a session the server ended without
+    /// The manager's `Session::broken` sees a session the server ended without
     /// a round trip (tokio-postgres): no dead session is ever lent.
     const WATCHED: bool = false;
     /// The real server's address.

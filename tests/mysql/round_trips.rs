@@ -8,7 +8,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
 use vigil::backend::mysql::MySqlManager;
-use vigil::{Manager, Pool, ServerTimeouts, Validation};
+use vigil::{Manager, Pool, ServerTimeouts, Session, Validation};
 
 use crate::{admin, manager, trace};
 
@@ -43,12 +43,8 @@ impl Manager for Counting {
         self.inner.is_valid(conn).await
     }
 
-    fn has_broken(&self, conn: &mut Conn) -> bool {
-        self.inner.has_broken(conn)
-    }
-
-    fn needs_cleanup(&self, conn: &mut Conn) -> bool {
-        self.inner.needs_cleanup(conn)
+    fn session(&self, conn: &mut Conn) -> Session {
+        self.inner.session(conn)
     }
 
     fn reset(

@@ -22,7 +22,7 @@ async fn open_transaction_is_seen_without_a_round_trip() {
     let mut conn = m.connect().await.expect("connect");
     let mut steps = Vec::new();
     let mut step = |conn: &mut Conn, what: &str, expected: bool| {
-        let seen = m.needs_cleanup(conn);
+        let seen = m.session(conn).needs_cleanup;
         steps.push(format!("{what}: {seen}"));
         assert_eq!(seen, expected, "after {what}; steps: {steps:#?}");
     };

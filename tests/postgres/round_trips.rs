@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use sqlx::postgres::PgConnection;
 use vigil::backend::sqlx::PgManager;
-use vigil::{Manager, Pool, ServerTimeouts, Validation};
+use vigil::{Manager, Pool, ServerTimeouts, Session, Validation};
 
 use crate::{pg_options, trace, unique, MS};
 
@@ -34,12 +34,8 @@ impl Manager for Counting {
         self.inner.is_valid(conn)
     }
 
-    fn has_broken(&self, conn: &mut PgConnection) -> bool {
-        self.inner.has_broken(conn)
-    }
-
-    fn needs_cleanup(&self, conn: &mut PgConnection) -> bool {
-        self.inner.needs_cleanup(conn)
+    fn session(&self, conn: &mut PgConnection) -> Session {
+        self.inner.session(conn)
     }
 
     fn reset(

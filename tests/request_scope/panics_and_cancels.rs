@@ -119,7 +119,7 @@ async fn a_cancelled_request_gives_back_a_clean_connection_mariadb() {
 
     hang_up_mid_query(addr, &probe).await;
     // mysql_async marks a connection whose command was cancelled midway as
-    // disconnected and closes its socket; the pool sees `has_broken` on
+    // disconnected and closes its socket; the pool sees `Session::broken` on
     // return and retires it rather than lending a session in doubt.
     let s = settled(&pool).await;
     assert_eq!(

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vigil::{Manager, ServerTimeouts};
+use vigil::{Manager, ServerTimeouts, Session};
 
 #[derive(Debug, thiserror::Error)]
 #[error("fake: {0}")]
@@ -169,8 +169,12 @@ impl Manager for Fake {
         error.0.starts_with("declined")
     }
 
-    fn has_broken(&self, conn: &mut FakeConn) -> bool {
-        conn.broken
+    fn session(&self, conn: &mut FakeConn) -> Session {
+        let mut session = Session::default();
+        session.broken = conn.broken;
+        session.needs_cleanup = conn.in_transaction;
+        session.in_transaction = conn.in_transaction;
+        session
     }
 
     fn requires_role(&self) -> bool {
@@ -180,10 +184,6 @@ impl Manager for Fake {
     async fn has_role(&self, _conn: &mut FakeConn) -> Result<bool, FakeError> {
         self.script.role_checks.fetch_add(1, SeqCst);
         Ok(!self.script.role_lost.load(SeqCst))
-    }
-
-    fn needs_cleanup(&self, conn: &mut FakeConn) -> bool {
-        conn.in_transaction
     }
 
     async fn reset(&self, conn: &mut FakeConn, full: bool) -> Result<(), FakeError> {

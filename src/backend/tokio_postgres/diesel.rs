@@ -18,7 +18,7 @@ use super::cancel::Endpoint;
 use super::{session_gone, AbortOnDrop, PgClient, Seen, TokioPgManager};
 use crate::backend::diesel::{closed_connection, transaction_open, DieselError};
 use crate::backend::InvalidUrl;
-use crate::manager::{BrokenDetection, Cancelled, Manager, ServerTimeouts};
+use crate::manager::{BrokenDetection, Cancelled, Manager, ServerTimeouts, Session};
 
 /// What diesel's `AsyncPgConnection::try_from` sets on a new session, and
 /// what a full reset (`DISCARD ALL`) takes back to the server's defaults
@@ -149,8 +149,17 @@ impl Manager for DieselPgManager {
         Ok(conn.conn.batch_execute("").await?)
     }
 
-    fn has_broken(&self, conn: &mut DieselPg) -> bool {
-        conn.ended()
+    /// As with `TokioPgManager`, plus diesel's own transaction state: an
+    /// open or cut-off diesel transaction needs cleaning too.
+    fn session(&self, conn: &mut DieselPg) -> Session {
+        let broken = conn.ended();
+        Session {
+            broken,
+            needs_cleanup: !conn.seen.settled_clean() || transaction_open(&mut conn.conn),
+            in_transaction: conn.seen.in_transaction(),
+            query_in_flight: !broken && conn.seen.reply_pending(),
+            role_in_doubt: false,
+        }
     }
 
     fn broken_detection(&self) -> BrokenDetection {
@@ -163,18 +172,6 @@ impl Manager for DieselPgManager {
             DieselError::Query(e) => closed_connection(e),
             DieselError::Connection(_) => false,
         }
-    }
-
-    fn needs_cleanup(&self, conn: &mut DieselPg) -> bool {
-        !conn.seen.settled_clean() || transaction_open(&mut conn.conn)
-    }
-
-    fn in_transaction(&self, conn: &mut DieselPg) -> bool {
-        conn.seen.in_transaction()
-    }
-
-    fn query_in_flight(&self, conn: &mut DieselPg) -> bool {
-        !conn.ended() && conn.seen.reply_pending()
     }
 
     async fn cancel_query(&self, conn: &mut DieselPg) -> Result<Cancelled, Error> {
