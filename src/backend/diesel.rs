@@ -188,14 +188,7 @@ impl Manager for DieselMysqlManager {
     /// report; a session the driver gave up may have a statement still
     /// running on the server.
     fn session(&self, conn: &mut DieselMysql) -> Session {
-        let (broken, open) = (conn.disconnected(), transaction_open(&mut conn.conn));
-        Session {
-            broken,
-            needs_cleanup: open,
-            in_transaction: open,
-            query_in_flight: broken,
-            role_in_doubt: false,
-        }
+        crate::backend::mysql::session(conn.disconnected(), transaction_open(&mut conn.conn))
     }
 
     fn error_ends_session(&self, error: &MyError) -> bool {

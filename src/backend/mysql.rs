@@ -450,6 +450,19 @@ fn in_transaction(conn: &Conn) -> bool {
     })
 }
 
+/// A mysql_async session as the pool sees it, from whether the driver gave
+/// it up (`broken`, and then possibly a query in flight) and whether a
+/// transaction is `open`. Shared with the diesel manager over the same driver.
+pub(crate) fn session(broken: bool, open: bool) -> Session {
+    Session {
+        broken,
+        needs_cleanup: open,
+        in_transaction: open,
+        query_in_flight: broken,
+        role_in_doubt: false,
+    }
+}
+
 /// `0` means "no timeout" for every MySQL/MariaDB timeout variable.
 fn seconds(value: u64) -> Option<Duration> {
     (value > 0).then(|| Duration::from_secs(value))
@@ -533,14 +546,7 @@ impl Manager for MySqlManager {
     /// every broken return counts as a query in flight and gets a `KILL
     /// QUERY` (answered "unknown thread" when the session is gone already).
     fn session(&self, conn: &mut Conn) -> Session {
-        let (broken, open) = (conn.is_disconnected(), in_transaction(conn));
-        Session {
-            broken,
-            needs_cleanup: open,
-            in_transaction: open,
-            query_in_flight: broken,
-            role_in_doubt: false,
-        }
+        session(conn.is_disconnected(), in_transaction(conn))
     }
 
     /// `KILL QUERY <id>` from a new connection to the same server: the
