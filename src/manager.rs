@@ -51,6 +51,33 @@ pub struct Session {
     pub role_in_doubt: bool,
 }
 
+/// What an error says beyond its message ([`Manager::classify`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// One command failed; the session and the server are as they were.
+    #[default]
+    Other,
+    /// The session is finished (socket closed, server gone, session
+    /// terminated) rather than one command failed. Returned by
+    /// [`reset`](Manager::reset) or [`is_valid`](Manager::is_valid), the
+    /// retirement counts as `broken`, which is what happened, instead of
+    /// `reset_failed`; seen by [`Pool::run_idempotent`](crate::Pool::run_idempotent),
+    /// the work runs once more on another session.
+    EndsSession,
+    /// The server's role changed: it refused to write (PostgreSQL SQLSTATE
+    /// 25006 `read_only_sql_transaction`, MySQL/MariaDB 1290 / 1836). Seen
+    /// by [`Pool::run`](crate::Pool::run), the pool retires every
+    /// connection at once, as after a failed role check.
+    RoleChanged,
+    /// A `connect` refused before any server was asked (a quota or a cap,
+    /// as [`KeyedPool`](crate::keyed::KeyedPool)'s global cap declining a
+    /// background connect). No sign of trouble: the pool does not count it
+    /// as a connect error, does not back off, does not log it as a warning
+    /// and keeps the last real connect error for its timeout messages.
+    Declined,
+}
+
 /// What a manager's [`Session::broken`] can see without a round trip. The pool decides from it (and
 /// [`Config::verify_on_return`](crate::Config::verify_on_return)) whether a
 /// returned connection is pinged before it goes back idle.
@@ -115,36 +142,23 @@ pub trait Manager: Send + Sync + 'static {
         conn: &mut Self::Connection,
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 
-    /// Was this `connect` error a refusal decided before any server was
-    /// asked (a quota or a cap, as [`KeyedPool`](crate::keyed::KeyedPool)'s
-    /// global cap declining a background connect)? Such an error is no sign
-    /// of trouble: the pool does not count it as a connect error, does not
-    /// back off, does not log it as a warning and keeps the last real
-    /// connect error for its timeout messages. Default `false`.
-    fn connect_declined(&self, _error: &Self::Error) -> bool {
-        false
-    }
-
     /// Cheap, synchronous, never does I/O: what the driver already knows
     /// about this session (see [`Session`]). No default: a manager that
     /// knows nothing says `Session::default()`.
     fn session(&self, conn: &mut Self::Connection) -> Session;
 
-    /// What [`Session::broken`] can see without a round trip. Default [`BrokenDetection::AfterFailedIo`]; a manager whose
-    /// driver cannot tell should say [`BrokenDetection::Blind`], so the pool
-    /// verifies returned connections by default.
+    /// Cheap, synchronous: what this error, returned by any of the methods
+    /// here or seen by [`Pool::run`](crate::Pool::run), says about the
+    /// session and the server (see [`ErrorClass`]). No default: a manager
+    /// that cannot tell says [`ErrorClass::Other`].
+    fn classify(&self, error: &Self::Error) -> ErrorClass;
+
+    /// What [`Session::broken`] can see without a round trip. Default
+    /// [`BrokenDetection::AfterFailedIo`]; a manager whose driver cannot
+    /// tell should say [`BrokenDetection::Blind`], so the pool verifies
+    /// returned connections by default.
     fn broken_detection(&self) -> BrokenDetection {
         BrokenDetection::AfterFailedIo
-    }
-
-    /// Cheap, synchronous: does this error, returned by
-    /// [`reset`](Manager::reset) or [`is_valid`](Manager::is_valid), mean the
-    /// session is finished (socket closed, server gone, session terminated)
-    /// rather than that one command failed? The pool then counts the
-    /// retirement as `broken`, which is what happened, instead of
-    /// `reset_failed`. Default `false`.
-    fn error_ends_session(&self, _error: &Self::Error) -> bool {
-        false
     }
 
     /// Does this manager require its sessions to have a role (a writable
@@ -165,15 +179,6 @@ pub trait Manager: Send + Sync + 'static {
         async { Ok(true) }
     }
 
-    /// Cheap, synchronous: does this error, seen by
-    /// [`Pool::run`](crate::Pool::run), prove the server's role changed
-    /// (PostgreSQL SQLSTATE 25006 `read_only_sql_transaction`, MySQL/MariaDB
-    /// 1290 / 1836, read-only)? The pool then retires every connection at
-    /// once, as after a failed role check. Default `false`.
-    fn error_shows_role_changed(&self, _error: &Self::Error) -> bool {
-        false
-    }
-
     /// Asks the server, over a separate connection, to stop the command
     /// running on `conn`'s session (PostgreSQL's cancel request, MySQL's
     /// `KILL QUERY`), and waits until the session has no reply pending.
@@ -190,7 +195,8 @@ pub trait Manager: Send + Sync + 'static {
     /// Cleans the connection before reuse: rolls back an open transaction and,
     /// when `full` (the pool's `reset_on_return`), resets all session state.
     /// An error retires the connection with reason `broken` when
-    /// [`error_ends_session`](Manager::error_ends_session) says so, else `reset_failed`.
+    /// [`classify`](Manager::classify) says [`ErrorClass::EndsSession`], else
+    /// `reset_failed`.
     /// Default: nothing to do.
     fn reset(
         &self,

@@ -12,7 +12,8 @@
 //! # impl Manager for Noop { type Connection = (); type Error = std::io::Error;
 //! #   async fn connect(&self) -> Result<(), std::io::Error> { Ok(()) }
 //! #   async fn is_valid(&self, _: &mut ()) -> Result<(), std::io::Error> { Ok(()) }
-//! #   fn session(&self, _: &mut ()) -> vigil::Session { vigil::Session::default() } }
+//! #   fn session(&self, _: &mut ()) -> vigil::Session { vigil::Session::default() }
+//! #   fn classify(&self, _: &std::io::Error) -> vigil::ErrorClass { vigil::ErrorClass::Other } }
 //! let pool = Pool::builder(Noop).name("orders").build().unwrap();
 //! let metrics = vigil::metrics::Metrics::new();
 //! metrics.add(&pool);

@@ -40,8 +40,8 @@ impl<M: Manager> Manager for Counting<M> {
     fn broken_detection(&self) -> vigil::BrokenDetection {
         self.inner.broken_detection()
     }
-    fn error_ends_session(&self, error: &M::Error) -> bool {
-        self.inner.error_ends_session(error)
+    fn classify(&self, error: &M::Error) -> vigil::ErrorClass {
+        self.inner.classify(error)
     }
     async fn reset(&self, conn: &mut M::Connection, full: bool) -> Result<(), M::Error> {
         self.inner.reset(conn, full).await

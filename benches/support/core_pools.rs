@@ -34,6 +34,10 @@ impl vigil::Manager for Noop {
     fn session(&self, _: &mut Conn) -> vigil::Session {
         vigil::Session::default()
     }
+
+    fn classify(&self, _: &io::Error) -> vigil::ErrorClass {
+        vigil::ErrorClass::Other
+    }
 }
 
 impl bb8::ManageConnection for Noop {

@@ -33,7 +33,7 @@ use mysql_async::{Opts, OptsBuilder};
 
 pub use super::tokio_postgres::diesel::{DieselPg, DieselPgManager};
 use crate::backend::mysql::MySqlManager;
-use crate::manager::{Cancelled, Manager, ServerTimeouts, Session};
+use crate::manager::{Cancelled, ErrorClass, Manager, ServerTimeouts, Session};
 
 /// What a diesel manager's operations fail with.
 #[derive(Debug, thiserror::Error)]
@@ -191,11 +191,11 @@ impl Manager for DieselMysqlManager {
         crate::backend::mysql::session(conn.disconnected(), transaction_open(&mut conn.conn))
     }
 
-    fn error_ends_session(&self, error: &MyError) -> bool {
+    fn classify(&self, error: &MyError) -> ErrorClass {
         match error {
-            DieselError::Driver(e) => self.inner.error_ends_session(e),
-            DieselError::Query(e) => closed_connection(e),
-            DieselError::Connection(_) => false,
+            DieselError::Driver(e) => self.inner.classify(e),
+            DieselError::Query(e) if closed_connection(e) => ErrorClass::EndsSession,
+            DieselError::Query(_) | DieselError::Connection(_) => ErrorClass::Other,
         }
     }
 

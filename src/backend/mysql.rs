@@ -67,7 +67,7 @@ use mysql_async::consts::StatusFlags;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
 
-use crate::manager::{Cancelled, Manager, ServerTimeouts, Session};
+use crate::manager::{Cancelled, ErrorClass, Manager, ServerTimeouts, Session};
 
 /// Tracing target of this backend.
 const TARGET: &str = "vigil::mysql";
@@ -561,20 +561,17 @@ impl Manager for MySqlManager {
         killed.map(|()| Cancelled::Stopped)
     }
 
-    /// `ER_OPTION_PREVENTS_STATEMENT` (1290, `--read-only`) and
-    /// `ER_READ_ONLY_MODE` (1836).
-    fn error_shows_role_changed(&self, error: &mysql_async::Error) -> bool {
-        matches!(error, mysql_async::Error::Server(e) if matches!(e.code, 1290 | 1836))
-    }
-
-    fn error_ends_session(&self, error: &mysql_async::Error) -> bool {
+    fn classify(&self, error: &mysql_async::Error) -> ErrorClass {
         use mysql_async::{DriverError, Error};
         match error {
-            Error::Io(_) | Error::Driver(DriverError::ConnectionClosed) => true,
+            Error::Io(_) | Error::Driver(DriverError::ConnectionClosed) => ErrorClass::EndsSession,
             // ER_SERVER_SHUTDOWN, ER_CONNECTION_KILLED, and MySQL 8.0.24+'s
             // ER_CLIENT_INTERACTION_TIMEOUT (the idle kill's farewell).
-            Error::Server(e) => matches!(e.code, 1053 | 1927 | 4031),
-            _ => false,
+            Error::Server(e) if matches!(e.code, 1053 | 1927 | 4031) => ErrorClass::EndsSession,
+            // ER_OPTION_PREVENTS_STATEMENT (1290, `--read-only`) and
+            // ER_READ_ONLY_MODE (1836).
+            Error::Server(e) if matches!(e.code, 1290 | 1836) => ErrorClass::RoleChanged,
+            _ => ErrorClass::Other,
         }
     }
 

@@ -56,7 +56,7 @@ use sqlx::{ConnectOptions, Connection, Database};
 // Not re-exported by sqlx since 0.9 (semver-exempt, `#[doc(hidden)]` before).
 use sqlx_core::transaction::TransactionManager;
 
-use crate::manager::{BrokenDetection, Manager, ServerTimeouts, Session};
+use crate::manager::{BrokenDetection, ErrorClass, Manager, ServerTimeouts, Session};
 
 /// The connect options type of the sqlx database `DB`
 /// (`PgConnectOptions`, `SqliteConnectOptions`, `MySqlConnectOptions`).
@@ -399,17 +399,20 @@ where
         }
     }
 
-    fn error_ends_session(&self, error: &sqlx::Error) -> bool {
-        session_gone(error)
-    }
-
-    /// PostgreSQL SQLSTATE 25006 (`read_only_sql_transaction`); MySQL's
-    /// read-only errors carry the generic SQLSTATE HY000 and are not seen.
-    fn error_shows_role_changed(&self, error: &sqlx::Error) -> bool {
-        error
-            .as_database_error()
-            .and_then(|e| e.code())
-            .is_some_and(|code| code == "25006")
+    /// A closed or terminated session ends it; PostgreSQL SQLSTATE 25006
+    /// (`read_only_sql_transaction`) says the server turned read-only
+    /// (MySQL's read-only errors carry the generic SQLSTATE HY000 and are
+    /// not seen).
+    fn classify(&self, error: &sqlx::Error) -> ErrorClass {
+        if session_gone(error) {
+            return ErrorClass::EndsSession;
+        }
+        let code = error.as_database_error().and_then(|e| e.code());
+        if code.is_some_and(|code| code == "25006") {
+            ErrorClass::RoleChanged
+        } else {
+            ErrorClass::Other
+        }
     }
 
     fn broken_detection(&self) -> BrokenDetection {

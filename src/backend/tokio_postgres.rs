@@ -108,7 +108,7 @@ mod cancel;
 pub(super) mod diesel;
 mod statements;
 mod tls;
-use crate::manager::{BrokenDetection, Cancelled, Manager, ServerTimeouts, Session};
+use crate::manager::{BrokenDetection, Cancelled, ErrorClass, Manager, ServerTimeouts, Session};
 use statements::StatementCache;
 pub use statements::DEFAULT_STATEMENT_CACHE;
 use tls::MaybeTls;
@@ -1327,8 +1327,16 @@ impl Manager for TokioPgManager {
         BrokenDetection::Watched
     }
 
-    fn error_ends_session(&self, error: &tokio_postgres::Error) -> bool {
-        session_gone(error)
+    /// A closed or terminated session ends it; SQLSTATE 25006
+    /// (`read_only_sql_transaction`) says the server turned read-only.
+    fn classify(&self, error: &tokio_postgres::Error) -> ErrorClass {
+        if session_gone(error) {
+            ErrorClass::EndsSession
+        } else if error.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) {
+            ErrorClass::RoleChanged
+        } else {
+            ErrorClass::Other
+        }
     }
 
     /// With `target_session_attrs` `read-write` or `read-only`.
@@ -1348,11 +1356,6 @@ impl Manager for TokioPgManager {
             TargetSessionAttrs::ReadOnly => read_only,
             _ => true,
         })
-    }
-
-    /// SQLSTATE 25006, `read_only_sql_transaction`.
-    fn error_shows_role_changed(&self, error: &tokio_postgres::Error) -> bool {
-        error.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION)
     }
 
     /// PostgreSQL's cancel request, over a new socket to the address (and

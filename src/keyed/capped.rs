@@ -12,7 +12,7 @@ use tokio::time::timeout;
 use super::cap::{Cap, CapError, Victims};
 use super::usage::Usage;
 use crate::error::{Error, TimeoutPhase};
-use crate::manager::{BrokenDetection, Cancelled, Manager, ServerTimeouts, Session};
+use crate::manager::{BrokenDetection, Cancelled, ErrorClass, Manager, ServerTimeouts, Session};
 
 /// The error type of the sub-pools: the backend's, or why the cap said no.
 /// Never reaches a caller of `KeyedPool::get` (see `map_error`); it shows
@@ -124,13 +124,6 @@ impl<M: Manager> Manager for Capped<M> {
         self.inner.is_valid(&mut conn.raw).await.map_err(backend)
     }
 
-    /// The cap's own refusals (a background connect under a full cap, a
-    /// connect whose callers all left, a closed keyed pool) are not connect
-    /// failures: no backoff, no warning, no `connect_errors`.
-    fn connect_declined(&self, error: &Self::Error) -> bool {
-        !matches!(error, CappedError::Backend(_) | CappedError::TimedOut(_))
-    }
-
     fn session(&self, conn: &mut Self::Connection) -> Session {
         self.inner.session(&mut conn.raw)
     }
@@ -139,10 +132,19 @@ impl<M: Manager> Manager for Capped<M> {
         self.inner.broken_detection()
     }
 
-    /// The wrapper's own errors never say a session ended: they happen
-    /// before there is one.
-    fn error_ends_session(&self, error: &Self::Error) -> bool {
-        matches!(error, CappedError::Backend(e) if self.inner.error_ends_session(e))
+    /// A backend error is the backend's to classify. The cap's own refusals
+    /// (a background connect under a full cap, a connect whose callers all
+    /// left, a closed keyed pool) are declined connects: no backoff, no
+    /// warning, no `connect_errors`. A connect that timed out is a failure
+    /// like any other.
+    fn classify(&self, error: &Self::Error) -> ErrorClass {
+        match error {
+            CappedError::Backend(e) => self.inner.classify(e),
+            CappedError::TimedOut(_) => ErrorClass::Other,
+            CappedError::Closed | CappedError::Full | CappedError::Abandoned => {
+                ErrorClass::Declined
+            }
+        }
     }
 
     async fn cancel_query(&self, conn: &mut Self::Connection) -> Result<Cancelled, Self::Error> {
@@ -158,10 +160,6 @@ impl<M: Manager> Manager for Capped<M> {
 
     async fn has_role(&self, conn: &mut Self::Connection) -> Result<bool, Self::Error> {
         self.inner.has_role(&mut conn.raw).await.map_err(backend)
-    }
-
-    fn error_shows_role_changed(&self, error: &Self::Error) -> bool {
-        matches!(error, CappedError::Backend(e) if self.inner.error_shows_role_changed(e))
     }
 
     async fn reset(&self, conn: &mut Self::Connection, full: bool) -> Result<(), Self::Error> {
@@ -234,9 +232,14 @@ mod conformance {
             self.note("is_valid");
             Err(RecError(1))
         }
-        fn connect_declined(&self, e: &RecError) -> bool {
-            self.note("connect_declined");
-            e.0 == 9
+        fn classify(&self, e: &RecError) -> ErrorClass {
+            self.note("classify");
+            match e.0 {
+                2 => ErrorClass::EndsSession,
+                3 => ErrorClass::RoleChanged,
+                9 => ErrorClass::Declined,
+                _ => ErrorClass::Other,
+            }
         }
         fn session(&self, _: &mut u32) -> Session {
             self.note("session");
@@ -253,10 +256,6 @@ mod conformance {
             self.note("broken_detection");
             BrokenDetection::Blind
         }
-        fn error_ends_session(&self, e: &RecError) -> bool {
-            self.note("error_ends_session");
-            e.0 == 2
-        }
         fn requires_role(&self) -> bool {
             self.note("requires_role");
             true
@@ -264,10 +263,6 @@ mod conformance {
         async fn has_role(&self, _: &mut u32) -> Result<bool, RecError> {
             self.note("has_role");
             Ok(false)
-        }
-        fn error_shows_role_changed(&self, e: &RecError) -> bool {
-            self.note("error_shows_role_changed");
-            e.0 == 3
         }
         async fn cancel_query(&self, _: &mut u32) -> Result<Cancelled, RecError> {
             self.note("cancel_query");
@@ -324,17 +319,22 @@ mod conformance {
             backend_code(capped.is_valid(&mut conn).await.unwrap_err()),
             Some(1)
         );
-        assert!(
-            !capped.connect_declined(&err(9)),
-            "a backend error is never the cap's refusal"
+        for code in [1, 2, 3, 9] {
+            assert_eq!(
+                capped.classify(&err(code)),
+                capped.inner.classify(&RecError(code)),
+                "a backend error is the backend's to classify ({code})"
+            );
+        }
+        assert_eq!(
+            capped.classify(&CappedError::Full),
+            ErrorClass::Declined,
+            "the cap's own refusal"
         );
         assert_eq!(capped.session(&mut conn), capped.inner.session(&mut 7));
         assert_eq!(capped.broken_detection(), BrokenDetection::Blind);
-        assert!(capped.error_ends_session(&err(2)));
-        assert!(!capped.error_ends_session(&err(1)));
         assert!(capped.requires_role());
         assert!(!capped.has_role(&mut conn).await.unwrap());
-        assert!(capped.error_shows_role_changed(&err(3)));
         assert_eq!(
             capped.cancel_query(&mut conn).await.unwrap(),
             Cancelled::Drained
@@ -353,9 +353,6 @@ mod conformance {
         calls.dedup();
         let mut asked: Vec<&str> = ASKED.to_vec();
         asked.sort_unstable();
-        // `connect_declined` is the wrapper's own question (the cap's
-        // refusals); a backend error is never one.
-        asked.retain(|m| *m != "connect_declined");
         assert_eq!(calls, asked, "every method reached the wrapped manager");
     }
 
@@ -363,13 +360,11 @@ mod conformance {
     const ASKED: &[&str] = &[
         "connect",
         "is_valid",
-        "connect_declined",
         "session",
         "broken_detection",
-        "error_ends_session",
+        "classify",
         "requires_role",
         "has_role",
-        "error_shows_role_changed",
         "cancel_query",
         "reset",
         "server_timeouts",
@@ -416,7 +411,7 @@ mod conformance {
         let mut asked: Vec<String> = ASKED.iter().map(|s| s.to_string()).collect();
         asked.sort();
         assert!(
-            contract.len() >= 13,
+            contract.len() >= 11,
             "the trait's methods were found: {contract:?}"
         );
         assert_eq!(

@@ -85,7 +85,8 @@
 //! # impl Manager for Login { type Connection = String; type Error = std::io::Error;
 //! #   async fn connect(&self) -> Result<String, std::io::Error> { Ok(self.0.clone()) }
 //! #   async fn is_valid(&self, _: &mut String) -> Result<(), std::io::Error> { Ok(()) }
-//! #   fn session(&self, _: &mut String) -> vigil::Session { vigil::Session::default() } }
+//! #   fn session(&self, _: &mut String) -> vigil::Session { vigil::Session::default() }
+//! #   fn classify(&self, _: &std::io::Error) -> vigil::ErrorClass { vigil::ErrorClass::Other } }
 //!
 //! // In real code the factory returns, say, a `PgManager` for the key's login.
 //! let pool = KeyedPool::builder(|key: &Credentials| Login(key.user().to_owned()))

@@ -55,7 +55,7 @@ use super::TARGET;
 use crate::config::Config;
 use crate::error::TimeoutPhase;
 use crate::liveness::{at_checkout, Checkout, Policy, Reason};
-use crate::manager::{Manager, ServerTimeouts};
+use crate::manager::{ErrorClass, Manager, ServerTimeouts};
 use crate::stats::Stats;
 
 pub(crate) struct Shared<M: Manager> {
@@ -731,7 +731,7 @@ impl<M: Manager> Shared<M> {
         .await;
         let (raw, server, id) = match result {
             Ok(Ok(pair)) => pair,
-            Ok(Err((error, None))) if self.manager.connect_declined(&error) => {
+            Ok(Err((error, None))) if self.manager.classify(&error) == ErrorClass::Declined => {
                 // debug: nothing went wrong; the manager chose not to connect.
                 tracing::debug!(target: TARGET, %error, "connect declined by the manager");
                 self.backoff.lock().declined();
@@ -839,7 +839,7 @@ pub(crate) enum OpenError {
     Failed,
     /// Not attempted: the pool is backing off after failures.
     NotYet,
-    /// The manager declined to connect (`Manager::connect_declined`).
+    /// The manager declined to connect ([`ErrorClass::Declined`]).
     Declined,
 }
 
@@ -875,7 +875,7 @@ pub(super) enum Retry {
     /// When the pool's backoff allows the next attempt (the connect failed,
     /// or was not attempted because the pool is backing off).
     AfterBackoff,
-    /// After a short pause: the manager declined (`Manager::connect_declined`).
+    /// After a short pause: the manager declined ([`ErrorClass::Declined`]).
     AfterPause,
 }
 

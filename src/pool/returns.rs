@@ -15,7 +15,7 @@ use super::owners::{Io, Permit};
 use super::slots::{Activity, Conn, Filed, Meta, Record};
 use super::TARGET;
 use crate::liveness::{assess, may_retire_at_return, Policy, Reason, Verdict};
-use crate::manager::{Cancelled, Manager};
+use crate::manager::{Cancelled, ErrorClass, Manager};
 use crate::stats::Stats;
 
 impl<M: Manager> Shared<M> {
@@ -403,7 +403,9 @@ impl<M: Manager> Shared<M> {
             Ok(Ok(())) => None,
             Ok(Err(error)) => {
                 let manager = &self.manager;
-                if manager.error_ends_session(&error) || manager.session(raw).broken {
+                if manager.classify(&error) == ErrorClass::EndsSession
+                    || manager.session(raw).broken
+                {
                     // The session died while it was lent (a restart, a kill):
                     // the borrower saw that already; debug, like every retirement.
                     tracing::debug!(target: TARGET, conn_id, %error, "returned connection's session is gone ({what})");

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use super::{Pool, Pooled};
 use crate::error::RunError;
 use crate::liveness::Reason;
-use crate::manager::Manager;
+use crate::manager::{ErrorClass, Manager};
 use crate::stats::Stats;
 
 /// The future a unit of work returns, borrowing the connection.
@@ -20,9 +20,9 @@ impl<M: Manager> Pool<M> {
     /// Never retries: use [`run_idempotent`](Pool::run_idempotent) for
     /// work that may safely run twice.
     ///
-    /// A connection the work found dead (an error the manager's
-    /// [`error_ends_session`](Manager::error_ends_session) recognises) is
-    /// retired at once instead of going back to the pool.
+    /// A connection the work found dead (an error the manager classifies
+    /// as [`ErrorClass::EndsSession`]) is retired at once instead of going
+    /// back to the pool.
     ///
     /// ```no_run
     /// # #[cfg(feature = "tokio-postgres")]
@@ -59,13 +59,12 @@ impl<M: Manager> Pool<M> {
     /// upsert, anything whose second run changes nothing the first did not):
     /// when it fails because its connection was already dead (the session
     /// ended: killed, timed out, the server restarted, a socket reset;
-    /// [`error_ends_session`](Manager::error_ends_session) says which errors
-    /// mean that), the pool retires that connection and runs `work` once
+    /// [`classify`](Manager::classify) says which errors mean that), the
+    /// pool retires that connection and runs `work` once
     /// more on another, and returns that second result, whatever it is.
     ///
     /// Exactly when it retries: the first attempt's error ends the session,
-    /// or shows the server turned read-only
-    /// ([`error_shows_role_changed`](Manager::error_shows_role_changed):
+    /// or shows the server turned read-only ([`ErrorClass::RoleChanged`]:
     /// then the whole pool moves to where the role is, and the second run
     /// goes there).
     /// Never twice; never on another error (a constraint violation, a
@@ -113,7 +112,8 @@ impl<M: Manager> Pool<M> {
             Ok(value) => return Ok(value),
             Err(error) => error,
         };
-        if shared.manager.error_shows_role_changed(&error) {
+        let class = shared.manager.classify(&error);
+        if class == ErrorClass::RoleChanged {
             Pooled::retire_as(conn, Reason::RoleChanged);
             shared.role_changed("an error showed the session is read-only");
             if !idempotent {
@@ -127,7 +127,7 @@ impl<M: Manager> Pool<M> {
             return work(&mut conn).await.map_err(RunError::Work);
         }
         let session = shared.manager.session(&mut conn);
-        if !(shared.manager.error_ends_session(&error) || session.broken) {
+        if !(class == ErrorClass::EndsSession || session.broken) {
             return Err(RunError::Work(error));
         }
         // Inside a transaction the work opened (the session's last word said

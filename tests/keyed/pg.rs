@@ -232,7 +232,7 @@ async fn an_idle_key_is_dropped_and_its_sessions_closed() {
 /// return, as a plain `Pool` over the same manager does, and never lend it
 /// again. Fails when `Capped` stops forwarding `broken_detection` (the
 /// sub-pools then skip the return ping: 20 of 20 borrowers got the dead
-/// session) or `error_ends_session` (the closures read `validation_failed`).
+/// session) or `ErrorClass::EndsSession` (the closures read `validation_failed`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_killed_while_lent_is_never_lent_again_by_a_key() {
     const ROUNDS: usize = 20;

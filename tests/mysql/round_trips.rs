@@ -47,6 +47,10 @@ impl Manager for Counting {
         self.inner.session(conn)
     }
 
+    fn classify(&self, error: &mysql_async::Error) -> vigil::ErrorClass {
+        self.inner.classify(error)
+    }
+
     fn reset(
         &self,
         conn: &mut Conn,

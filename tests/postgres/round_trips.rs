@@ -38,6 +38,10 @@ impl Manager for Counting {
         self.inner.session(conn)
     }
 
+    fn classify(&self, error: &sqlx::Error) -> vigil::ErrorClass {
+        self.inner.classify(error)
+    }
+
     fn reset(
         &self,
         conn: &mut PgConnection,

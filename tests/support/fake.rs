@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vigil::{Manager, ServerTimeouts, Session};
+use vigil::{ErrorClass, Manager, ServerTimeouts, Session};
 
 #[derive(Debug, thiserror::Error)]
 #[error("fake: {0}")]
@@ -29,7 +29,7 @@ pub struct Script {
     /// Pings never answer (a black-holed socket).
     pub ping_hangs: AtomicBool,
     pub reset_fails: AtomicBool,
-    /// Connects are declined (`Manager::connect_declined`), not failed.
+    /// Connects are declined (`ErrorClass::Declined`), not failed.
     pub connect_declined: AtomicBool,
     pub reset_hangs: AtomicBool,
     /// Reported by `server_timeouts`.
@@ -165,8 +165,12 @@ impl Manager for Fake {
         Ok(())
     }
 
-    fn connect_declined(&self, error: &FakeError) -> bool {
-        error.0.starts_with("declined")
+    fn classify(&self, error: &FakeError) -> ErrorClass {
+        if error.0.starts_with("declined") {
+            ErrorClass::Declined
+        } else {
+            ErrorClass::Other
+        }
     }
 
     fn session(&self, conn: &mut FakeConn) -> Session {

@@ -15,10 +15,10 @@ use diesel_async::{
 use tokio::task::JoinHandle;
 
 use super::cancel::Endpoint;
-use super::{session_gone, AbortOnDrop, PgClient, Seen, TokioPgManager};
+use super::{AbortOnDrop, PgClient, Seen, TokioPgManager};
 use crate::backend::diesel::{closed_connection, transaction_open, DieselError};
 use crate::backend::InvalidUrl;
-use crate::manager::{BrokenDetection, Cancelled, Manager, ServerTimeouts, Session};
+use crate::manager::{BrokenDetection, Cancelled, ErrorClass, Manager, ServerTimeouts, Session};
 
 /// What diesel's `AsyncPgConnection::try_from` sets on a new session, and
 /// what a full reset (`DISCARD ALL`) takes back to the server's defaults
@@ -166,11 +166,11 @@ impl Manager for DieselPgManager {
         BrokenDetection::Watched
     }
 
-    fn error_ends_session(&self, error: &Error) -> bool {
+    fn classify(&self, error: &Error) -> ErrorClass {
         match error {
-            DieselError::Driver(e) => session_gone(e),
-            DieselError::Query(e) => closed_connection(e),
-            DieselError::Connection(_) => false,
+            DieselError::Driver(e) => self.inner.classify(e),
+            DieselError::Query(e) if closed_connection(e) => ErrorClass::EndsSession,
+            DieselError::Query(_) | DieselError::Connection(_) => ErrorClass::Other,
         }
     }
 
