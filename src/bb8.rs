@@ -59,7 +59,9 @@ impl<M: Manager> Bb8Manager<M> {
     /// `max_lifetime`, `validation_timeout`, `verify_on_return`. (Sizing stays bb8's.)
     pub fn with_config(manager: M, config: Config) -> Self {
         Bb8Manager {
-            verify_returns: config.verify_on_return.pings(manager.broken_detection()),
+            verify_returns: config
+                .verify_on_return
+                .pings(manager.capabilities().detection),
             manager,
             policy: Policy {
                 // bb8 shrinks by its own idle_timeout; only obsolescence here.

@@ -95,6 +95,8 @@ pub use error::{
     BlockingError, BuildError, ConfigError, ConnectError, Error, RunError, TimeoutPhase,
 };
 pub use liveness::Reason;
-pub use manager::{BrokenDetection, Cancelled, ErrorClass, Manager, ServerTimeouts, Session};
+pub use manager::{
+    BrokenDetection, Cancelled, Capabilities, ErrorClass, Manager, ServerTimeouts, Session,
+};
 pub use pool::{Builder, ConnectionMetadata, HookFuture, Pool, Pooled, SetUpHook, VetHook, Work};
 pub use stats::{ClosedCounts, ConnectionInfo, ConnectionState, HistogramSnapshot, State};

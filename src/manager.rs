@@ -47,7 +47,7 @@ pub struct Session {
     /// no longer has the required role (PostgreSQL SQLSTATE 25006 read as
     /// it passed): the pool asks [`has_role`](Manager::has_role) before the
     /// connection is reused, and moves the whole pool if the role is gone.
-    /// Only read when [`requires_role`](Manager::requires_role).
+    /// Only read when [`Capabilities::checks_role`].
     pub role_in_doubt: bool,
 }
 
@@ -78,9 +78,40 @@ pub enum ErrorClass {
     Declined,
 }
 
-/// What a manager's [`Session::broken`] can see without a round trip. The pool decides from it (and
-/// [`Config::verify_on_return`](crate::Config::verify_on_return)) whether a
-/// returned connection is pinged before it goes back idle.
+/// What a manager can tell, asked once ([`Manager::capabilities`]).
+///
+/// `#[non_exhaustive]`: start from `Capabilities::default()` and set what
+/// the manager can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// What [`Session::broken`] can see without a round trip. The pool
+    /// decides from it (and
+    /// [`Config::verify_on_return`](crate::Config::verify_on_return))
+    /// whether a returned connection is pinged before it goes back idle:
+    /// a manager whose driver cannot tell should say
+    /// [`BrokenDetection::Blind`]. Default
+    /// [`BrokenDetection::AfterFailedIo`].
+    pub detection: BrokenDetection,
+    /// The manager requires its sessions to have a role (a writable
+    /// primary, a standby): only then does the pool ask
+    /// [`has_role`](Manager::has_role) (every `role_check_interval`, and
+    /// before reusing a session whose [`Session::role_in_doubt`]).
+    /// Default `false`.
+    pub checks_role: bool,
+}
+
+impl Default for Capabilities {
+    fn default() -> Self {
+        Capabilities {
+            detection: BrokenDetection::AfterFailedIo,
+            checks_role: false,
+        }
+    }
+}
+
+/// What a manager's [`Session::broken`] can see without a round trip
+/// ([`Capabilities::detection`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum BrokenDetection {
@@ -153,23 +184,15 @@ pub trait Manager: Send + Sync + 'static {
     /// that cannot tell says [`ErrorClass::Other`].
     fn classify(&self, error: &Self::Error) -> ErrorClass;
 
-    /// What [`Session::broken`] can see without a round trip. Default
-    /// [`BrokenDetection::AfterFailedIo`]; a manager whose driver cannot
-    /// tell should say [`BrokenDetection::Blind`], so the pool verifies
-    /// returned connections by default.
-    fn broken_detection(&self) -> BrokenDetection {
-        BrokenDetection::AfterFailedIo
-    }
-
-    /// Does this manager require its sessions to have a role (a writable
-    /// primary, a standby)? Only then does the pool ask
-    /// [`has_role`](Manager::has_role). Default `false`.
-    fn requires_role(&self) -> bool {
-        false
+    /// What this manager can tell (see [`Capabilities`]), asked once when
+    /// a pool is built. Default: `broken` turns true after failed I/O
+    /// ([`BrokenDetection::AfterFailedIo`]), and no role is required.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
     }
 
     /// One round trip: does this session still have the role the manager
-    /// requires? The housekeeper asks one idle connection every
+    /// requires ([`Capabilities::checks_role`])? The housekeeper asks one idle connection every
     /// `role_check_interval`; `Ok(false)` retires every connection of the
     /// pool. Default `Ok(true)`, without I/O.
     fn has_role(

@@ -37,8 +37,8 @@ impl<M: Manager> Manager for Counting<M> {
     fn session(&self, conn: &mut M::Connection) -> Session {
         self.inner.session(conn)
     }
-    fn broken_detection(&self) -> vigil::BrokenDetection {
-        self.inner.broken_detection()
+    fn capabilities(&self) -> vigil::Capabilities {
+        self.inner.capabilities()
     }
     fn classify(&self, error: &M::Error) -> vigil::ErrorClass {
         self.inner.classify(error)

@@ -67,7 +67,7 @@ use mysql_async::consts::StatusFlags;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
 
-use crate::manager::{Cancelled, ErrorClass, Manager, ServerTimeouts, Session};
+use crate::manager::{Cancelled, Capabilities, ErrorClass, Manager, ServerTimeouts, Session};
 
 /// Tracing target of this backend.
 const TARGET: &str = "vigil::mysql";
@@ -525,8 +525,11 @@ impl Manager for MySqlManager {
         self.connect_to(opts).await
     }
 
-    fn requires_role(&self) -> bool {
-        self.role != TargetRole::Any
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            checks_role: self.role != TargetRole::Any,
+            ..Capabilities::default()
+        }
     }
 
     async fn has_role(&self, conn: &mut Conn) -> Result<bool, mysql_async::Error> {

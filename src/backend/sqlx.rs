@@ -56,7 +56,7 @@ use sqlx::{ConnectOptions, Connection, Database};
 // Not re-exported by sqlx since 0.9 (semver-exempt, `#[doc(hidden)]` before).
 use sqlx_core::transaction::TransactionManager;
 
-use crate::manager::{BrokenDetection, ErrorClass, Manager, ServerTimeouts, Session};
+use crate::manager::{BrokenDetection, Capabilities, ErrorClass, Manager, ServerTimeouts, Session};
 
 /// The connect options type of the sqlx database `DB`
 /// (`PgConnectOptions`, `SqliteConnectOptions`, `MySqlConnectOptions`).
@@ -367,8 +367,11 @@ where
         Err(search.finish(|why| sqlx::Error::Configuration(why.into())))
     }
 
-    fn requires_role(&self) -> bool {
-        self.role != TargetRole::Any
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            detection: DB::DETECTION,
+            checks_role: self.role != TargetRole::Any,
+        }
     }
 
     async fn has_role(&self, conn: &mut DB::Connection) -> Result<bool, sqlx::Error> {
@@ -413,10 +416,6 @@ where
         } else {
             ErrorClass::Other
         }
-    }
-
-    fn broken_detection(&self) -> BrokenDetection {
-        DB::DETECTION
     }
 
     async fn reset(&self, conn: &mut DB::Connection, full: bool) -> Result<(), sqlx::Error> {

@@ -108,7 +108,9 @@ mod cancel;
 pub(super) mod diesel;
 mod statements;
 mod tls;
-use crate::manager::{BrokenDetection, Cancelled, ErrorClass, Manager, ServerTimeouts, Session};
+use crate::manager::{
+    BrokenDetection, Cancelled, Capabilities, ErrorClass, Manager, ServerTimeouts, Session,
+};
 use statements::StatementCache;
 pub use statements::DEFAULT_STATEMENT_CACHE;
 use tls::MaybeTls;
@@ -1323,8 +1325,13 @@ impl Manager for TokioPgManager {
         }
     }
 
-    fn broken_detection(&self) -> BrokenDetection {
-        BrokenDetection::Watched
+    /// The session's socket is watched; a role is required with
+    /// `target_session_attrs` `read-write` or `read-only`.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            detection: BrokenDetection::Watched,
+            checks_role: self.config.get_target_session_attrs() != TargetSessionAttrs::Any,
+        }
     }
 
     /// A closed or terminated session ends it; SQLSTATE 25006
@@ -1337,11 +1344,6 @@ impl Manager for TokioPgManager {
         } else {
             ErrorClass::Other
         }
-    }
-
-    /// With `target_session_attrs` `read-write` or `read-only`.
-    fn requires_role(&self) -> bool {
-        self.config.get_target_session_attrs() != TargetSessionAttrs::Any
     }
 
     /// `SHOW transaction_read_only`: `on` on a standby and on a primary

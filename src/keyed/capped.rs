@@ -12,7 +12,7 @@ use tokio::time::timeout;
 use super::cap::{Cap, CapError, Victims};
 use super::usage::Usage;
 use crate::error::{Error, TimeoutPhase};
-use crate::manager::{BrokenDetection, Cancelled, ErrorClass, Manager, ServerTimeouts, Session};
+use crate::manager::{Cancelled, Capabilities, ErrorClass, Manager, ServerTimeouts, Session};
 
 /// The error type of the sub-pools: the backend's, or why the cap said no.
 /// Never reaches a caller of `KeyedPool::get` (see `map_error`); it shows
@@ -128,8 +128,8 @@ impl<M: Manager> Manager for Capped<M> {
         self.inner.session(&mut conn.raw)
     }
 
-    fn broken_detection(&self) -> BrokenDetection {
-        self.inner.broken_detection()
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
     }
 
     /// A backend error is the backend's to classify. The cap's own refusals
@@ -152,10 +152,6 @@ impl<M: Manager> Manager for Capped<M> {
             .cancel_query(&mut conn.raw)
             .await
             .map_err(backend)
-    }
-
-    fn requires_role(&self) -> bool {
-        self.inner.requires_role()
     }
 
     async fn has_role(&self, conn: &mut Self::Connection) -> Result<bool, Self::Error> {
@@ -202,7 +198,7 @@ mod conformance {
 
     use super::*;
     use crate::keyed::cap::Victim;
-    use crate::manager::Cancelled;
+    use crate::manager::{BrokenDetection, Cancelled};
 
     #[derive(Debug, thiserror::Error)]
     #[error("recorded error {0}")]
@@ -252,13 +248,13 @@ mod conformance {
                 ..Session::default()
             }
         }
-        fn broken_detection(&self) -> BrokenDetection {
-            self.note("broken_detection");
-            BrokenDetection::Blind
-        }
-        fn requires_role(&self) -> bool {
-            self.note("requires_role");
-            true
+        fn capabilities(&self) -> Capabilities {
+            self.note("capabilities");
+            // Both unlike the default.
+            Capabilities {
+                detection: BrokenDetection::Blind,
+                checks_role: true,
+            }
         }
         async fn has_role(&self, _: &mut u32) -> Result<bool, RecError> {
             self.note("has_role");
@@ -332,8 +328,7 @@ mod conformance {
             "the cap's own refusal"
         );
         assert_eq!(capped.session(&mut conn), capped.inner.session(&mut 7));
-        assert_eq!(capped.broken_detection(), BrokenDetection::Blind);
-        assert!(capped.requires_role());
+        assert_eq!(capped.capabilities(), capped.inner.capabilities());
         assert!(!capped.has_role(&mut conn).await.unwrap());
         assert_eq!(
             capped.cancel_query(&mut conn).await.unwrap(),
@@ -361,9 +356,8 @@ mod conformance {
         "connect",
         "is_valid",
         "session",
-        "broken_detection",
+        "capabilities",
         "classify",
-        "requires_role",
         "has_role",
         "cancel_query",
         "reset",
@@ -411,7 +405,7 @@ mod conformance {
         let mut asked: Vec<String> = ASKED.iter().map(|s| s.to_string()).collect();
         asked.sort();
         assert!(
-            contract.len() >= 11,
+            contract.len() >= 10,
             "the trait's methods were found: {contract:?}"
         );
         assert_eq!(

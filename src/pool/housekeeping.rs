@@ -109,7 +109,7 @@ impl<M: Manager> Shared<M> {
     /// one idle connection (the most recently used) whether its session
     /// still has it, in a task of its own. Returns when the next check is due.
     fn check_role(self: &Arc<Self>, now: Instant) -> Option<Instant> {
-        if !self.manager.requires_role() {
+        if !self.requires_role {
             return None;
         }
         let mut due = self.role_check_due.lock();

@@ -95,7 +95,7 @@ pub(crate) struct Shared<M: Manager> {
     pub(super) goodbyes: AtomicU64,
     /// When the housekeeper next asks a connection about its role.
     pub(super) role_check_due: Mutex<Instant>,
-    /// `Manager::requires_role`, asked once.
+    /// `Capabilities::checks_role`, asked once.
     pub(super) requires_role: bool,
     /// A role check fell due while nothing was idle to ask: the next
     /// connection that comes back is asked before it is filed idle, so a
@@ -118,8 +118,9 @@ impl<M: Manager> Shared<M> {
         hooks: Hooks<M::Connection, M::Error>,
         runtime: Handle,
     ) -> Self {
-        let verify_returns = config.verify_on_return.pings(manager.broken_detection());
-        let requires_role = manager.requires_role();
+        let can = manager.capabilities();
+        let verify_returns = config.verify_on_return.pings(can.detection);
+        let requires_role = can.checks_role;
         Shared {
             verify_returns,
             manager,

@@ -230,7 +230,7 @@ async fn an_idle_key_is_dropped_and_its_sessions_closed() {
 /// A session terminated while its guard is held comes back looking healthy
 /// over sqlx (`BrokenDetection::Blind`): the key's sub-pool must ping it on
 /// return, as a plain `Pool` over the same manager does, and never lend it
-/// again. Fails when `Capped` stops forwarding `broken_detection` (the
+/// again. Fails when `Capped` stops forwarding `capabilities` (the
 /// sub-pools then skip the return ping: 20 of 20 borrowers got the dead
 /// session) or `ErrorClass::EndsSession` (the closures read `validation_failed`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

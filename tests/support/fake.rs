@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vigil::{ErrorClass, Manager, ServerTimeouts, Session};
+use vigil::{Capabilities, ErrorClass, Manager, ServerTimeouts, Session};
 
 #[derive(Debug, thiserror::Error)]
 #[error("fake: {0}")]
@@ -40,7 +40,7 @@ pub struct Script {
     pub idle_cut_ms: AtomicU64,
     /// Pings that met the idle cutoff.
     pub cut_pings: AtomicUsize,
-    /// The manager requires a role (`Manager::requires_role`).
+    /// The manager requires a role (`Capabilities::checks_role`).
     pub role_required: AtomicBool,
     /// The "server" no longer has it: `has_role` answers `false`.
     pub role_lost: AtomicBool,
@@ -181,8 +181,10 @@ impl Manager for Fake {
         session
     }
 
-    fn requires_role(&self) -> bool {
-        self.script.role_required.load(SeqCst)
+    fn capabilities(&self) -> Capabilities {
+        let mut can = Capabilities::default();
+        can.checks_role = self.script.role_required.load(SeqCst);
+        can
     }
 
     async fn has_role(&self, _conn: &mut FakeConn) -> Result<bool, FakeError> {

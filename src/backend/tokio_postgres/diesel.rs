@@ -18,7 +18,9 @@ use super::cancel::Endpoint;
 use super::{AbortOnDrop, PgClient, Seen, TokioPgManager};
 use crate::backend::diesel::{closed_connection, transaction_open, DieselError};
 use crate::backend::InvalidUrl;
-use crate::manager::{BrokenDetection, Cancelled, ErrorClass, Manager, ServerTimeouts, Session};
+use crate::manager::{
+    BrokenDetection, Cancelled, Capabilities, ErrorClass, Manager, ServerTimeouts, Session,
+};
 
 /// What diesel's `AsyncPgConnection::try_from` sets on a new session, and
 /// what a full reset (`DISCARD ALL`) takes back to the server's defaults
@@ -162,8 +164,11 @@ impl Manager for DieselPgManager {
         }
     }
 
-    fn broken_detection(&self) -> BrokenDetection {
-        BrokenDetection::Watched
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            detection: BrokenDetection::Watched,
+            checks_role: false,
+        }
     }
 
     fn classify(&self, error: &Error) -> ErrorClass {
