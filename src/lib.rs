@@ -7,9 +7,10 @@
 //! checkout only when it has been silent longer than a short bypass window
 //! (so a busy pool pays no ping tax); rolls back what a borrower left open;
 //! and keeps the truth in counters ([`Pool::state`], and Prometheus with the
-//! `metrics` feature). The keep-or-retire decision is one pure function,
-//! [`liveness::assess`], called at checkout, at return and by the background
-//! housekeeper.
+//! `metrics` feature). The rules that keep or retire a connection for its
+//! own state are pure functions in [`liveness`] ([`liveness::assess`], and
+//! [`liveness::at_checkout`] with the ping rules), asked at checkout, at
+//! return and by the background housekeeper.
 //!
 //! ```
 //! # #[cfg(feature = "sqlite")]

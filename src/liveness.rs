@@ -2,10 +2,17 @@
 //! kept or must be retired, and why, and what a checkout does with it.
 //!
 //! Return and the housekeeper ask [`assess`]; a checkout asks
-//! [`at_checkout`] (which is `assess` plus the ping rules), through its
-//! precomputed form [`Policy::lend_before`] on the fast path. None of the
-//! pool's code has a rule of its own. Nothing here does I/O or reads a
-//! clock: the caller passes `now`, so the whole policy is table-testable.
+//! [`at_checkout`] (which is `assess` plus the ping rules). On the fast
+//! path the pool compares against the precomputed bound
+//! [`Policy::lend_before`] (with the driver's `broken`, the generation and
+//! the last sign of trouble) and asks `at_checkout` only when that does not
+//! say "lend". Every rule about a connection's own state is here; what is
+//! decided elsewhere is not about that state: the pool's size (a shrink
+//! closes connections above it), the user's hooks (`before_acquire` and
+//! `after_release` refuse connections, as `refused`), and the outcome of
+//! I/O (a ping, a reset or a role check that fails or goes silent).
+//! Nothing here does I/O or reads a clock: the caller passes `now`, so the
+//! whole policy is table-testable.
 
 use std::fmt;
 use std::time::Duration;
