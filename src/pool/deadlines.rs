@@ -19,9 +19,6 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::inner::Shared;
-use crate::manager::Manager;
-
 /// The watchdog's wake-ups.
 #[derive(Default)]
 pub(crate) struct Watchdog {
@@ -43,22 +40,20 @@ impl Watchdog {
     }
 }
 
-/// Expires every waiter due at `now`; returns the next deadline to wait
-/// for, if anyone is still waiting.
-fn expire_due<M: Manager>(shared: &Shared<M>, now: Instant) -> Option<Instant> {
-    let mut due = Vec::new();
-    let next = shared.slots.lock().expire_due(now, &mut due);
-    // Woken outside the lock: a waker may run code of its own.
-    for waker in due {
-        waker.wake();
-    }
-    next
+/// What the watchdog keeps deadlines for: the pool, seen only through
+/// its line.
+pub(crate) trait Watched: Send + Sync + 'static {
+    fn watchdog(&self) -> &Watchdog;
+
+    /// Expires every waiter due at `now` (and wakes them); returns the next
+    /// deadline to wait for, if anyone is still waiting.
+    fn expire_due(&self, now: Instant) -> Option<Instant>;
 }
 
 /// The watchdog: sleeps until the oldest waiter's deadline, expires who is
 /// due, repeats; parks while nobody waits. Ends when the pool closes.
-pub(crate) async fn watch<M: Manager>(shared: Arc<Shared<M>>) {
-    let dog = &shared.watchdog;
+pub(crate) async fn watch<W: Watched>(watched: Arc<W>) {
+    let dog = watched.watchdog();
     loop {
         // Registered before looking, so a waiter joining an empty line in
         // between is not missed.
@@ -68,7 +63,7 @@ pub(crate) async fn watch<M: Manager>(shared: Arc<Shared<M>>) {
         if dog.closed.load(SeqCst) {
             return;
         }
-        match expire_due(&shared, Instant::now()) {
+        match watched.expire_due(Instant::now()) {
             // Later joiners have later deadlines: only a close needs an
             // earlier wake-up.
             Some(next) => {

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::conn::Conn;
 use super::hooks::ConnectionMetadata;
 use super::inner::Shared;
 use super::owners::Permit;
-use super::slots::Conn;
 use crate::liveness::Reason;
 use crate::manager::Manager;
 

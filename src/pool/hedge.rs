@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::conn::Conn;
 use super::inner::{Connected, Shared, Validated};
 use super::owners::Permit;
-use super::slots::Conn;
 use super::TARGET;
 use crate::manager::Manager;
 use crate::stats::Stats;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::slots::Meta;
+use super::conn::Meta;
 
 /// The future a hook returns: boxed, `Send`, borrowing the connection.
 pub type HookFuture<'c, T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'c>>;

@@ -44,13 +44,14 @@ use tokio::time::timeout;
 use tracing::Instrument;
 
 use super::backoff::{Backoff, BACKOFF_START};
-use super::deadlines::Watchdog;
+use super::conn::{Conn, Meta};
+use super::deadlines::{Watchdog, Watched};
 use super::evidence::Evidence;
 use super::guard::Pooled;
 use super::hooks::{ConnectionMetadata, Hooks};
 use super::line::{self, Served};
 use super::owners::{BackingOff, Connecting, Io, Pending, Permit};
-use super::slots::{Activity, Conn, Meta, Slots};
+use super::slots::{Activity, Slots};
 use super::TARGET;
 use crate::config::Config;
 use crate::error::TimeoutPhase;
@@ -121,10 +122,11 @@ impl<M: Manager> Shared<M> {
         let can = manager.capabilities();
         let verify_returns = config.verify_on_return.pings(can.detection);
         let requires_role = can.checks_role;
+        let policy = Policy::from(&config);
         Shared {
             verify_returns,
             manager,
-            policy: Policy::from(&config),
+            policy,
             slots: CachePadded::new(Mutex::new(Slots::new(config.max_size))),
             connects: Semaphore::new(config.max_concurrent_connects),
             stats: Stats::new(),
@@ -142,7 +144,7 @@ impl<M: Manager> Shared<M> {
             role_check_due: Mutex::new(Instant::now() + config.role_check_interval),
             requires_role,
             role_check_wanted: AtomicBool::new(false),
-            evidence: Evidence::default(),
+            evidence: Evidence::new(&config, policy),
             hooks,
             config,
         }
@@ -539,7 +541,7 @@ impl<M: Manager> Shared<M> {
                 Checkout::Retire(reason) => {
                     if reason == Reason::Broken {
                         let idle = now.saturating_duration_since(conn.meta.last_io);
-                        self.idle_died(idle, conn.meta.server_idle);
+                        self.evidence.idle_died(idle, conn.meta.server_idle);
                     }
                     self.retire_active(conn, reason);
                 }
@@ -626,7 +628,7 @@ impl<M: Manager> Shared<M> {
         let started = Instant::now();
         let idle = started.saturating_duration_since(conn.meta.last_io);
         let limit = self.config.validation_timeout;
-        let hedge = self.hedge_delay();
+        let hedge = self.evidence.hedge_delay();
         let early = hedge.unwrap_or(limit);
         let check = self.manager.is_valid(&mut conn.raw);
         tokio::pin!(check);
@@ -636,7 +638,7 @@ impl<M: Manager> Shared<M> {
             Err(elapsed) if hedge.is_none() => Err(elapsed),
             Err(_) => {
                 reported = true;
-                self.idle_died(idle, conn.meta.server_idle);
+                self.evidence.idle_died(idle, conn.meta.server_idle);
                 if let Some(permit) = hold.silence(self, &conn.meta) {
                     Stats::bump(&self.stats.validations_hedged);
                     on_silent(permit);
@@ -654,13 +656,13 @@ impl<M: Manager> Shared<M> {
             }
         };
         if !reported && !matches!(result, Ok(Ok(()))) {
-            self.idle_died(idle, conn.meta.server_idle);
+            self.evidence.idle_died(idle, conn.meta.server_idle);
         }
         match result {
             Ok(Ok(())) => {
                 let now = Instant::now();
                 conn.meta.last_io = now;
-                self.idle_survived(idle, now - started);
+                self.evidence.idle_survived(idle, now - started);
                 true
             }
             Ok(Err(error)) => {
@@ -764,7 +766,7 @@ impl<M: Manager> Shared<M> {
         };
         let now = Instant::now();
         self.stats.connect.observe(now - started);
-        self.connected_in(now - started);
+        self.evidence.connected_in(now - started);
         let mut meta = Meta {
             id,
             created: now,
@@ -830,6 +832,22 @@ pub(super) enum ConnectFailure<E> {
     /// The driver's error, or a hook's (named).
     Error(Arc<E>, Option<&'static str>),
     TimedOut(Duration),
+}
+
+impl<M: Manager> Watched for Shared<M> {
+    fn watchdog(&self) -> &Watchdog {
+        &self.watchdog
+    }
+
+    fn expire_due(&self, now: Instant) -> Option<Instant> {
+        let mut due = Vec::new();
+        let next = self.slots.lock().expire_due(now, &mut due);
+        // Woken outside the lock: a waker may run code of its own.
+        for waker in due {
+            waker.wake();
+        }
+        next
+    }
 }
 
 /// Why [`Shared::open_one`] gave no connection. The error itself is kept in

@@ -28,7 +28,7 @@ use std::task::{Context, Waker};
 
 use tokio::time::Instant;
 
-use super::slots::Conn;
+use super::conn::Conn;
 
 /// The capacity count and the line.
 pub(crate) struct Line<C> {

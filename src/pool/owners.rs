@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use super::conn::{Conn, Meta, Record};
 use super::guard::Pooled;
 use super::inner::Shared;
-use super::slots::{Activity, Conn, Meta, Record};
+use super::slots::Activity;
 use crate::liveness::Reason;
 use crate::manager::Manager;
 use crate::stats::Stats;

@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use tokio::time::{timeout, Instant};
 
+use super::conn::{Conn, Meta, Record};
 use super::hooks::ConnectionMetadata;
 use super::inner::{Shared, AFTER_CONNECT};
 use super::owners::{Io, Permit};
-use super::slots::{Activity, Conn, Filed, Meta, Record};
+use super::slots::{Activity, Filed};
 use super::TARGET;
 use crate::liveness::{assess, may_retire_at_return, Policy, Reason, Verdict};
 use crate::manager::{Cancelled, ErrorClass, Manager};
@@ -256,7 +257,7 @@ impl<M: Manager> Returning<M> {
             let (conn, hold) = self.0.parts();
             let work = shared.run_plan(&mut conn.raw, conn.meta, plan);
             tokio::pin!(work);
-            match shared.hedge_delay() {
+            match shared.evidence.hedge_delay() {
                 Some(delay) => match timeout(delay, &mut work).await {
                     Ok(outcome) => outcome,
                     Err(_) => {
