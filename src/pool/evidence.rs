@@ -12,9 +12,11 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::cutoff::{Learner, Lesson, ACT_AT};
+use super::inner::Shared;
 use super::TARGET;
-use crate::config::{Config, Hedge, IdleCutoff};
+use crate::config::{Hedge, IdleCutoff};
 use crate::liveness::Policy;
+use crate::manager::Manager;
 
 /// The shortest automatic hedge delay: below it, scheduler noise on a busy
 /// machine would hedge healthy pings.
@@ -22,13 +24,8 @@ pub(crate) const HEDGE_FLOOR: Duration = Duration::from_millis(50);
 /// The automatic hedge delay is this many times the slowest recent ping.
 const HEDGE_FACTOR: u32 = 4;
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct Evidence {
-    /// The settings this reads the evidence with.
-    cutoff_setting: IdleCutoff,
-    hedge: Hedge,
-    validation_timeout: Duration,
-    policy: Policy,
     learner: Mutex<Learner>,
     /// The cutoff in force (learned or known), in ns; 0 = none. For readers
     /// that must not lock (metrics, `state()`).
@@ -45,27 +42,13 @@ fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-impl Evidence {
-    /// Nothing learned yet, read with `config`'s settings and `policy`.
-    pub(crate) fn new(config: &Config, policy: Policy) -> Self {
-        Evidence {
-            cutoff_setting: config.idle_cutoff,
-            hedge: config.hedge,
-            validation_timeout: config.validation_timeout,
-            policy,
-            learner: Mutex::default(),
-            cutoff_ns: AtomicU64::new(0),
-            slow_ping_ns: AtomicU64::new(0),
-            last_connect_ns: AtomicU64::new(0),
-        }
-    }
-
+impl<M: Manager> Shared<M> {
     /// The idle cutoff in force: known from the settings, or learned.
     pub(crate) fn idle_cutoff(&self) -> Option<Duration> {
-        match self.cutoff_setting {
+        match self.config.idle_cutoff {
             IdleCutoff::Off => None,
             IdleCutoff::Known(d) => Some(d),
-            IdleCutoff::Learn => match self.cutoff_ns.load(Relaxed) {
+            IdleCutoff::Learn => match self.evidence.cutoff_ns.load(Relaxed) {
                 0 => None,
                 n => Some(Duration::from_nanos(n)),
             },
@@ -87,20 +70,20 @@ impl Evidence {
     /// went unanswered, or it was found broken while idle).
     /// `server_idle`: its server's idle timeout, which would explain it.
     pub(crate) fn idle_died(&self, idle: Duration, server_idle: Option<Duration>) {
-        if self.cutoff_setting != IdleCutoff::Learn || server_idle.is_some_and(|t| idle >= t) {
+        if self.config.idle_cutoff != IdleCutoff::Learn || server_idle.is_some_and(|t| idle >= t) {
             return;
         }
-        let lesson = self.learner.lock().died(idle, Instant::now());
+        let lesson = self.evidence.learner.lock().died(idle, Instant::now());
         self.heed(lesson);
     }
 
     /// A connection silent for `idle` answered a ping in `rtt`.
     pub(crate) fn idle_survived(&self, idle: Duration, rtt: Duration) {
-        let e = self;
+        let e = &self.evidence;
         let rtt = ns(rtt);
         let decayed = |old: u64| Some(rtt.max(old - old / 8));
         let _ = e.slow_ping_ns.fetch_update(Relaxed, Relaxed, decayed);
-        if self.cutoff_setting == IdleCutoff::Learn {
+        if self.config.idle_cutoff == IdleCutoff::Learn {
             let lesson = e.learner.lock().survived(idle);
             self.heed(lesson);
         }
@@ -108,11 +91,11 @@ impl Evidence {
 
     /// A connect took `took`.
     pub(crate) fn connected_in(&self, took: Duration) {
-        self.last_connect_ns.store(ns(took), Relaxed);
+        self.evidence.last_connect_ns.store(ns(took), Relaxed);
     }
 
     fn heed(&self, lesson: Lesson) {
-        let cutoff_ns = &self.cutoff_ns;
+        let cutoff_ns = &self.evidence.cutoff_ns;
         match lesson {
             Lesson::Nothing => {}
             Lesson::Learned(cutoff) => {
@@ -148,12 +131,12 @@ impl Evidence {
 
     /// How long a checkout waits for its ping before it hedges; `None`: never.
     pub(crate) fn hedge_delay(&self) -> Option<Duration> {
-        let ceiling = self.validation_timeout;
-        match self.hedge {
+        let ceiling = self.config.validation_timeout;
+        match self.config.hedge {
             Hedge::Off => None,
             Hedge::After(d) => Some(d.min(ceiling)),
             Hedge::Auto => {
-                let e = self;
+                let e = &self.evidence;
                 let yardstick = match e.slow_ping_ns.load(Relaxed) {
                     0 => Duration::from_nanos(e.last_connect_ns.load(Relaxed)),
                     n => Duration::from_nanos(n) * HEDGE_FACTOR,
