@@ -34,7 +34,7 @@ use tokio::time::{timeout, Instant};
 
 use crate::config::Config;
 use crate::liveness::{assess, Facts, Policy, Reason, Verdict};
-use crate::manager::{Manager, ServerTimeouts};
+use crate::manager::{Cleaned, Cleanup, Manager, ServerTimeouts};
 
 /// A vigil [`Manager`] as a [`bb8::ManageConnection`].
 #[derive(Debug)]
@@ -184,13 +184,16 @@ impl<M: Manager> ::bb8::ManageConnection for Bb8Manager<M> {
         }
         if conn.dirty {
             // The round trip that cleans also proves the session alive.
-            timeout(
+            let cleaned = timeout(
                 self.config.validation_timeout,
-                self.manager.reset(&mut conn.conn, false),
+                self.manager.reset(&mut conn.conn, Cleanup::default()),
             )
             .await
             .map_err(|_| Bb8Error::TimedOut(self.config.validation_timeout))?
             .map_err(Bb8Error::Driver)?;
+            if let Cleaned::Unusable { .. } = cleaned {
+                return Err(Bb8Error::Retired(Reason::ResetFailed));
+            }
             conn.dirty = false;
             conn.unverified = false;
             conn.last_io = Instant::now();

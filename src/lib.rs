@@ -97,7 +97,7 @@ pub use error::{
 };
 pub use liveness::Reason;
 pub use manager::{
-    BrokenDetection, Cancelled, Capabilities, ErrorClass, Manager, ServerTimeouts, Session,
+    BrokenDetection, Capabilities, Cleaned, Cleanup, ErrorClass, Manager, ServerTimeouts, Session,
 };
 pub use pool::{Builder, ConnectionMetadata, HookFuture, Pool, Pooled, SetUpHook, VetHook, Work};
 pub use stats::{ClosedCounts, ConnectionInfo, ConnectionState, HistogramSnapshot, State};

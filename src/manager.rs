@@ -27,8 +27,8 @@ pub struct Session {
     /// [`BrokenDetection`].
     pub broken: bool,
     /// The session carries state the next borrower must not see, such as
-    /// an open transaction: the pool calls [`reset`](Manager::reset) with
-    /// `full = false` before it is lent again.
+    /// an open transaction: the pool calls [`reset`](Manager::reset)
+    /// before it is lent again.
     pub needs_cleanup: bool,
     /// The session's last word said a transaction the borrower opened is
     /// still open: [`Pool::run_idempotent`](crate::Pool::run_idempotent)
@@ -39,9 +39,9 @@ pub struct Session {
     pub in_transaction: bool,
     /// The borrower gave the connection back with a command still running,
     /// its reply never read (a query future dropped mid-flight: a request
-    /// timeout, a client that went away): the pool calls
-    /// [`cancel_query`](Manager::cancel_query) instead of queueing a
-    /// rollback or a ping behind it.
+    /// timeout, a client that went away): the pool asks
+    /// [`reset`](Manager::reset) to stop it ([`Cleanup::stop_query`])
+    /// instead of queueing a rollback or a ping behind it.
     pub query_in_flight: bool,
     /// A reply on this session, whoever asked for it, suggested the server
     /// no longer has the required role (PostgreSQL SQLSTATE 25006 read as
@@ -127,22 +127,47 @@ pub enum BrokenDetection {
     Blind,
 }
 
-/// What [`Manager::cancel_query`] did.
+/// What a returned session needs before it is lent again
+/// ([`Manager::reset`]).
+///
+/// `#[non_exhaustive]`: start from `Cleanup::default()` (roll back what
+/// the borrower left open, nothing more) and set what applies.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Cleanup {
+    /// Reset all session state (the pool's `reset_on_return`, or
+    /// [`Pooled::reset_on_return`](crate::Pooled::reset_on_return)), not
+    /// only roll back an open transaction.
+    pub full: bool,
+    /// The borrower left a statement running ([`Session::query_in_flight`]):
+    /// ask the server to stop it, over a separate connection (PostgreSQL's
+    /// cancel request, MySQL's `KILL QUERY`), and wait until the session
+    /// has no reply pending, before anything else. Also asked of a session
+    /// the pool is retiring (then the answer only counts the stop), whose
+    /// statement would otherwise run on with nobody to read it.
+    pub stop_query: bool,
+}
+
+/// What [`Manager::reset`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum Cancelled {
-    /// Nothing was sent: this manager cannot stop a command in flight.
-    Unsupported,
-    /// Nothing needed stopping: the pending reply arrived by itself (the
-    /// borrower had stopped reading a statement that was finishing) and
-    /// the session may be cleaned and lent again.
-    Settled,
-    /// The server was asked to stop the command and its reply has been
-    /// drained: the session may be cleaned and lent again.
-    Drained,
-    /// The server was asked to stop the command, but the session cannot be
-    /// used again (the driver gave it up when its borrower left).
-    Stopped,
+pub enum Cleaned {
+    /// The session is clean and may be lent again. A statement its
+    /// borrower left running, if any, needed no stopping: its reply
+    /// arrived by itself (the borrower had stopped reading a statement
+    /// that was finishing).
+    Ready,
+    /// The statement the borrower left running was stopped and its reply
+    /// drained; the session is clean and may be lent again.
+    QueryStopped,
+    /// The session must not be lent again: a statement left running could
+    /// not be stopped (this manager cannot, or the request failed), or was
+    /// stopped but the driver gave the session up. `query_stopped`: the
+    /// server was asked to stop it. The pool closes the session.
+    Unusable {
+        /// The server was asked to stop the statement.
+        query_stopped: bool,
+    },
 }
 
 /// Opens, checks, cleans and closes connections of one kind.
@@ -202,31 +227,27 @@ pub trait Manager: Send + Sync + 'static {
         async { Ok(true) }
     }
 
-    /// Asks the server, over a separate connection, to stop the command
-    /// running on `conn`'s session (PostgreSQL's cancel request, MySQL's
-    /// `KILL QUERY`), and waits until the session has no reply pending.
-    /// Called only when [`Session::query_in_flight`] says so, bounded by
-    /// the pool. Default [`Cancelled::Unsupported`], without
-    /// I/O: the pool then retires the connection rather than wait for it.
-    fn cancel_query(
-        &self,
-        _conn: &mut Self::Connection,
-    ) -> impl Future<Output = Result<Cancelled, Self::Error>> + Send {
-        async { Ok(Cancelled::Unsupported) }
-    }
-
-    /// Cleans the connection before reuse: rolls back an open transaction and,
-    /// when `full` (the pool's `reset_on_return`), resets all session state.
-    /// An error retires the connection with reason `broken` when
-    /// [`classify`](Manager::classify) says [`ErrorClass::EndsSession`], else
-    /// `reset_failed`.
-    /// Default: nothing to do.
+    /// Cleans the connection before reuse (see [`Cleanup`]): stops a
+    /// statement its borrower left running, rolls back an open transaction
+    /// and, when `full`, resets all session state. An error retires the
+    /// connection with reason `broken` when [`classify`](Manager::classify)
+    /// says [`ErrorClass::EndsSession`], else `reset_failed`.
+    /// Default: nothing to do ([`Cleaned::Ready`]); a statement left
+    /// running cannot be stopped ([`Cleaned::Unusable`]: the pool closes
+    /// the session rather than wait for it).
     fn reset(
         &self,
         _conn: &mut Self::Connection,
-        _full: bool,
-    ) -> impl Future<Output = Result<(), Self::Error>> + Send {
-        async { Ok(()) }
+        cleanup: Cleanup,
+    ) -> impl Future<Output = Result<Cleaned, Self::Error>> + Send {
+        async move {
+            Ok(match cleanup.stop_query {
+                false => Cleaned::Ready,
+                true => Cleaned::Unusable {
+                    query_stopped: false,
+                },
+            })
+        }
     }
 
     /// Reads the server's idle timeouts from a freshly opened connection.

@@ -245,7 +245,7 @@ pub struct State {
     pub presumed_dead: usize,
     /// Statements a borrower left running (a query future dropped
     /// mid-flight) that the server was asked to stop
-    /// ([`Manager::cancel_query`](crate::Manager::cancel_query)).
+    /// ([`Cleanup::stop_query`](crate::Cleanup::stop_query)).
     pub queries_cancelled: u64,
     /// The idle cutoff in force: learned from connections found dead after
     /// idling, or known from the settings ([`IdleCutoff`](crate::IdleCutoff)).

@@ -43,8 +43,12 @@ impl<M: Manager> Manager for Counting<M> {
     fn classify(&self, error: &M::Error) -> vigil::ErrorClass {
         self.inner.classify(error)
     }
-    async fn reset(&self, conn: &mut M::Connection, full: bool) -> Result<(), M::Error> {
-        self.inner.reset(conn, full).await
+    async fn reset(
+        &self,
+        conn: &mut M::Connection,
+        cleanup: vigil::Cleanup,
+    ) -> Result<vigil::Cleaned, M::Error> {
+        self.inner.reset(conn, cleanup).await
     }
     async fn server_timeouts(&self, conn: &mut M::Connection) -> Result<ServerTimeouts, M::Error> {
         self.inner.server_timeouts(conn).await

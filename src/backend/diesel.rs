@@ -33,7 +33,7 @@ use mysql_async::{Opts, OptsBuilder};
 
 pub use super::tokio_postgres::diesel::{DieselPg, DieselPgManager};
 use crate::backend::mysql::MySqlManager;
-use crate::manager::{Cancelled, ErrorClass, Manager, ServerTimeouts, Session};
+use crate::manager::{Cleaned, Cleanup, ErrorClass, Manager, ServerTimeouts, Session};
 
 /// What a diesel manager's operations fail with.
 #[derive(Debug, thiserror::Error)]
@@ -201,16 +201,20 @@ impl Manager for DieselMysqlManager {
 
     /// diesel's bookkeeping is all there is to read (the server's status
     /// flags are behind diesel): a transaction diesel opened, or cut off.
-    async fn cancel_query(&self, conn: &mut DieselMysql) -> Result<Cancelled, MyError> {
-        let mut admin = self.inner.connect().await.map_err(DieselError::Driver)?;
-        let killed = admin.query_drop(format!("KILL QUERY {}", conn.id)).await;
-        let _ = admin.disconnect().await;
-        killed
-            .map(|()| Cancelled::Stopped)
-            .map_err(DieselError::Driver)
-    }
-
-    async fn reset(&self, conn: &mut DieselMysql, full: bool) -> Result<(), MyError> {
+    /// A statement left running (the session is broken: diesel gave it up
+    /// with mysql_async) is stopped with `KILL QUERY` from a new
+    /// connection; the session itself is not lent again.
+    async fn reset(&self, conn: &mut DieselMysql, cleanup: Cleanup) -> Result<Cleaned, MyError> {
+        if cleanup.stop_query {
+            let mut admin = self.inner.connect().await.map_err(DieselError::Driver)?;
+            let killed = admin.query_drop(format!("KILL QUERY {}", conn.id)).await;
+            let _ = admin.disconnect().await;
+            killed.map_err(DieselError::Driver)?;
+            return Ok(Cleaned::Unusable {
+                query_stopped: true,
+            });
+        }
+        let full = cleanup.full;
         if full || transaction_open(&mut conn.conn) {
             conn.conn.batch_execute("ROLLBACK").await?;
             *conn.conn.transaction_state() = AnsiTransactionManager::default();
@@ -223,7 +227,7 @@ impl Manager for DieselMysqlManager {
             conn.conn
                 .set_prepared_statement_cache_size(CacheSize::Unbounded);
         }
-        Ok(())
+        Ok(Cleaned::Ready)
     }
 
     async fn server_timeouts(&self, conn: &mut DieselMysql) -> Result<ServerTimeouts, MyError> {

@@ -67,7 +67,9 @@ use mysql_async::consts::StatusFlags;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, SslOpts};
 
-use crate::manager::{Cancelled, Capabilities, ErrorClass, Manager, ServerTimeouts, Session};
+use crate::manager::{
+    Capabilities, Cleaned, Cleanup, ErrorClass, Manager, ServerTimeouts, Session,
+};
 
 /// Tracing target of this backend.
 const TARGET: &str = "vigil::mysql";
@@ -552,18 +554,6 @@ impl Manager for MySqlManager {
         session(conn.is_disconnected(), in_transaction(conn))
     }
 
-    /// `KILL QUERY <id>` from a new connection to the same server: the
-    /// statement stops at once instead of running on with nobody to read
-    /// its reply. The session itself is given up by the driver, so the
-    /// pool closes it ([`Cancelled::Stopped`]).
-    async fn cancel_query(&self, conn: &mut Conn) -> Result<Cancelled, mysql_async::Error> {
-        let id = conn.id();
-        let mut admin = self.connect_to(conn.opts().clone()).await?;
-        let killed = admin.query_drop(format!("KILL QUERY {id}")).await;
-        let _ = admin.disconnect().await;
-        killed.map(|()| Cancelled::Stopped)
-    }
-
     fn classify(&self, error: &mysql_async::Error) -> ErrorClass {
         use mysql_async::{DriverError, Error};
         match error {
@@ -578,13 +568,31 @@ impl Manager for MySqlManager {
         }
     }
 
-    async fn reset(&self, conn: &mut Conn, full: bool) -> Result<(), mysql_async::Error> {
-        if full {
+    /// A statement left running: `KILL QUERY <id>` from a new connection
+    /// to the same server, so it stops at once instead of running on with
+    /// nobody to read its reply. The session itself was given up by the
+    /// driver, so the pool closes it ([`Cleaned::Unusable`]).
+    async fn reset(
+        &self,
+        conn: &mut Conn,
+        cleanup: Cleanup,
+    ) -> Result<Cleaned, mysql_async::Error> {
+        if cleanup.stop_query {
+            let id = conn.id();
+            let mut admin = self.connect_to(conn.opts().clone()).await?;
+            let killed = admin.query_drop(format!("KILL QUERY {id}")).await;
+            let _ = admin.disconnect().await;
+            killed?;
+            return Ok(Cleaned::Unusable {
+                query_stopped: true,
+            });
+        }
+        if cleanup.full {
             // COM_RESET_CONNECTION also rolls back an open transaction, and
             // `Conn::reset` clears the client-side statement cache that the
             // server-side reset invalidates.
             if conn.reset().await? {
-                return Ok(());
+                return Ok(Cleaned::Ready);
             }
             tracing::debug!(
                 target: TARGET,
@@ -595,7 +603,7 @@ impl Manager for MySqlManager {
         if in_transaction(conn) {
             conn.query_drop("ROLLBACK").await?;
         }
-        Ok(())
+        Ok(Cleaned::Ready)
     }
 
     /// One query a minute, not per connection: the session

@@ -56,7 +56,9 @@ use sqlx::{ConnectOptions, Connection, Database};
 // Not re-exported by sqlx since 0.9 (semver-exempt, `#[doc(hidden)]` before).
 use sqlx_core::transaction::TransactionManager;
 
-use crate::manager::{BrokenDetection, Capabilities, ErrorClass, Manager, ServerTimeouts, Session};
+use crate::manager::{
+    BrokenDetection, Capabilities, Cleaned, Cleanup, ErrorClass, Manager, ServerTimeouts, Session,
+};
 
 /// The connect options type of the sqlx database `DB`
 /// (`PgConnectOptions`, `SqliteConnectOptions`, `MySqlConnectOptions`).
@@ -418,7 +420,13 @@ where
         }
     }
 
-    async fn reset(&self, conn: &mut DB::Connection, full: bool) -> Result<(), sqlx::Error> {
+    /// sqlx cannot tell a statement left running ([`Session::query_in_flight`]
+    /// is never set), so there is none to stop.
+    async fn reset(
+        &self,
+        conn: &mut DB::Connection,
+        cleanup: Cleanup,
+    ) -> Result<Cleaned, sqlx::Error> {
         // Send what sqlx queued (a dropped transaction's ROLLBACK) and
         // wait for it: a ping goes out after it and is answered after it.
         // SQLite runs that ROLLBACK on its worker thread; the ping, which
@@ -435,10 +443,10 @@ where
         for _ in 0..depth {
             <DB::TransactionManager as TransactionManager>::rollback(conn).await?;
         }
-        if full {
+        if cleanup.full {
             DB::full_reset(conn).await?;
         }
-        Ok(())
+        Ok(Cleaned::Ready)
     }
 
     fn server_timeouts(

@@ -109,7 +109,7 @@ pub(super) mod diesel;
 mod statements;
 mod tls;
 use crate::manager::{
-    BrokenDetection, Cancelled, Capabilities, ErrorClass, Manager, ServerTimeouts, Session,
+    BrokenDetection, Capabilities, Cleaned, Cleanup, ErrorClass, Manager, ServerTimeouts, Session,
 };
 use statements::StatementCache;
 pub use statements::DEFAULT_STATEMENT_CACHE;
@@ -1268,6 +1268,40 @@ impl TokioPgManager {
             }
         }
     }
+
+    /// What the borrower left open is rolled back and, when `full`, all
+    /// session state reset; the statement cache goes with `DISCARD ALL`.
+    async fn clean(&self, conn: &mut PgClient, full: bool) -> Result<(), tokio_postgres::Error> {
+        if !conn.seen.settled_clean() {
+            // A reply is still on its way (an error is flushed before the
+            // `ReadyForQuery` that says what it did to the transaction), or
+            // a dropped `Transaction` has queued its own `ROLLBACK`, which
+            // may not have run yet: an empty query waits for both. Only a
+            // transaction still open after that (a raw `BEGIN`) is rolled
+            // back here, so a clean session never earns the server's
+            // "there is no transaction in progress" warning.
+            conn.simple_query("").await?;
+            if conn.seen.in_transaction() {
+                conn.batch_execute("ROLLBACK").await?;
+            }
+        }
+        if !full {
+            return Ok(());
+        }
+        // `DISCARD ALL` drops every prepared statement on the server: the
+        // cache's go first (their Close messages precede it).
+        conn.statements.clear();
+        match conn.batch_execute("DISCARD ALL").await {
+            // A session the watch does not see (`hostaddr`, random host
+            // order) can still be in a raw `BEGIN`, where `DISCARD ALL`
+            // cannot run: roll it back first.
+            Err(e) if e.code() == Some(&SqlState::ACTIVE_SQL_TRANSACTION) => {
+                conn.batch_execute("ROLLBACK").await?;
+                conn.batch_execute("DISCARD ALL").await
+            }
+            other => other,
+        }
+    }
 }
 
 impl Manager for TokioPgManager {
@@ -1360,43 +1394,24 @@ impl Manager for TokioPgManager {
         })
     }
 
-    /// PostgreSQL's cancel request, over a new socket to the address (and
-    /// inside TLS, as) the session's; then waits for the statement's error
-    /// and `ReadyForQuery` to pass. See the `cancel` module.
-    async fn cancel_query(&self, conn: &mut PgClient) -> Result<Cancelled, tokio_postgres::Error> {
-        Ok(self.cancel(conn).await)
-    }
-
-    async fn reset(&self, conn: &mut PgClient, full: bool) -> Result<(), tokio_postgres::Error> {
-        if !conn.seen.settled_clean() {
-            // A reply is still on its way (an error is flushed before the
-            // `ReadyForQuery` that says what it did to the transaction), or
-            // a dropped `Transaction` has queued its own `ROLLBACK`, which
-            // may not have run yet: an empty query waits for both. Only a
-            // transaction still open after that (a raw `BEGIN`) is rolled
-            // back here, so a clean session never earns the server's
-            // "there is no transaction in progress" warning.
-            conn.simple_query("").await?;
-            if conn.seen.in_transaction() {
-                conn.batch_execute("ROLLBACK").await?;
+    /// A statement left running is stopped first: PostgreSQL's cancel
+    /// request, over a new socket to the address (and inside TLS, as) the
+    /// session's; then the statement's error and `ReadyForQuery` are
+    /// waited for. See the `cancel` module.
+    async fn reset(
+        &self,
+        conn: &mut PgClient,
+        cleanup: Cleanup,
+    ) -> Result<Cleaned, tokio_postgres::Error> {
+        let mut stopped = false;
+        if cleanup.stop_query {
+            match self.cancel(conn).await.go_on() {
+                Ok(s) => stopped = s,
+                Err(unusable) => return Ok(unusable),
             }
         }
-        if !full {
-            return Ok(());
-        }
-        // `DISCARD ALL` drops every prepared statement on the server: the
-        // cache's go first (their Close messages precede it).
-        conn.statements.clear();
-        match conn.batch_execute("DISCARD ALL").await {
-            // A session the watch does not see (`hostaddr`, random host
-            // order) can still be in a raw `BEGIN`, where `DISCARD ALL`
-            // cannot run: roll it back first.
-            Err(e) if e.code() == Some(&SqlState::ACTIVE_SQL_TRANSACTION) => {
-                conn.batch_execute("ROLLBACK").await?;
-                conn.batch_execute("DISCARD ALL").await
-            }
-            other => other,
-        }
+        self.clean(conn, cleanup.full).await?;
+        Ok(cancel::cleaned(stopped))
     }
 
     async fn server_timeouts(

@@ -12,7 +12,9 @@ use tokio::time::timeout;
 use super::cap::{Cap, CapError, Victims};
 use super::usage::Usage;
 use crate::error::{Error, TimeoutPhase};
-use crate::manager::{Cancelled, Capabilities, ErrorClass, Manager, ServerTimeouts, Session};
+use crate::manager::{
+    Capabilities, Cleaned, Cleanup, ErrorClass, Manager, ServerTimeouts, Session,
+};
 
 /// The error type of the sub-pools: the backend's, or why the cap said no.
 /// Never reaches a caller of `KeyedPool::get` (see `map_error`); it shows
@@ -147,19 +149,19 @@ impl<M: Manager> Manager for Capped<M> {
         }
     }
 
-    async fn cancel_query(&self, conn: &mut Self::Connection) -> Result<Cancelled, Self::Error> {
-        self.inner
-            .cancel_query(&mut conn.raw)
-            .await
-            .map_err(backend)
-    }
-
     async fn has_role(&self, conn: &mut Self::Connection) -> Result<bool, Self::Error> {
         self.inner.has_role(&mut conn.raw).await.map_err(backend)
     }
 
-    async fn reset(&self, conn: &mut Self::Connection, full: bool) -> Result<(), Self::Error> {
-        self.inner.reset(&mut conn.raw, full).await.map_err(backend)
+    async fn reset(
+        &self,
+        conn: &mut Self::Connection,
+        cleanup: Cleanup,
+    ) -> Result<Cleaned, Self::Error> {
+        self.inner
+            .reset(&mut conn.raw, cleanup)
+            .await
+            .map_err(backend)
     }
 
     async fn server_timeouts(
@@ -198,7 +200,7 @@ mod conformance {
 
     use super::*;
     use crate::keyed::cap::Victim;
-    use crate::manager::{BrokenDetection, Cancelled};
+    use crate::manager::BrokenDetection;
 
     #[derive(Debug, thiserror::Error)]
     #[error("recorded error {0}")]
@@ -260,13 +262,12 @@ mod conformance {
             self.note("has_role");
             Ok(false)
         }
-        async fn cancel_query(&self, _: &mut u32) -> Result<Cancelled, RecError> {
-            self.note("cancel_query");
-            Ok(Cancelled::Drained)
-        }
-        async fn reset(&self, _: &mut u32, full: bool) -> Result<(), RecError> {
+        async fn reset(&self, _: &mut u32, cleanup: Cleanup) -> Result<Cleaned, RecError> {
             self.note("reset");
-            Err(RecError(if full { 4 } else { 5 }))
+            match (cleanup.stop_query, cleanup.full) {
+                (true, _) => Ok(Cleaned::QueryStopped),
+                (false, full) => Err(RecError(if full { 4 } else { 5 })),
+            }
         }
         async fn server_timeouts(&self, _: &mut u32) -> Result<ServerTimeouts, RecError> {
             self.note("server_timeouts");
@@ -330,12 +331,20 @@ mod conformance {
         assert_eq!(capped.session(&mut conn), capped.inner.session(&mut 7));
         assert_eq!(capped.capabilities(), capped.inner.capabilities());
         assert!(!capped.has_role(&mut conn).await.unwrap());
+        let stop = Cleanup {
+            stop_query: true,
+            full: false,
+        };
         assert_eq!(
-            capped.cancel_query(&mut conn).await.unwrap(),
-            Cancelled::Drained
+            capped.reset(&mut conn, stop).await.unwrap(),
+            Cleaned::QueryStopped
         );
+        let full = Cleanup {
+            full: true,
+            stop_query: false,
+        };
         assert_eq!(
-            backend_code(capped.reset(&mut conn, true).await.unwrap_err()),
+            backend_code(capped.reset(&mut conn, full).await.unwrap_err()),
             Some(4)
         );
         assert_eq!(
@@ -359,7 +368,6 @@ mod conformance {
         "capabilities",
         "classify",
         "has_role",
-        "cancel_query",
         "reset",
         "server_timeouts",
         "close",
@@ -405,7 +413,7 @@ mod conformance {
         let mut asked: Vec<String> = ASKED.iter().map(|s| s.to_string()).collect();
         asked.sort();
         assert!(
-            contract.len() >= 10,
+            contract.len() >= 9,
             "the trait's methods were found: {contract:?}"
         );
         assert_eq!(

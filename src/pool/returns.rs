@@ -16,7 +16,7 @@ use super::owners::{Io, Permit};
 use super::slots::{Activity, Filed};
 use super::TARGET;
 use crate::liveness::{assess, may_retire_at_return, Policy, Reason, Verdict};
-use crate::manager::{Cancelled, ErrorClass, Manager};
+use crate::manager::{Cleaned, Cleanup, ErrorClass, Manager};
 use crate::stats::Stats;
 
 impl<M: Manager> Shared<M> {
@@ -79,7 +79,7 @@ impl<M: Manager> Shared<M> {
         let plan = Plan {
             // A reply still on its way: stop the statement rather than
             // queue a rollback or a ping behind it.
-            cancel: dirty && session.query_in_flight,
+            stop_query: dirty && session.query_in_flight,
             // A reset is a round trip too, and proves the session alive: a
             // dirty connection is cleaned, a clean one only pinged (the
             // role question proves it alive as well as a ping).
@@ -99,33 +99,47 @@ impl<M: Manager> Shared<M> {
         let shared = Arc::clone(self);
         self.runtime.spawn(async move {
             let limit = shared.config.validation_timeout;
-            let cancelled = timeout(limit, shared.manager.cancel_query(&mut raw)).await;
-            shared.note_cancel(cancelled.ok());
+            let stop = Cleanup {
+                stop_query: true,
+                full: false,
+            };
+            let stopped = timeout(limit, shared.manager.reset(&mut raw, stop)).await;
+            shared.note_stop(stopped.ok());
             shared.close_raw(raw).await;
             shared.goodbyes.fetch_sub(1, Relaxed);
             shared.changed.notify_waiters();
         });
     }
 
-    /// Counts and logs a cancel's outcome (`None`: it timed out).
-    fn note_cancel(&self, outcome: Option<Result<Cancelled, M::Error>>) -> Option<Cancelled> {
-        match outcome {
-            Some(Ok(quiet @ (Cancelled::Unsupported | Cancelled::Settled))) => Some(quiet),
-            Some(Ok(done)) => {
-                Stats::bump(&self.stats.queries_cancelled);
-                // debug: the borrower chose to leave; this is the pool cleaning up.
-                tracing::debug!(target: TARGET, outcome = ?done, "statement left running by its borrower cancelled");
-                Some(done)
-            }
+    /// Counts and logs what a reset that had to stop a statement left
+    /// running did with it (`None`: it timed out). A cleaned session is
+    /// passed on as `Ok`.
+    fn note_stop(
+        &self,
+        outcome: Option<Result<Cleaned, M::Error>>,
+    ) -> Option<Result<(), M::Error>> {
+        let done = match outcome {
+            Some(Ok(Cleaned::Ready)) => return Some(Ok(())),
+            Some(Ok(Cleaned::QueryStopped)) => Some(Ok(())),
+            Some(Ok(Cleaned::Unusable {
+                query_stopped: true,
+            })) => None,
+            Some(Ok(Cleaned::Unusable {
+                query_stopped: false,
+            })) => return None,
             Some(Err(error)) => {
-                tracing::debug!(target: TARGET, %error, "cancelling a statement left running failed");
-                None
+                tracing::debug!(target: TARGET, %error, "stopping a statement left running failed");
+                return Some(Err(error));
             }
             None => {
-                tracing::debug!(target: TARGET, "cancelling a statement left running timed out");
-                None
+                tracing::debug!(target: TARGET, "stopping a statement left running timed out");
+                return None;
             }
-        }
+        };
+        Stats::bump(&self.stats.queries_cancelled);
+        // debug: the borrower chose to leave; this is the pool cleaning up.
+        tracing::debug!(target: TARGET, reusable = done.is_some(), "statement left running by its borrower stopped");
+        done
     }
 
     /// Puts an active connection back with its permit, in one step under
@@ -211,8 +225,9 @@ impl<M: Manager> Shared<M> {
 /// What a returned connection needs before it goes back idle, in order.
 #[derive(Clone, Copy)]
 struct Plan {
-    /// Stop the statement its borrower left running (`cancel_query`).
-    cancel: bool,
+    /// Stop the statement its borrower left running first
+    /// (`Cleanup::stop_query`; only with a reset).
+    stop_query: bool,
     /// Clean it (`reset`; `Some(true)`: a full reset, after which the
     /// `after_connect` hook runs again).
     reset: Option<bool>,
@@ -314,20 +329,26 @@ impl<M: Manager> Shared<M> {
         let conn_id = meta.id;
         let limit = self.config.validation_timeout;
         let manager = &self.manager;
-        if plan.cancel {
-            let cancelled = timeout(limit, manager.cancel_query(raw)).await;
-            let outcome = self.note_cancel(cancelled.ok());
-            if !matches!(outcome, Some(Cancelled::Drained | Cancelled::Settled)) {
-                // Never lent with a reply pending: closed instead.
-                return Outcome::Retire(Reason::ResetFailed);
-            }
-        }
         let (what, failed) = match plan.reset {
             Some(_) => ("reset on return", Reason::ResetFailed),
             None => ("verify on return", Reason::ValidationFailed),
         };
         let cleaned = match plan.reset {
-            Some(full) => Some(timeout(limit, manager.reset(raw, full)).await),
+            Some(full) => {
+                let cleanup = Cleanup {
+                    full,
+                    stop_query: plan.stop_query,
+                };
+                let result = timeout(limit, manager.reset(raw, cleanup)).await;
+                if !plan.stop_query {
+                    Some(result.map(|r| r.map(drop)))
+                } else if let Some(stopped) = self.note_stop(result.ok()) {
+                    Some(Ok(stopped))
+                } else {
+                    // Never lent with a reply pending: closed instead.
+                    return Outcome::Retire(Reason::ResetFailed);
+                }
+            }
             None if plan.ping => Some(timeout(limit, manager.is_valid(raw)).await),
             None => None,
         };

@@ -54,9 +54,9 @@ impl Manager for Counting {
     fn reset(
         &self,
         conn: &mut Conn,
-        full: bool,
-    ) -> impl Future<Output = Result<(), mysql_async::Error>> + Send {
-        self.inner.reset(conn, full)
+        cleanup: vigil::Cleanup,
+    ) -> impl Future<Output = Result<vigil::Cleaned, mysql_async::Error>> + Send {
+        self.inner.reset(conn, cleanup)
     }
 
     fn server_timeouts(

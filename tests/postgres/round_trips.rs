@@ -45,9 +45,9 @@ impl Manager for Counting {
     fn reset(
         &self,
         conn: &mut PgConnection,
-        full: bool,
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send {
-        self.inner.reset(conn, full)
+        cleanup: vigil::Cleanup,
+    ) -> impl Future<Output = Result<vigil::Cleaned, sqlx::Error>> + Send {
+        self.inner.reset(conn, cleanup)
     }
 
     fn server_timeouts(

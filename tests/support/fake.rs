@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vigil::{Capabilities, ErrorClass, Manager, ServerTimeouts, Session};
+use vigil::{Capabilities, Cleaned, Cleanup, ErrorClass, Manager, ServerTimeouts, Session};
 
 #[derive(Debug, thiserror::Error)]
 #[error("fake: {0}")]
@@ -192,7 +192,7 @@ impl Manager for Fake {
         Ok(!self.script.role_lost.load(SeqCst))
     }
 
-    async fn reset(&self, conn: &mut FakeConn, full: bool) -> Result<(), FakeError> {
+    async fn reset(&self, conn: &mut FakeConn, cleanup: Cleanup) -> Result<Cleaned, FakeError> {
         let s = &self.script;
         s.resets.fetch_add(1, SeqCst);
         if s.reset_hangs.load(SeqCst) {
@@ -202,10 +202,10 @@ impl Manager for Fake {
             return Err(FakeError("reset failed".into()));
         }
         conn.in_transaction = false;
-        if full {
+        if cleanup.full {
             conn.session_var = None;
         }
-        Ok(())
+        Ok(Cleaned::Ready)
     }
 
     async fn server_timeouts(&self, _conn: &mut FakeConn) -> Result<ServerTimeouts, FakeError> {

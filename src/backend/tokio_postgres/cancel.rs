@@ -30,7 +30,46 @@ use tokio::net::TcpStream;
 use tokio::net::UnixStream;
 
 use super::{PgClient, Seen, TokioPgManager, TARGET};
-use crate::manager::Cancelled;
+use crate::manager::Cleaned;
+
+/// What a cancel request did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Cancelled {
+    /// Nothing was sent (no key, no address, or the request failed).
+    Unsupported,
+    /// Nothing needed stopping: the pending reply arrived by itself.
+    Settled,
+    /// The statement was stopped and its reply has been drained.
+    Drained,
+    /// The statement was stopped, but the session ended with it.
+    Stopped,
+}
+
+impl Cancelled {
+    /// Whether a reset goes on with the session (`Ok`: whether a
+    /// statement was stopped), or what it reports instead (`Err`).
+    pub(super) fn go_on(self) -> Result<bool, Cleaned> {
+        match self {
+            Cancelled::Settled => Ok(false),
+            Cancelled::Drained => Ok(true),
+            Cancelled::Stopped => Err(Cleaned::Unusable {
+                query_stopped: true,
+            }),
+            Cancelled::Unsupported => Err(Cleaned::Unusable {
+                query_stopped: false,
+            }),
+        }
+    }
+}
+
+/// What a reset that went on to the end reports.
+pub(super) fn cleaned(stopped: bool) -> Cleaned {
+    if stopped {
+        Cleaned::QueryStopped
+    } else {
+        Cleaned::Ready
+    }
+}
 
 /// Where a session's socket went.
 #[derive(Debug, Clone)]

@@ -19,7 +19,7 @@ use super::{AbortOnDrop, PgClient, Seen, TokioPgManager};
 use crate::backend::diesel::{closed_connection, transaction_open, DieselError};
 use crate::backend::InvalidUrl;
 use crate::manager::{
-    BrokenDetection, Cancelled, Capabilities, ErrorClass, Manager, ServerTimeouts, Session,
+    BrokenDetection, Capabilities, Cleaned, Cleanup, ErrorClass, Manager, ServerTimeouts, Session,
 };
 
 /// What diesel's `AsyncPgConnection::try_from` sets on a new session, and
@@ -179,17 +179,24 @@ impl Manager for DieselPgManager {
         }
     }
 
-    async fn cancel_query(&self, conn: &mut DieselPg) -> Result<Cancelled, Error> {
-        let connection = &conn.connection;
-        Ok(self
-            .inner
-            .cancel_session(&conn.seen, conn.endpoint.clone(), || {
-                connection.is_finished()
-            })
-            .await)
-    }
-
-    async fn reset(&self, conn: &mut DieselPg, full: bool) -> Result<(), Error> {
+    /// A statement left running is stopped first, as by
+    /// `TokioPgManager::reset`.
+    async fn reset(&self, conn: &mut DieselPg, cleanup: Cleanup) -> Result<Cleaned, Error> {
+        let mut stopped = false;
+        if cleanup.stop_query {
+            let connection = &conn.connection;
+            let cancelled = self
+                .inner
+                .cancel_session(&conn.seen, conn.endpoint.clone(), || {
+                    connection.is_finished()
+                })
+                .await;
+            match cancelled.go_on() {
+                Ok(s) => stopped = s,
+                Err(unusable) => return Ok(unusable),
+            }
+        }
+        let full = cleanup.full;
         if !conn.seen.settled_clean() {
             // A reply still on its way, or a dropped transaction's: an
             // empty query waits for it (see `TokioPgManager::reset`).
@@ -204,7 +211,7 @@ impl Manager for DieselPgManager {
             *conn.conn.transaction_state() = AnsiTransactionManager::default();
         }
         if !full {
-            return Ok(());
+            return Ok(super::cancel::cleaned(stopped));
         }
         // `DISCARD ALL` deallocates the server's prepared statements:
         // diesel's cache is replaced first (so it prepares again), and
@@ -217,7 +224,7 @@ impl Manager for DieselPgManager {
         // of a multi-statement one.
         conn.conn.batch_execute("DISCARD ALL").await?;
         conn.conn.batch_execute(DIESEL_SETUP).await?;
-        Ok(())
+        Ok(super::cancel::cleaned(stopped))
     }
 
     async fn server_timeouts(&self, conn: &mut DieselPg) -> Result<ServerTimeouts, Error> {
