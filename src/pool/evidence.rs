@@ -12,11 +12,9 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use super::cutoff::{Learner, Lesson, ACT_AT};
-use super::inner::Shared;
 use super::TARGET;
-use crate::config::{Hedge, IdleCutoff};
+use crate::config::{Config, Hedge, IdleCutoff};
 use crate::liveness::Policy;
-use crate::manager::Manager;
 
 /// The shortest automatic hedge delay: below it, scheduler noise on a busy
 /// machine would hedge healthy pings.
@@ -42,13 +40,16 @@ fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-impl<M: Manager> Shared<M> {
+/// Each method is given the settings it reads (`Config`, the pool's
+/// `Policy`): the record keeps none of its own, so the pool's shared state
+/// stays as it is laid out.
+impl Evidence {
     /// The idle cutoff in force: known from the settings, or learned.
-    pub(crate) fn idle_cutoff(&self) -> Option<Duration> {
-        match self.config.idle_cutoff {
+    pub(crate) fn idle_cutoff(&self, config: &Config) -> Option<Duration> {
+        match config.idle_cutoff {
             IdleCutoff::Off => None,
             IdleCutoff::Known(d) => Some(d),
-            IdleCutoff::Learn => match self.evidence.cutoff_ns.load(Relaxed) {
+            IdleCutoff::Learn => match self.cutoff_ns.load(Relaxed) {
                 0 => None,
                 n => Some(Duration::from_nanos(n)),
             },
@@ -57,9 +58,8 @@ impl<M: Manager> Shared<M> {
 
     /// The policy the housekeeper sweeps with: the settings', with idle
     /// connections also pinged at 75 % of the idle cutoff in force.
-    pub(crate) fn sweep_policy(&self) -> Policy {
-        let mut policy = self.policy;
-        if let Some(cutoff) = self.idle_cutoff() {
+    pub(crate) fn sweep_policy(&self, config: &Config, mut policy: Policy) -> Policy {
+        if let Some(cutoff) = self.idle_cutoff(config) {
             let act = cutoff.mul_f64(ACT_AT);
             policy.keepalive_interval = Some(policy.keepalive_interval.map_or(act, |k| k.min(act)));
         }
@@ -69,33 +69,32 @@ impl<M: Manager> Shared<M> {
     /// A connection silent for `idle` turned out dead (its ping failed or
     /// went unanswered, or it was found broken while idle).
     /// `server_idle`: its server's idle timeout, which would explain it.
-    pub(crate) fn idle_died(&self, idle: Duration, server_idle: Option<Duration>) {
-        if self.config.idle_cutoff != IdleCutoff::Learn || server_idle.is_some_and(|t| idle >= t) {
+    pub(crate) fn idle_died(&self, config: &Config, idle: Duration, server_idle: Option<Duration>) {
+        if config.idle_cutoff != IdleCutoff::Learn || server_idle.is_some_and(|t| idle >= t) {
             return;
         }
-        let lesson = self.evidence.learner.lock().died(idle, Instant::now());
+        let lesson = self.learner.lock().died(idle, Instant::now());
         self.heed(lesson);
     }
 
     /// A connection silent for `idle` answered a ping in `rtt`.
-    pub(crate) fn idle_survived(&self, idle: Duration, rtt: Duration) {
-        let e = &self.evidence;
+    pub(crate) fn idle_survived(&self, config: &Config, idle: Duration, rtt: Duration) {
         let rtt = ns(rtt);
         let decayed = |old: u64| Some(rtt.max(old - old / 8));
-        let _ = e.slow_ping_ns.fetch_update(Relaxed, Relaxed, decayed);
-        if self.config.idle_cutoff == IdleCutoff::Learn {
-            let lesson = e.learner.lock().survived(idle);
+        let _ = self.slow_ping_ns.fetch_update(Relaxed, Relaxed, decayed);
+        if config.idle_cutoff == IdleCutoff::Learn {
+            let lesson = self.learner.lock().survived(idle);
             self.heed(lesson);
         }
     }
 
     /// A connect took `took`.
     pub(crate) fn connected_in(&self, took: Duration) {
-        self.evidence.last_connect_ns.store(ns(took), Relaxed);
+        self.last_connect_ns.store(ns(took), Relaxed);
     }
 
     fn heed(&self, lesson: Lesson) {
-        let cutoff_ns = &self.evidence.cutoff_ns;
+        let cutoff_ns = &self.cutoff_ns;
         match lesson {
             Lesson::Nothing => {}
             Lesson::Learned(cutoff) => {
@@ -130,15 +129,14 @@ impl<M: Manager> Shared<M> {
     }
 
     /// How long a checkout waits for its ping before it hedges; `None`: never.
-    pub(crate) fn hedge_delay(&self) -> Option<Duration> {
-        let ceiling = self.config.validation_timeout;
-        match self.config.hedge {
+    pub(crate) fn hedge_delay(&self, config: &Config) -> Option<Duration> {
+        let ceiling = config.validation_timeout;
+        match config.hedge {
             Hedge::Off => None,
             Hedge::After(d) => Some(d.min(ceiling)),
             Hedge::Auto => {
-                let e = &self.evidence;
-                let yardstick = match e.slow_ping_ns.load(Relaxed) {
-                    0 => Duration::from_nanos(e.last_connect_ns.load(Relaxed)),
+                let yardstick = match self.slow_ping_ns.load(Relaxed) {
+                    0 => Duration::from_nanos(self.last_connect_ns.load(Relaxed)),
                     n => Duration::from_nanos(n) * HEDGE_FACTOR,
                 };
                 Some(yardstick.max(HEDGE_FLOOR).min(ceiling))

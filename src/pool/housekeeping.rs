@@ -33,7 +33,7 @@ impl<M: Manager> Shared<M> {
             let mut slots = self.slots.lock();
             let sweep = slots.sweep(
                 now,
-                &self.sweep_policy(),
+                &self.evidence.sweep_policy(&self.config, self.policy),
                 self.config.min_idle,
                 self.generation(),
                 |c| self.manager.session(c).broken,
@@ -68,7 +68,8 @@ impl<M: Manager> Shared<M> {
         for (conn, reason) in sweep.retired {
             if reason == Reason::Broken {
                 let idle = now.saturating_duration_since(conn.meta.last_io);
-                self.idle_died(idle, conn.meta.server_idle);
+                self.evidence
+                    .idle_died(&self.config, idle, conn.meta.server_idle);
             }
             self.note_retired(&conn.meta, reason);
             self.say_goodbye(conn.into_raw());

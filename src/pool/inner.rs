@@ -541,7 +541,8 @@ impl<M: Manager> Shared<M> {
                 Checkout::Retire(reason) => {
                     if reason == Reason::Broken {
                         let idle = now.saturating_duration_since(conn.meta.last_io);
-                        self.idle_died(idle, conn.meta.server_idle);
+                        self.evidence
+                            .idle_died(&self.config, idle, conn.meta.server_idle);
                     }
                     self.retire_active(conn, reason);
                 }
@@ -628,7 +629,7 @@ impl<M: Manager> Shared<M> {
         let started = Instant::now();
         let idle = started.saturating_duration_since(conn.meta.last_io);
         let limit = self.config.validation_timeout;
-        let hedge = self.hedge_delay();
+        let hedge = self.evidence.hedge_delay(&self.config);
         let early = hedge.unwrap_or(limit);
         let check = self.manager.is_valid(&mut conn.raw);
         tokio::pin!(check);
@@ -638,7 +639,8 @@ impl<M: Manager> Shared<M> {
             Err(elapsed) if hedge.is_none() => Err(elapsed),
             Err(_) => {
                 reported = true;
-                self.idle_died(idle, conn.meta.server_idle);
+                self.evidence
+                    .idle_died(&self.config, idle, conn.meta.server_idle);
                 if let Some(permit) = hold.silence(self, &conn.meta) {
                     Stats::bump(&self.stats.validations_hedged);
                     on_silent(permit);
@@ -656,13 +658,15 @@ impl<M: Manager> Shared<M> {
             }
         };
         if !reported && !matches!(result, Ok(Ok(()))) {
-            self.idle_died(idle, conn.meta.server_idle);
+            self.evidence
+                .idle_died(&self.config, idle, conn.meta.server_idle);
         }
         match result {
             Ok(Ok(())) => {
                 let now = Instant::now();
                 conn.meta.last_io = now;
-                self.idle_survived(idle, now - started);
+                self.evidence
+                    .idle_survived(&self.config, idle, now - started);
                 true
             }
             Ok(Err(error)) => {
@@ -766,7 +770,7 @@ impl<M: Manager> Shared<M> {
         };
         let now = Instant::now();
         self.stats.connect.observe(now - started);
-        self.connected_in(now - started);
+        self.evidence.connected_in(now - started);
         let mut meta = Meta {
             id,
             created: now,

@@ -571,7 +571,7 @@ fn state_of<M: Manager>(shared: &Shared<M>) -> State {
         validations_hedged: s.validations_hedged.load(Relaxed),
         presumed_dead: counts.silent,
         queries_cancelled: s.queries_cancelled.load(Relaxed),
-        idle_cutoff: shared.idle_cutoff(),
+        idle_cutoff: shared.evidence.idle_cutoff(&shared.config),
         server_idle_timeout: match server_ms {
             u64::MAX => None,
             0 => Some(None),

@@ -272,7 +272,7 @@ impl<M: Manager> Returning<M> {
             let (conn, hold) = self.0.parts();
             let work = shared.run_plan(&mut conn.raw, conn.meta, plan);
             tokio::pin!(work);
-            match shared.hedge_delay() {
+            match shared.evidence.hedge_delay(&shared.config) {
                 Some(delay) => match timeout(delay, &mut work).await {
                     Ok(outcome) => outcome,
                     Err(_) => {
