@@ -37,7 +37,7 @@ impl<M: Manager> Shared<M> {
                 self.config.min_idle,
                 self.generation(),
                 |c| self.manager.session(c).broken,
-                || Permit::new(self),
+                |unit| Permit::new(self, unit),
             );
             let leaks = match self.config.leak_threshold {
                 Some(threshold) => slots.new_leaks(now, threshold),

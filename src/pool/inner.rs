@@ -235,7 +235,7 @@ impl<M: Manager> Shared<M> {
     /// A capacity permit if one is free now (never while anyone waits).
     pub(crate) fn try_permit(self: &Arc<Self>) -> Option<Permit<M>> {
         let took = self.slots.lock().try_take();
-        took.then(|| Permit::new(self))
+        took.map(|unit| Permit::new(self, unit))
     }
 
     // ---------------------------------------------------------------- checkout
@@ -252,14 +252,18 @@ impl<M: Manager> Shared<M> {
     ) -> Result<Pooled<M>, Option<Permit<M>>> {
         let popped = {
             let mut slots = self.slots.lock();
-            if !slots.try_take() {
+            let Some(unit) = slots.try_take() else {
                 return Err(None);
-            }
-            slots.pop_if(now, site, |conn| self.decide(conn, now) == Checkout::Lend)
+            };
+            (
+                unit,
+                slots.pop_if(now, site, |conn| self.decide(conn, now) == Checkout::Lend),
+            )
         };
+        let (unit, popped) = popped;
         // Made after the lock is let go: a permit dropped under it would
         // deadlock (giving it back takes the lock).
-        let permit = Permit::new(self);
+        let permit = Permit::new(self, unit);
         match popped {
             Some(conn) => Ok(permit.lend(conn, now)),
             None => Err(Some(permit)),
@@ -504,7 +508,7 @@ impl<M: Manager> Shared<M> {
         match served {
             // From the grant to the permit with no await between: nothing
             // can drop the capacity on the floor.
-            Served::Granted(conn) => Ok((Permit::new(self), conn)),
+            Served::Granted(unit, conn) => Ok((Permit::new(self, unit), conn)),
             Served::Expired => Err(Stop::TimedOut),
             Served::Closed => Err(Stop::Closed),
         }
@@ -962,8 +966,8 @@ impl<M: Manager> Drop for InLine<'_, M> {
         };
         let left = self.shared.slots.lock().leave_line(id);
         // Outside the lock: handing on takes it again.
-        if let Some(Served::Granted(conn)) = left {
-            let permit = Permit::new(self.shared);
+        if let Some(Served::Granted(unit, conn)) = left {
+            let permit = Permit::new(self.shared, unit);
             match conn {
                 // To the next in line, or idle.
                 Some(conn) => Shared::make_idle(conn, permit),

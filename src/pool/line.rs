@@ -9,6 +9,9 @@
 //! first waiter, under the lock that files it: the waiter wakes holding it.
 //!
 //! The rules, each kept by every function below:
+//! - Each unit of capacity somebody holds is a [`Unit`] value: made only
+//!   here, when a unit is taken (or granted to a waiter), and given back
+//!   only by passing it in. `free` + units alive = `max_size` + `owed`.
 //! - `free` counts capacity nobody holds. While someone is [`Waiting`],
 //!   `free` is 0: capacity that comes back goes to the first waiter.
 //! - Waiters are served in arrival order; entry `i` of the line has id
@@ -29,6 +32,37 @@ use std::task::{Context, Waker};
 use tokio::time::Instant;
 
 use super::conn::Conn;
+
+/// One unit of capacity (`max_size`), taken from the line: only the line
+/// makes one (a take, a grant to a waiter), and only the line takes one
+/// back (`release`, `hand_over`). Whoever holds it must pass it on or give
+/// it back: the pool keeps it inside a `Permit`, which gives it back when
+/// dropped. Dropped anywhere else, the unit is lost to the pool, which
+/// debug builds catch.
+#[must_use = "a unit of capacity must be given back to the line, or it is lost"]
+#[derive(Debug)]
+pub(crate) struct Unit(());
+
+impl Unit {
+    fn mint() -> Self {
+        Unit(())
+    }
+
+    /// Given back to the line, which now counts it.
+    fn returned(self) {
+        mem::forget(self);
+    }
+}
+
+impl Drop for Unit {
+    fn drop(&mut self) {
+        // Not while unwinding: a panic elsewhere drops what it held.
+        debug_assert!(
+            std::thread::panicking(),
+            "a unit of capacity is given back to the line, never dropped"
+        );
+    }
+}
 
 /// The capacity count and the line.
 pub(crate) struct Line<C> {
@@ -57,7 +91,7 @@ struct Waiter<C> {
 enum State<C> {
     Waiting,
     /// Capacity is this waiter's, with a connection if one came back.
-    Granted(Option<Conn<C>>),
+    Granted(Unit, Option<Conn<C>>),
     /// The deadline passed first.
     Expired,
     /// The pool closed first.
@@ -67,7 +101,7 @@ enum State<C> {
 /// How a waiter's wait ended.
 pub(crate) enum Served<C> {
     /// Capacity, and a connection straight from its last borrower.
-    Granted(Option<Conn<C>>),
+    Granted(Unit, Option<Conn<C>>),
     Expired,
     Closed,
 }
@@ -95,12 +129,12 @@ impl<C> Line<C> {
     }
 
     /// Takes a unit of capacity if one is free.
-    pub(crate) fn try_take(&mut self) -> bool {
+    pub(crate) fn try_take(&mut self) -> Option<Unit> {
         if self.free == 0 {
-            return false;
+            return None;
         }
         self.free -= 1;
-        true
+        Some(Unit::mint())
     }
 
     /// Capacity nobody holds.
@@ -111,19 +145,21 @@ impl<C> Line<C> {
     /// A unit of capacity comes back without a connection: the first
     /// waiter gets it (the waker to wake is returned), or it is free.
     #[must_use = "the waker must be woken outside the lock"]
-    pub(crate) fn release(&mut self) -> Option<Waker> {
+    pub(crate) fn release(&mut self, unit: Unit) -> Option<Waker> {
         if self.owed > 0 {
             // The pool shrank: this unit goes with the old size.
             self.owed -= 1;
+            unit.returned();
             return None;
         }
         match self.first_waiting() {
             Some(w) => {
-                w.state = State::Granted(None);
+                w.state = State::Granted(unit, None);
                 w.waker.take()
             }
             None => {
                 self.free += 1;
+                unit.returned();
                 None
             }
         }
@@ -136,16 +172,18 @@ impl<C> Line<C> {
     pub(crate) fn hand_over(
         &mut self,
         mut conn: Conn<C>,
+        unit: Unit,
         lend: impl FnOnce(&mut Conn<C>, &'static Location<'static>),
     ) -> Result<Option<Waker>, Conn<C>> {
         match self.first_waiting() {
             Some(w) => {
                 lend(&mut conn, w.site);
-                w.state = State::Granted(Some(conn));
+                w.state = State::Granted(unit, Some(conn));
                 Ok(w.waker.take())
             }
             None => {
                 self.free += 1;
+                unit.returned();
                 Err(conn)
             }
         }
@@ -172,7 +210,7 @@ impl<C> Line<C> {
         while left > 0 {
             match self.first_waiting() {
                 Some(w) => {
-                    w.state = State::Granted(None);
+                    w.state = State::Granted(Unit::mint(), None);
                     wake.extend(w.waker.take());
                     left -= 1;
                 }
@@ -214,8 +252,8 @@ impl<C> Line<C> {
             if closed {
                 return Poll::Served(Served::Closed);
             }
-            if self.try_take() {
-                return Poll::Served(Served::Granted(None));
+            if let Some(unit) = self.try_take() {
+                return Poll::Served(Served::Granted(unit, None));
             }
             self.entries.push_back(Some(Waiter {
                 deadline,
@@ -280,7 +318,7 @@ impl<C> Line<C> {
             self.base += 1;
         }
         Some(match w.state {
-            State::Granted(conn) => Served::Granted(conn),
+            State::Granted(unit, conn) => Served::Granted(unit, conn),
             State::Expired => Served::Expired,
             State::Waiting | State::Closed => Served::Closed,
         })
@@ -360,17 +398,22 @@ mod tests {
     fn capacity_is_taken_while_free_then_waiters_are_served_in_order() {
         let now = Instant::now();
         let mut line = Line::<u8>::new(1);
-        assert!(line.try_take());
+        let unit = line.try_take().expect("one unit is free");
+        assert!(line.try_take().is_none(), "and only one");
         let a = join(&mut line, now);
         let b = join(&mut line, now);
         assert!(poll(&mut line, a).is_none() && poll(&mut line, b).is_none());
-        assert!(line.release().is_some(), "the first waiter is woken");
+        assert!(line.release(unit).is_some(), "the first waiter is woken");
         assert_eq!(line.free(), 0, "capacity went to the waiter, not to free");
         assert!(poll(&mut line, b).is_none(), "b is behind a");
-        assert!(matches!(poll(&mut line, a), Some(Served::Granted(None))));
-        assert!(line.release().is_some());
-        assert!(matches!(poll(&mut line, b), Some(Served::Granted(None))));
-        let _ = line.release();
+        let Some(Served::Granted(unit, None)) = poll(&mut line, a) else {
+            panic!("a is served first, with the unit given back");
+        };
+        assert!(line.release(unit).is_some());
+        let Some(Served::Granted(unit, None)) = poll(&mut line, b) else {
+            panic!("then b");
+        };
+        let _ = line.release(unit);
         assert_eq!(line.free(), 1, "nobody waits: capacity is free");
         assert!(line.entries.is_empty());
     }
@@ -380,13 +423,16 @@ mod tests {
         let now = Instant::now();
         let mut line = Line::<u8>::new(0);
         let a = join(&mut line, now);
-        let _ = line.release();
-        assert!(matches!(line.leave(a), Some(Served::Granted(None))));
+        let _ = line.release(Unit::mint());
+        let Some(Served::Granted(unit, None)) = line.leave(a) else {
+            panic!("the grant goes to the leaver");
+        };
         assert_eq!(
             line.free(),
             0,
             "leave hands the grant to its caller, not to free"
         );
+        unit.returned();
     }
 
     #[test]
@@ -403,9 +449,12 @@ mod tests {
         );
         assert_eq!(due.len(), 1);
         assert!(matches!(line.leave(gone), Some(Served::Closed)));
-        assert!(line.release().is_some());
+        assert!(line.release(Unit::mint()).is_some());
         assert!(matches!(poll(&mut line, early), Some(Served::Expired)));
-        assert!(matches!(poll(&mut line, last), Some(Served::Granted(None))));
+        let Some(Served::Granted(unit, None)) = poll(&mut line, last) else {
+            panic!("the last waiter is served");
+        };
+        unit.returned();
         assert!(line.entries.is_empty() && line.base == 3);
     }
 

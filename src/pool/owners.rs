@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::conn::{Conn, Meta, Record};
 use super::guard::Pooled;
 use super::inner::Shared;
+use super::line::Unit;
 use super::slots::Activity;
 use crate::liveness::Reason;
 use crate::manager::Manager;
@@ -20,27 +21,27 @@ use crate::stats::Stats;
 
 /// One unit of capacity (`max_size`), owned by what uses it: a checkout in
 /// progress, a lent connection (inside [`Pooled`]), a connection the pool
-/// is doing I/O on (a ping, a reset, a connect). It goes back when dropped
-/// (to the first caller in line, or free), and only then: no code gives a
-/// permit back by hand, so no path can forget one or give one back twice.
-/// The one exception is [`Permit::handed_on`], for the lock holder that
-/// has just passed the capacity on with a connection.
+/// is doing I/O on (a ping, a reset, a connect). Made only from a [`Unit`]
+/// the line has just given out (a take, a grant to a waiter), and it gives
+/// that unit back when dropped (to the first caller in line, or free): no
+/// code gives capacity back by hand, so no path can forget a unit or give
+/// one back twice. The one exception is [`Permit::give_up`], for filing a
+/// connection back with its unit under the lock (`Slots::file`).
 ///
 /// Never dropped while the pool's lock is held: giving it back takes that
 /// lock.
 pub(crate) struct Permit<M: Manager> {
     shared: Arc<Shared<M>>,
-    /// Gives the capacity back on drop; cleared by `handed_on`.
-    owned: bool,
+    /// Given back on drop; taken out by `give_up`.
+    unit: Option<Unit>,
 }
 
 impl<M: Manager> Permit<M> {
-    /// Owns a unit of capacity just taken from the line (`Slots::try_take`,
-    /// or granted to a waiter).
-    pub(super) fn new(shared: &Arc<Shared<M>>) -> Self {
+    /// Owns a unit of capacity the line has just given out.
+    pub(super) fn new(shared: &Arc<Shared<M>>, unit: Unit) -> Self {
         Permit {
             shared: Arc::clone(shared),
-            owned: true,
+            unit: Some(unit),
         }
     }
 
@@ -48,11 +49,13 @@ impl<M: Manager> Permit<M> {
         &self.shared
     }
 
-    /// The capacity went on with a connection under the lock
+    /// The unit, to go on with a connection under the lock
     /// (`Slots::file`: to a waiter, or freed with the connection idle):
-    /// this value no longer owns it.
-    pub(super) fn handed_on(mut self) {
-        self.owned = false;
+    /// this value owns nothing afterwards.
+    pub(super) fn give_up(&mut self) -> Unit {
+        self.unit
+            .take()
+            .expect("a permit owns its unit until it gives it up, once")
     }
 
     /// The permit moves into the connection being lent.
@@ -63,11 +66,11 @@ impl<M: Manager> Permit<M> {
 
 impl<M: Manager> Drop for Permit<M> {
     fn drop(&mut self) {
-        if !self.owned {
+        let Some(unit) = self.unit.take() else {
             return;
-        }
+        };
         // The first caller in line gets it, woken outside the lock.
-        let waiter = self.shared.slots.lock().release();
+        let waiter = self.shared.slots.lock().release(unit);
         if let Some(waker) = waiter {
             waker.wake();
         }
@@ -228,8 +231,8 @@ impl<M: Manager> Io<M> {
         }
         let now = Instant::now();
         let revived = self.shared.slots.lock().revive(&mut conn.meta, now);
-        if revived {
-            return Some((conn, Permit::new(&self.shared)));
+        if let Some(unit) = revived {
+            return Some((conn, Permit::new(&self.shared, unit)));
         }
         // Not `retire_active`: it left the active set when it went silent.
         self.shared.retire(conn, Reason::Closed);

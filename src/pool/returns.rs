@@ -147,29 +147,26 @@ impl<M: Manager> Shared<M> {
     /// both, or into the idle set with the capacity freed. The checkout
     /// decision is precomputed here (`Meta::lend_before`): the connection's
     /// facts change only with I/O, which it does not do idle.
-    pub(crate) fn make_idle(mut conn: Conn<M::Connection>, permit: Permit<M>) {
+    pub(crate) fn make_idle(mut conn: Conn<M::Connection>, mut permit: Permit<M>) {
         let meta = &conn.meta;
         let lend_before =
             Policy::lend_before_allowed(meta.last_io, meta.lend_allowance, meta.expires);
         conn.meta.lend_before = lend_before;
-        let filed = permit.shared().slots.lock().file(conn);
+        // The unit goes on under the lock, with the connection or without.
+        let unit = permit.give_up();
+        let filed = permit.shared().slots.lock().file(conn, unit);
         match filed {
             Filed::Idle { wake_backoff } => {
                 if wake_backoff {
                     permit.shared().backoff_over.notify_waiters();
                 }
-                permit.handed_on();
             }
             Filed::Handed(waiter) => {
-                permit.handed_on();
                 if let Some(waker) = waiter {
                     waker.wake();
                 }
             }
-            Filed::Refused(conn) => {
-                permit.shared().retire_active(conn, Reason::Closed);
-                drop(permit);
-            }
+            Filed::Refused(conn) => permit.shared().retire_active(conn, Reason::Closed),
         }
     }
 

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio::sync::oneshot;
 
 use super::conn::{Conn, Meta};
-use super::line::{self, Line, Served};
+use super::line::{self, Line, Served, Unit};
 use crate::liveness::{assess, Policy, Reason, Verdict};
 
 /// The housekeeper's decision for one pass, taken under the lock. `P` is
@@ -76,7 +76,7 @@ pub(crate) enum Filed<C> {
     /// woken outside the lock.
     Handed(Option<Waker>),
     /// The pool is closed, or shrank: still counted active, for the
-    /// caller to retire.
+    /// caller to retire; its capacity went back (or went with the old size).
     Refused(Conn<C>),
 }
 
@@ -110,15 +110,18 @@ impl<C> Slots<C> {
     }
 
     /// Takes a unit of capacity if one is free and the pool is open.
-    pub(crate) fn try_take(&mut self) -> bool {
-        !self.closed && self.line.try_take()
+    pub(crate) fn try_take(&mut self) -> Option<Unit> {
+        if self.closed {
+            return None;
+        }
+        self.line.try_take()
     }
 
     /// A unit of capacity comes back without a connection; the waker (of
     /// the waiter it went to) is to be woken outside the lock.
     #[must_use = "the waker must be woken outside the lock"]
-    pub(crate) fn release(&mut self) -> Option<Waker> {
-        self.line.release()
+    pub(crate) fn release(&mut self, unit: Unit) -> Option<Waker> {
+        self.line.release(unit)
     }
 
     /// A waiter's poll; see [`Line::poll`].
@@ -146,14 +149,19 @@ impl<C> Slots<C> {
     /// Files an active connection coming back with its capacity: to the
     /// first waiter, lent at its `get()` site from the connection's
     /// `last_io` on, or into the idle set with the capacity freed.
-    pub(crate) fn file(&mut self, conn: Conn<C>) -> Filed<C> {
+    pub(crate) fn file(&mut self, conn: Conn<C>, unit: Unit) -> Filed<C> {
         if self.closed || self.line.owes() {
-            // Closed, or shrunk (`resize`): its capacity goes with the
-            // connection, as the caller drops its permit.
+            // Closed, or shrunk (`resize`): the capacity goes back without
+            // the connection, or with the old size.
+            let woken = self.line.release(unit);
+            debug_assert!(
+                woken.is_none(),
+                "a closed or shrinking pool hands no capacity to a waiter"
+            );
             return Filed::Refused(conn);
         }
         let (active, pinging) = (&mut self.active, &mut self.pinging);
-        let handed = self.line.hand_over(conn, |conn, site| {
+        let handed = self.line.hand_over(conn, unit, |conn, site| {
             // Active before, active after: only what it is doing changes.
             let since = conn.meta.last_io;
             if active.relend(&conn.meta, since, site) == Some(Activity::Keepalive) {
@@ -258,12 +266,13 @@ impl<C> Slots<C> {
     /// again, on a unit of capacity taken for it (the caller owns it), if
     /// it was not evicted meanwhile and a unit is free; else `false`, and
     /// it is no longer counted anywhere (the caller closes it).
-    pub(crate) fn revive(&mut self, meta: &mut Meta, now: Instant) -> bool {
-        if !self.unsilence(meta.id) || !self.try_take() {
-            return false;
+    pub(crate) fn revive(&mut self, meta: &mut Meta, now: Instant) -> Option<Unit> {
+        if !self.unsilence(meta.id) {
+            return None;
         }
+        let unit = self.try_take()?;
         self.active.insert(meta, now, Activity::Returning);
-        true
+        Some(unit)
     }
 
     /// The silent I/O failed, timed out or was evicted: the connection
@@ -427,7 +436,7 @@ impl<C> Slots<C> {
         min_idle: usize,
         generation: u64,
         mut broken: impl FnMut(&mut C) -> bool,
-        mut permit: impl FnMut() -> P,
+        mut permit: impl FnMut(Unit) -> P,
     ) -> Sweep<C, P> {
         let mut out = Sweep {
             retired: Vec::new(),
@@ -459,11 +468,13 @@ impl<C> Slots<C> {
                     out.retired.push((conn, reason));
                 }
                 Verdict::Keep => {
-                    if policy.keepalive_due(conn.meta.last_io, now) && self.try_take() {
-                        self.active.insert(&mut conn.meta, now, Activity::Keepalive);
-                        self.pinging += 1;
-                        out.keepalive.push((conn, permit()));
-                        continue;
+                    if policy.keepalive_due(conn.meta.last_io, now) {
+                        if let Some(unit) = self.try_take() {
+                            self.active.insert(&mut conn.meta, now, Activity::Keepalive);
+                            self.pinging += 1;
+                            out.keepalive.push((conn, permit(unit)));
+                            continue;
+                        }
                     }
                     let next = policy.next_deadline(&facts);
                     out.next_deadline = match (out.next_deadline, next) {
@@ -625,7 +636,7 @@ mod tests {
     }
 
     fn sweep(slots: &mut Slots<u64>, now: Instant, min_idle: usize) -> Sweep<u64, ()> {
-        slots.sweep(now, &policy(), min_idle, 0, |_| false, || ())
+        slots.sweep(now, &policy(), min_idle, 0, |_| false, std::mem::forget)
     }
 
     #[test]
