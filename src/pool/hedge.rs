@@ -43,7 +43,7 @@ impl<M: Manager> Shared<M> {
         // debug, not warn: the ping's own outcome is logged when it comes.
         tracing::debug!(target: TARGET, conn_id, "ping silent; serving the caller another way");
         let now = Instant::now();
-        if let Some(warm) = self.pop_warm(now, site) {
+        if let Ok(warm) = self.warm(None, now, site) {
             Stats::bump(&self.stats.validations_skipped);
             return Validated::Lent(permit.lend(warm, now));
         }

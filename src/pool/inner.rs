@@ -270,19 +270,29 @@ impl<M: Manager> Shared<M> {
         }
     }
 
-    /// The most recently used idle connection, if it needs neither
-    /// retirement nor a ping; `None` leaves the idle set as it was. The
-    /// caller holds a permit, and counts the skipped validation.
-    pub(super) fn pop_warm(
+    /// What a caller woken in line can lend without I/O: the connection
+    /// handed over with its capacity, if it needs neither retirement nor a
+    /// ping, or else (capacity alone came) the most recently used idle
+    /// connection, if it needs neither. `Err` gives back a handed-over
+    /// connection that does, as the checkout loop's first candidate.
+    pub(super) fn warm(
         &self,
+        handed: Option<Conn<M::Connection>>,
         now: Instant,
         site: &'static Location<'static>,
-    ) -> Option<Conn<M::Connection>> {
+    ) -> Result<Conn<M::Connection>, Option<Conn<M::Connection>>> {
+        if let Some(mut conn) = handed {
+            return match self.decide(&mut conn, now) {
+                Checkout::Lend => Ok(conn),
+                _ => Err(Some(conn)),
+            };
+        }
         let mut slots = self.slots.lock();
         if slots.is_closed() {
-            return None;
+            return Err(None);
         }
-        slots.pop_if(now, site, |conn| self.decide(conn, now) == Checkout::Lend)
+        let popped = slots.pop_if(now, site, |conn| self.decide(conn, now) == Checkout::Lend);
+        popped.ok_or(None)
     }
 
     /// The slow path of `Pool::get`, until `deadline`, with the slot the
@@ -349,38 +359,23 @@ impl<M: Manager> Shared<M> {
         // From here the permit is a value: it goes back on every path that
         // drops it, cancellation included (the timeout drops the future
         // that owns it), or moves into the `Pooled` that is lent.
-        let permit = match held {
+        let (permit, first) = match held {
             // The fast path found no warm connection a moment ago: go
             // straight to the ping or the connect.
-            Some(permit) => permit,
+            Some(permit) => (permit, None),
             None => {
                 let (permit, handed) = self.wait_in_line(deadline, site).await?;
+                // What a woken waiter usually holds: the connection just
+                // returned, straight from its last borrower, lent here
+                // without the boxed loop below.
                 let now = Instant::now();
-                match handed {
-                    // What a woken waiter usually holds: the connection just
-                    // returned, straight from its last borrower.
-                    Some(mut conn) => {
-                        if self.decide(&mut conn, now) == Checkout::Lend {
-                            Stats::bump(&self.stats.validations_skipped);
-                            return Ok(permit.lend(conn, now));
-                        }
-                        // Due a ping or a retirement: into the idle set,
-                        // where the slow path below takes it up.
-                        let refused = self.slots.lock().push(conn);
-                        if let Some(conn) = refused {
-                            self.retire_active(conn, Reason::Closed);
-                        }
+                match self.warm(handed, now, site) {
+                    Ok(conn) => {
+                        Stats::bump(&self.stats.validations_skipped);
+                        return Ok(permit.lend(conn, now));
                     }
-                    // Capacity alone (a connection left the pool): a warm
-                    // one may be idle all the same.
-                    None => {
-                        if let Some(conn) = self.pop_warm(now, site) {
-                            Stats::bump(&self.stats.validations_skipped);
-                            return Ok(permit.lend(conn, now));
-                        }
-                    }
+                    Err(first) => (permit, first),
                 }
-                permit
             }
         };
         // Otherwise a tokio timer, registered only if this phase waits (a
@@ -390,21 +385,26 @@ impl<M: Manager> Shared<M> {
         // around at its full size (a kilobyte) before its first poll.
         Box::pin(tokio::time::timeout_at(
             deadline,
-            self.lend_on(permit, phase, site),
+            self.lend_on(permit, first, phase, site),
         ))
         .await
         .unwrap_or(Err(Stop::TimedOut))
     }
 
-    /// With a slot in hand: an idle connection that passes, or a new one.
+    /// With a slot in hand: `first` (a connection handed over), an idle
+    /// connection that passes, or a new one.
     async fn lend_on(
         self: &Arc<Self>,
         mut permit: Permit<M>,
+        mut first: Option<Conn<M::Connection>>,
         phase: &mut TimeoutPhase,
         site: &'static Location<'static>,
     ) -> Result<Pooled<M>, Stop> {
         loop {
-            permit = match self.checkout_idle(permit, phase, site).await? {
+            permit = match self
+                .checkout_idle(permit, first.take(), phase, site)
+                .await?
+            {
                 FromIdle::Lent(pooled) => return Ok(pooled),
                 FromIdle::Empty(permit) => permit,
             };
@@ -514,12 +514,15 @@ impl<M: Manager> Shared<M> {
         }
     }
 
-    /// Takes idle connections until one passes the policy (and, when due, a
-    /// validation round trip) and lends it on `permit`; hands the permit
-    /// back when the idle set is empty.
+    /// Takes candidates, `first` and then idle connections, until one
+    /// passes the policy (and, when due, a validation round trip) and lends
+    /// it on `permit`; hands the permit back when the idle set is empty.
+    /// The one place where a checkout acts on [`Shared::decide`]'s whole
+    /// answer.
     async fn checkout_idle(
         self: &Arc<Self>,
         mut permit: Permit<M>,
+        mut first: Option<Conn<M::Connection>>,
         phase: &mut TimeoutPhase,
         site: &'static Location<'static>,
     ) -> Result<FromIdle<M>, Stop> {
@@ -527,12 +530,15 @@ impl<M: Manager> Shared<M> {
             // One clock read per look: a ping below takes time, so the next
             // connection is judged at a new `now`.
             let now = Instant::now();
-            let popped = {
-                let mut slots = self.slots.lock();
-                if slots.is_closed() {
-                    return Err(Stop::Closed);
+            let popped = match first.take() {
+                Some(conn) => Some(conn),
+                None => {
+                    let mut slots = self.slots.lock();
+                    if slots.is_closed() {
+                        return Err(Stop::Closed);
+                    }
+                    slots.pop(now, site)
                 }
-                slots.pop(now, site)
             };
             let Some(mut conn) = popped else {
                 return Ok(FromIdle::Empty(permit));

@@ -358,6 +358,7 @@ impl<C> Slots<C> {
     /// capacity with the caller (a checkout that will take it up again).
     /// Hands it back instead when the pool is closed, still counted active,
     /// for the caller to retire.
+    #[cfg(test)]
     pub(crate) fn push(&mut self, conn: Conn<C>) -> Option<Conn<C>> {
         if self.closed {
             return Some(conn);
