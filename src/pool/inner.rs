@@ -275,6 +275,7 @@ impl<M: Manager> Shared<M> {
     /// ping, or else (capacity alone came) the most recently used idle
     /// connection, if it needs neither. `Err` gives back a handed-over
     /// connection that does, as the checkout loop's first candidate.
+    #[inline]
     pub(super) fn warm(
         &self,
         handed: Option<Conn<M::Connection>>,

@@ -169,6 +169,7 @@ impl<C> Line<C> {
     /// waiter (after `lend` notes it lent at that waiter's `get()` site;
     /// the waker to wake is returned), or `Err` with the connection to put
     /// into the idle set (its capacity is free then).
+    #[inline]
     pub(crate) fn hand_over(
         &mut self,
         mut conn: Conn<C>,

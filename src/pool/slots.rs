@@ -149,6 +149,7 @@ impl<C> Slots<C> {
     /// Files an active connection coming back with its capacity: to the
     /// first waiter, lent at its `get()` site from the connection's
     /// `last_io` on, or into the idle set with the capacity freed.
+    #[inline]
     pub(crate) fn file(&mut self, conn: Conn<C>, unit: Unit) -> Filed<C> {
         if self.closed || self.line.owes() {
             // Closed, or shrunk (`resize`): the capacity goes back without
