@@ -133,3 +133,44 @@ async fn detach_and_retire_free_the_slot() {
     assert_eq!(vigil::Pooled::id(&c), 3);
     assert_eq!(pool.state().closed.get(Reason::Closed), 2);
 }
+
+/// A borrower that left a statement running (its query future dropped
+/// mid-flight): the return asks the manager's `reset` to stop it before
+/// anything else, counts the stop, and lends the same session again once
+/// it is clean. A manager that cannot stop it gets the session closed: it
+/// is never lent with a reply pending.
+#[tokio::test(start_paused = true)]
+async fn a_statement_left_running_is_stopped_by_the_reset_or_the_session_closed() {
+    let fake = Fake::new();
+    let pool = pool(&fake, 1);
+    let mut c = pool.get().await.unwrap();
+    c.query_running = true;
+    c.in_transaction = true;
+    drop(c);
+    let c = pool.get().await.unwrap();
+    assert_eq!(
+        vigil::Pooled::id(&c),
+        1,
+        "the same session, stopped and cleaned"
+    );
+    assert!(!c.query_running && !c.in_transaction);
+    assert_eq!(fake.script.stops.load(SeqCst), 1);
+    assert_eq!(pool.state().queries_cancelled, 1);
+    let mut c = c;
+    fake.script.cannot_stop.store(true, SeqCst);
+    c.query_running = true;
+    drop(c);
+    let c = pool.get().await.unwrap();
+    assert_eq!(
+        vigil::Pooled::id(&c),
+        2,
+        "closed, not lent with a reply pending"
+    );
+    assert_eq!(fake.script.stops.load(SeqCst), 2);
+    let s = pool.state();
+    assert_eq!(
+        s.queries_cancelled, 1,
+        "nothing was stopped the second time"
+    );
+    assert_eq!(s.closed.get(Reason::ResetFailed), 1);
+}

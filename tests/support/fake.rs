@@ -46,6 +46,11 @@ pub struct Script {
     pub role_lost: AtomicBool,
     /// `has_role` calls.
     pub role_checks: AtomicUsize,
+    /// Resets asked to stop a statement left running (`Cleanup::stop_query`).
+    pub stops: AtomicUsize,
+    /// Such a reset cannot stop it (`Cleaned::Unusable`), as a manager
+    /// without a cancel path.
+    pub cannot_stop: AtomicBool,
     next_id: AtomicU64,
 }
 
@@ -76,6 +81,9 @@ pub struct FakeConn {
     pub last_seen: tokio::time::Instant,
     /// Black-holed by the idle cutoff: never answers again.
     pub cut: bool,
+    /// Set by the test to simulate a borrower that left a statement
+    /// running (its query future dropped mid-flight).
+    pub query_running: bool,
 }
 
 impl FakeConn {
@@ -137,6 +145,7 @@ impl Manager for Fake {
             session_var: None,
             last_seen: tokio::time::Instant::now(),
             cut: false,
+            query_running: false,
         })
     }
 
@@ -176,8 +185,9 @@ impl Manager for Fake {
     fn session(&self, conn: &mut FakeConn) -> Session {
         let mut session = Session::default();
         session.broken = conn.broken;
-        session.needs_cleanup = conn.in_transaction;
+        session.needs_cleanup = conn.in_transaction || conn.query_running;
         session.in_transaction = conn.in_transaction;
+        session.query_in_flight = conn.query_running;
         session
     }
 
@@ -201,11 +211,25 @@ impl Manager for Fake {
         if s.reset_fails.load(SeqCst) {
             return Err(FakeError("reset failed".into()));
         }
+        let stopped = cleanup.stop_query;
+        if stopped {
+            s.stops.fetch_add(1, SeqCst);
+            if s.cannot_stop.load(SeqCst) {
+                return Ok(Cleaned::Unusable {
+                    query_stopped: false,
+                });
+            }
+            conn.query_running = false;
+        }
         conn.in_transaction = false;
         if cleanup.full {
             conn.session_var = None;
         }
-        Ok(Cleaned::Ready)
+        Ok(if stopped {
+            Cleaned::QueryStopped
+        } else {
+            Cleaned::Ready
+        })
     }
 
     async fn server_timeouts(&self, _conn: &mut FakeConn) -> Result<ServerTimeouts, FakeError> {
