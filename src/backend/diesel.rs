@@ -28,11 +28,10 @@ use diesel_async::{
     AnsiTransactionManager, AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection,
     TransactionManager,
 };
-use mysql_async::prelude::Queryable;
 use mysql_async::{Opts, OptsBuilder};
 
 pub use super::tokio_postgres::diesel::{DieselPg, DieselPgManager};
-use crate::backend::mysql::MySqlManager;
+use crate::backend::mysql::{kill_query, MySqlManager};
 use crate::manager::{Cleaned, Cleanup, ErrorClass, Manager, ServerTimeouts, Session};
 
 /// What a diesel manager's operations fail with.
@@ -206,13 +205,10 @@ impl Manager for DieselMysqlManager {
     /// connection; the session itself is not lent again.
     async fn reset(&self, conn: &mut DieselMysql, cleanup: Cleanup) -> Result<Cleaned, MyError> {
         if cleanup.stop_query {
-            let mut admin = self.inner.connect().await.map_err(DieselError::Driver)?;
-            let killed = admin.query_drop(format!("KILL QUERY {}", conn.id)).await;
-            let _ = admin.disconnect().await;
-            killed.map_err(DieselError::Driver)?;
-            return Ok(Cleaned::Unusable {
-                query_stopped: true,
-            });
+            let admin = self.inner.connect().await.map_err(DieselError::Driver)?;
+            return kill_query(admin, conn.id)
+                .await
+                .map_err(DieselError::Driver);
         }
         let full = cleanup.full;
         if full || transaction_open(&mut conn.conn) {

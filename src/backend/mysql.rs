@@ -455,6 +455,17 @@ fn in_transaction(conn: &Conn) -> bool {
 /// A mysql_async session as the pool sees it, from whether the driver gave
 /// it up (`broken`, and then possibly a query in flight) and whether a
 /// transaction is `open`. Shared with the diesel manager over the same driver.
+/// `KILL QUERY <id>` over `admin`, a new connection to the session's
+/// server, then a goodbye to it: what `reset` does with a statement left
+/// running (the session itself the driver has given up; the pool closes it).
+pub(crate) async fn kill_query(mut admin: Conn, id: u32) -> Result<Cleaned, mysql_async::Error> {
+    let killed = admin.query_drop(format!("KILL QUERY {id}")).await;
+    let _ = admin.disconnect().await;
+    killed.map(|()| Cleaned::Unusable {
+        query_stopped: true,
+    })
+}
+
 pub(crate) fn session(broken: bool, open: bool) -> Session {
     Session {
         broken,
@@ -578,14 +589,8 @@ impl Manager for MySqlManager {
         cleanup: Cleanup,
     ) -> Result<Cleaned, mysql_async::Error> {
         if cleanup.stop_query {
-            let id = conn.id();
-            let mut admin = self.connect_to(conn.opts().clone()).await?;
-            let killed = admin.query_drop(format!("KILL QUERY {id}")).await;
-            let _ = admin.disconnect().await;
-            killed?;
-            return Ok(Cleaned::Unusable {
-                query_stopped: true,
-            });
+            let admin = self.connect_to(conn.opts().clone()).await?;
+            return kill_query(admin, conn.id()).await;
         }
         if cleanup.full {
             // COM_RESET_CONNECTION also rolls back an open transaction, and

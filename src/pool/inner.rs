@@ -122,11 +122,10 @@ impl<M: Manager> Shared<M> {
         let can = manager.capabilities();
         let verify_returns = config.verify_on_return.pings(can.detection);
         let requires_role = can.checks_role;
-        let policy = Policy::from(&config);
         Shared {
             verify_returns,
             manager,
-            policy,
+            policy: Policy::from(&config),
             slots: CachePadded::new(Mutex::new(Slots::new(config.max_size))),
             connects: Semaphore::new(config.max_concurrent_connects),
             stats: Stats::new(),
@@ -250,17 +249,15 @@ impl<M: Manager> Shared<M> {
         now: Instant,
         site: &'static Location<'static>,
     ) -> Result<Pooled<M>, Option<Permit<M>>> {
-        let popped = {
+        let (unit, popped) = {
             let mut slots = self.slots.lock();
             let Some(unit) = slots.try_take() else {
                 return Err(None);
             };
-            (
-                unit,
-                slots.pop_if(now, site, |conn| self.decide(conn, now) == Checkout::Lend),
-            )
+            let lendable =
+                |conn: &mut Conn<M::Connection>| self.decide(conn, now) == Checkout::Lend;
+            (unit, slots.pop_if(now, site, lendable))
         };
-        let (unit, popped) = popped;
         // Made after the lock is let go: a permit dropped under it would
         // deadlock (giving it back takes the lock).
         let permit = Permit::new(self, unit);

@@ -112,34 +112,31 @@ impl<M: Manager> Shared<M> {
     }
 
     /// Counts and logs what a reset that had to stop a statement left
-    /// running did with it (`None`: it timed out). A cleaned session is
-    /// passed on as `Ok`.
+    /// running did with it (`None`: it timed out). `Some` carries a
+    /// cleaned session's outcome on, `None` says close it.
     fn note_stop(
         &self,
         outcome: Option<Result<Cleaned, M::Error>>,
     ) -> Option<Result<(), M::Error>> {
-        let done = match outcome {
-            Some(Ok(Cleaned::Ready)) => return Some(Ok(())),
-            Some(Ok(Cleaned::QueryStopped)) => Some(Ok(())),
-            Some(Ok(Cleaned::Unusable {
-                query_stopped: true,
-            })) => None,
-            Some(Ok(Cleaned::Unusable {
-                query_stopped: false,
-            })) => return None,
+        let (stopped, go_on) = match outcome {
+            Some(Ok(Cleaned::Ready)) => (false, Some(Ok(()))),
+            Some(Ok(Cleaned::QueryStopped)) => (true, Some(Ok(()))),
+            Some(Ok(Cleaned::Unusable { query_stopped })) => (query_stopped, None),
             Some(Err(error)) => {
                 tracing::debug!(target: TARGET, %error, "stopping a statement left running failed");
-                return Some(Err(error));
+                (false, Some(Err(error)))
             }
             None => {
                 tracing::debug!(target: TARGET, "stopping a statement left running timed out");
-                return None;
+                (false, None)
             }
         };
-        Stats::bump(&self.stats.queries_cancelled);
-        // debug: the borrower chose to leave; this is the pool cleaning up.
-        tracing::debug!(target: TARGET, reusable = done.is_some(), "statement left running by its borrower stopped");
-        done
+        if stopped {
+            Stats::bump(&self.stats.queries_cancelled);
+            // debug: the borrower chose to leave; this is the pool cleaning up.
+            tracing::debug!(target: TARGET, reusable = go_on.is_some(), "statement left running by its borrower stopped");
+        }
+        go_on
     }
 
     /// Puts an active connection back with its permit, in one step under

@@ -355,20 +355,6 @@ impl<C> Slots<C> {
         self.idle.pop_front()
     }
 
-    /// Puts an active connection back into the idle set, keeping its
-    /// capacity with the caller (a checkout that will take it up again).
-    /// Hands it back instead when the pool is closed, still counted active,
-    /// for the caller to retire.
-    #[cfg(test)]
-    pub(crate) fn push(&mut self, conn: Conn<C>) -> Option<Conn<C>> {
-        if self.closed {
-            return Some(conn);
-        }
-        self.remove_active(&conn.meta);
-        self.idle.push_back(conn);
-        None
-    }
-
     /// An active connection left the pool (retired or detached).
     pub(crate) fn forget_active(&mut self, meta: &Meta) {
         self.remove_active(meta);
@@ -634,7 +620,9 @@ mod tests {
         };
         slots.start_connect();
         slots.finish_connect(Some((&mut meta, Activity::Opening)), at);
-        assert!(slots.push(Conn::new(id, meta)).is_none());
+        let unit = slots.try_take().expect("a unit for the new connection");
+        let filed = slots.file(Conn::new(id, meta), unit);
+        assert!(matches!(filed, Filed::Idle { .. }), "filed idle");
     }
 
     fn sweep(slots: &mut Slots<u64>, now: Instant, min_idle: usize) -> Sweep<u64, ()> {
@@ -708,12 +696,15 @@ mod tests {
     #[test]
     fn idle_timeout_shrinks_oldest_first_down_to_min_idle() {
         let t0 = Instant::now();
-        // No free capacity: no keepalive pings, only the shrink.
-        let mut slots = Slots::new(0);
+        let mut slots = Slots::new(4);
         for id in 1..=4 {
             open(&mut slots, id, t0 + S(id), None, 1);
         }
+        // No free capacity (others hold it): no keepalive pings, only the shrink.
+        let held: Vec<Unit> = std::iter::from_fn(|| slots.try_take()).collect();
+        assert_eq!(held.len(), 4);
         let out = sweep(&mut slots, t0 + S(700), 2);
+        held.into_iter().for_each(std::mem::forget);
         let retired: Vec<_> = out.retired.iter().map(|(c, r)| (c.raw, *r)).collect();
         assert_eq!(
             retired,
@@ -728,6 +719,7 @@ mod tests {
         let t0 = Instant::now();
         let mut slots = Slots::new(CAPACITY);
         open(&mut slots, 1, t0, None, 0);
+        let unit = slots.try_take().expect("a unit to lend it on");
         let conn = slots.pop(t0, Location::caller()).expect("the idle one");
         assert_eq!(
             slots.counts(),
@@ -740,7 +732,9 @@ mod tests {
             }
         );
         assert_eq!(slots.close().0.len(), 0);
-        let refused = slots.push(conn).expect("refused after close");
+        let Filed::Refused(refused) = slots.file(conn, unit) else {
+            panic!("a closed pool refuses a returning connection");
+        };
         assert_eq!(refused.raw, 1);
         slots.forget_active(&refused.meta);
         assert_eq!(
